@@ -1,0 +1,28 @@
+# The whole set-up on a fresh machine: `make test` or `make bench`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export AL_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: install test test-all bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch/torchvision pinned to the builds on this machine's disk; other machines take any admitted version.
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest -q -m ''
+
+bench: $(VENV)/.installed
+	$(PY) -m al.bench --strategy entropy --budget 2000
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,162 @@
+"""``python -m al.bench``: run (or continue) active-learning runs and print their learning curves.
+
+Exit codes: 0 done, 2 bad usage or configuration, 3 waiting for labels (a human oracle answered part of a
+query), 1 any other failure (the store keeps everything recorded so far; run the same command again).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Sequence
+
+from .errors import ALError, ConfigError, DataError, LabelsPending, OracleError, StoreError
+from .loop import DATASET_DEFAULTS, Experiment, ExperimentConfig, RoundReport
+from .store import DEFAULT_URL, Store
+
+EPILOG = """\
+examples:
+  python -m al.bench --strategy regrad --budget 2000                      # MNIST, the default protocol
+  python -m al.bench --dataset digits --strategy entropy --budget 200 --init-size 20 --query-size 30
+  python -m al.bench --strategy regrad --strategy-kwargs '{"layer_alpha": 2}' --seeds 0 1 2
+
+Running the same command again continues the run from the store; a finished run is reported, not repeated.
+Dataset defaults (init-size / query-size / pool-subset / epochs / min-steps):
+""" + "\n".join(f"  {k}: {v['init_size']} / {v['query_size']} / {v['pool_subset']} / {v['epochs']} / {v['min_steps']}"
+                for k, v in DATASET_DEFAULTS.items())
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit code 2, as argparse does, with a hint
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from strategies import STRATEGIES
+
+    from .data import DATASETS
+
+    p = _Parser(prog="python -m al.bench", description=__doc__.splitlines()[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    a = p.add_argument
+    a("--dataset", default="mnist", help=f"dataset to learn ({', '.join(DATASETS.names())}); default mnist")
+    a("--strategy", default="entropy", help=f"acquisition strategy ({', '.join(STRATEGIES.names())})")
+    a("--strategy-kwargs", default="{}", metavar="JSON",
+      help="JSON object of strategy parameters, e.g. '{\"layer_alpha\": 2}'")
+    a("--budget", type=int, default=2000, help="total labels including the initial set (default 2000)")
+    a("--init-size", type=int, help="random labels before the first query (dataset default)")
+    a("--init-balanced", action="store_true", help="draw the initial set class-balanced (BatchBALD protocol)")
+    a("--query-size", type=int, help="labels acquired per round (dataset default)")
+    a("--seed", type=int, default=0, help="seed of the run (default 0)")
+    a("--seeds", type=int, nargs="+", help="several seeds, run one after the other (overrides --seed)")
+    a("--model", help="registered model (cnn, lenet5, mlp, resnet18, patch-transformer) or package.module:factory")
+    a("--epochs", type=int, help="training epochs per round (at least --min-steps steps are taken)")
+    a("--min-steps", type=int, help="minimum optimiser steps per round")
+    a("--batch-size", type=int, default=64, help="SGD mini-batch size (default 64)")
+    a("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    a("--pool-subset", type=int, help="score a random subset of N unlabelled samples per round; 0 = whole pool")
+    a("--mc-samples", type=int, default=20, help="MC-dropout passes for bald/batchbald (default 20)")
+    a("--warm-start", action="store_true", help="fine-tune last round's model instead of retraining from scratch")
+    a("--oracle", default="ground-truth",
+      help="who labels: ground-truth, noisy:<fraction>, or package.module:factory (default ground-truth)")
+    a("--store", default=DEFAULT_URL, help=f"SQLAlchemy URL of the store (default {DEFAULT_URL})")
+    a("--run-name", help="name of the run in the store (default <dataset>-<strategy>-seed<seed>)")
+    a("--data-dir", help="data root (default $AL_DATA_DIR, else ~/.cache/al/data)")
+    a("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _configs(args: argparse.Namespace) -> list[ExperimentConfig]:
+    try:
+        kwargs = json.loads(args.strategy_kwargs)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--strategy-kwargs is not valid JSON ({e.msg} at column {e.colno}); "
+                          f"give an object such as '{{\"layer_alpha\": 2}}'") from None
+    if not isinstance(kwargs, dict):
+        raise ConfigError("--strategy-kwargs must be a JSON object, e.g. '{\"layer_alpha\": 2}'")
+    seeds = args.seeds if args.seeds else [args.seed]
+    if args.run_name and len(seeds) > 1:
+        raise ConfigError("--run-name names one run; drop it when giving several --seeds")
+    out = []
+    for s in seeds:
+        out.append(ExperimentConfig(
+            dataset=args.dataset, strategy=args.strategy, strategy_kwargs=kwargs, budget=args.budget,
+            init_size=args.init_size, query_size=args.query_size, seed=s, model=args.model, epochs=args.epochs,
+            min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr, pool_subset=args.pool_subset,
+            warm_start=args.warm_start, init_balanced=args.init_balanced, oracle=args.oracle,
+            mc_samples=args.mc_samples))
+    return out
+
+
+def _print_round(rep: RoundReport) -> None:
+    print(f"round {rep.round_idx:3d}  labels {rep.n_labelled:6d}  accuracy {rep.accuracy:.4f}  "
+          f"train {rep.train_seconds:6.1f}s  select {rep.select_seconds:6.1f}s  store {rep.store_seconds:5.2f}s",
+          flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from strategies import STRATEGIES
+
+        from .data import DATASETS
+
+        configs = _configs(args)
+        # Names are checked before anything is loaded or written.
+        STRATEGIES.get(args.strategy)
+        DATASETS.get(args.dataset)
+        for c in configs:
+            c.check()
+        from .data import load_dataset
+
+        dataset = load_dataset(args.dataset, args.data_dir)
+        store = Store(args.store)
+        experiments = [Experiment(c, store, name=args.run_name, dataset=dataset, progress=not args.no_progress,
+                                  on_round=_print_round) for c in configs]
+    except (ConfigError, StoreError, DataError, OracleError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    names = []
+    for exp in experiments:
+        t0 = time.perf_counter()
+        try:
+            before = store.open_run(exp.name, exp.config_record()).status
+        except StoreError as e:  # a changed config under the same name: bad usage, nothing written
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if before == "finished":
+            print(f"run {exp.name!r} is already finished in {args.store}; nothing to do")
+        else:
+            print(f"run {exp.name!r}: {exp.config.dataset}, strategy {exp.strategy!r}, budget {exp.config.budget}, "
+                  f"query size {exp.config.query_size}, pool subset {exp.config.pool_subset or 'all'}", flush=True)
+        try:
+            exp.run()
+        except LabelsPending as e:
+            print(f"waiting: {e}", file=sys.stderr)
+            return 3
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except ALError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if before != "finished":
+            print(f"run {exp.name!r} finished in {time.perf_counter() - t0:.1f}s", flush=True)
+        names.append(exp.name)
+    _print_table(store, names)
+    return 0
+
+
+def _print_table(store: Store, names: list[str]) -> None:
+    df = store.curves()
+    df = df[df["run"].isin(names)]
+    if df.empty:
+        return
+    table = df.pivot_table(index="n_labelled", columns="run", values="accuracy")
+    print("\ntest accuracy by number of labels")
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Datasets: a train pool with stable integer sample ids (the row index) and a test split.
+
+Every image dataset is loaded once into memory as normalised float32 tensors ``(N, C, H, W)``; MNIST's
+60k pool is 188 MB, which is far cheaper than decoding images every round.
+
+The data root is ``--data-dir``, else ``$AL_DATA_DIR``, else ``~/.cache/al/data``. A root that cannot be
+written (CI's ``../shared/data``) is mirrored into ``$AL_CACHE_DIR`` (default ``~/.cache/al/data``) before
+torchvision unpacks it: torchvision sees the ``.gz`` files with the right md5, skips the download and only
+gunzips them.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import DataError
+from .registry import Registry
+
+DEFAULT_ROOT = Path("~/.cache/al/data").expanduser()
+
+
+@dataclass
+class Dataset:
+    """A labelled pool and a test split held in memory.
+
+    train_x: (n_pool, C, H, W) float32, normalised; train_y: (n_pool,) int64.
+    test_x: (n_test, C, H, W); test_y: (n_test,). Sample ids are row indices of ``train_x``.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    n_classes: int
+    default_model: str
+    classes: list[str] = field(default_factory=list)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        if len(self.train_x) != len(self.train_y) or len(self.test_x) != len(self.test_y):
+            raise DataError(f"dataset {self.name!r}: inputs and labels differ in length")
+
+    @property
+    def n_pool(self) -> int:
+        return len(self.train_y)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Back to [0, 1] pixel values, for saving or showing images. x: (N, C, H, W)."""
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+    def subset(self, n_pool: int | None = None, n_test: int | None = None, seed: int = 0) -> "Dataset":
+        """A seeded random subset (ids renumbered), for quick experiments."""
+        g = np.random.default_rng(seed)
+        tr = np.sort(g.permutation(self.n_pool)[:n_pool]) if n_pool else np.arange(self.n_pool)
+        te = np.sort(g.permutation(len(self.test_y))[:n_test]) if n_test else np.arange(len(self.test_y))
+        return Dataset(self.name, self.train_x[tr], self.train_y[tr], self.test_x[te], self.test_y[te],
+                       self.n_classes, self.default_model, self.classes, self.mean, self.std)
+
+
+DatasetLoader = Callable[[Path], Dataset]
+DATASETS: Registry[DatasetLoader] = Registry("dataset")
+# Test-only sets used as out-of-distribution inputs: loader returns (x, y) normalised by the caller.
+OOD_SETS: Registry[Callable[[Path], tuple[np.ndarray, np.ndarray]]] = Registry("OOD dataset")
+
+
+def resolve_root(data_dir: str | os.PathLike | None = None) -> Path:
+    if data_dir:
+        return Path(data_dir).expanduser()
+    env = os.environ.get("AL_DATA_DIR")
+    return Path(env).expanduser() if env else DEFAULT_ROOT
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("AL_CACHE_DIR", str(DEFAULT_ROOT))).expanduser()
+
+
+def _writable_root(root: Path, folder: str) -> Path:
+    """``root`` if torchvision may unpack into it, else a writable mirror holding copies of its .gz files."""
+    src = root / folder / "raw"
+    if not src.is_dir() or os.access(src, os.W_OK):
+        return root
+    cache = _cache_root()
+    if cache.resolve() == root.resolve():
+        raise DataError(f"data root {root} is read-only; set AL_CACHE_DIR to a writable folder")
+    dst = cache / folder / "raw"
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        target = dst / f.name
+        if not target.exists() or target.stat().st_size != f.stat().st_size:
+            shutil.copyfile(f, target)
+    return cache
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+    loader = DATASETS.get(name)
+    return loader(resolve_root(data_dir))
+
+
+def _missing(name: str, folder: str, root: Path, err: Exception) -> DataError:
+    return DataError(
+        f"dataset {name!r} is not available: looked for {root / folder / 'raw'} and the download failed "
+        f"({type(err).__name__}: {err}). Fix: put the torchvision raw files in <root>/{folder}/raw/ and pass "
+        f"--data-dir <root> (or set AL_DATA_DIR), or run once on a machine with internet access."
+    )
+
+
+def _normalise(x_uint8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    x = x_uint8.float().div_(255.0)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def _torchvision_grey(name: str, cls_name: str, folder: str, mean: float, std: float) -> DatasetLoader:
+    def load(root: Path) -> Dataset:
+        import torchvision
+
+        cls = getattr(torchvision.datasets, cls_name)
+        wroot = _writable_root(root, folder)
+        try:
+            tr = cls(str(wroot), train=True, download=True)
+            te = cls(str(wroot), train=False, download=True)
+        except Exception as e:  # noqa: BLE001 - torchvision raises many kinds when offline
+            raise _missing(name, folder, root, e) from e
+        return Dataset(name, _normalise(tr.data, (mean,), (std,)), tr.targets.long(),
+                       _normalise(te.data, (mean,), (std,)), te.targets.long(), 10, "cnn",
+                       list(tr.classes), (mean,), (std,))
+
+    return load
+
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+DATASETS.register("mnist", _torchvision_grey("mnist", "MNIST", "MNIST", MNIST_MEAN, MNIST_STD))
+DATASETS.register("fashion-mnist", _torchvision_grey("fashion-mnist", "FashionMNIST", "FashionMNIST",
+                                                     0.2860, 0.3530))
+
+
+@DATASETS.register("cifar10")
+def _cifar10(root: Path) -> Dataset:
+    import torchvision
+
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    try:
+        tr = torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        te = torchvision.datasets.CIFAR10(str(root), train=False, download=True)
+    except Exception as e:  # noqa: BLE001
+        raise _missing("cifar10", "cifar-10-batches-py", root, e) from e
+
+    def conv(a: np.ndarray) -> torch.Tensor:
+        return _normalise(torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(), mean, std)
+
+    return Dataset("cifar10", conv(tr.data), torch.tensor(tr.targets), conv(te.data), torch.tensor(te.targets),
+                   10, "resnet18", list(tr.classes), mean, std)
+
+
+DIGITS_MEAN, DIGITS_STD = 0.3064, 0.3797
+
+
+@DATASETS.register("digits")
+def _digits(root: Path) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 images): the offline tiny dataset. 1437 pool / 360 test."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.from_numpy((d.images / 16.0).astype(np.float32)).unsqueeze(1)
+    x = (x - DIGITS_MEAN) / DIGITS_STD
+    y = torch.from_numpy(d.target.astype(np.int64))
+    idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=d.target)
+    idx_tr, idx_te = np.sort(idx_tr), np.sort(idx_te)
+    return Dataset("digits", x[idx_tr], y[idx_tr], x[idx_te], y[idx_te], 10, "mlp",
+                   [str(i) for i in range(10)], (DIGITS_MEAN,), (DIGITS_STD,))
+
+
+def _read_idx_gz(path: Path) -> np.ndarray:
+    """Read an IDX file (MNIST format), gzipped or not."""
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    if path.suffix == ".gz":
+        raw = path.with_suffix("")
+        cache = _cache_root() / path.parent.parent.name / "raw"
+        target = raw if os.access(path.parent, os.W_OK) else cache / raw.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with gzip.open(path, "rb") as fi, open(target, "wb") as fo:
+                shutil.copyfileobj(fi, fo)
+        path = target
+    return read_sn3_pascalvincent_tensor(str(path), strict=False).numpy()
+
+
+def load_test_images(name: str, data_dir: str | os.PathLike | None = None,
+                     mean: float = MNIST_MEAN, std: float = MNIST_STD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test images of a grey 28x28 set, normalised with the *in-distribution* statistics given.
+
+    name: "mnist", "fashion-mnist" or "notmnist". Used for OOD detection, where the OOD set must go through the
+    in-distribution model's own normalisation. Returns x: (N, 1, 28, 28) float32, y: (N,) int64.
+    """
+    folders = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "notmnist": "notMNIST"}
+    if name not in folders:
+        raise DataError(f"no grey 28x28 test set {name!r}; choose one of {sorted(folders)}")
+    root = resolve_root(data_dir)
+    raw = root / folders[name] / "raw"
+    imgs, labels = raw / "t10k-images-idx3-ubyte.gz", raw / "t10k-labels-idx1-ubyte.gz"
+    if not imgs.exists():
+        if name != "notmnist":
+            ds = load_dataset(name, data_dir)
+            x01 = ds.denormalise(ds.test_x)
+            return (x01 - mean) / std, ds.test_y
+        raise DataError(f"notMNIST test set not found at {raw}; pass --data-dir pointing at a folder with "
+                        f"notMNIST/raw/t10k-*-ubyte.gz")
+    x = torch.from_numpy(_read_idx_gz(imgs).astype(np.uint8))
+    y = torch.from_numpy(_read_idx_gz(labels).astype(np.int64))
+    return _normalise(x, (mean,), (std,)), y

@@ -1,0 +1,49 @@
+"""Typed errors. Each message says what was wrong and how to fix it."""
+from __future__ import annotations
+
+
+class ALError(Exception):
+    """Base class of every error the framework raises on purpose."""
+
+
+class ConfigError(ALError, ValueError):
+    """A setting is invalid (bad flag value, unknown parameter, impossible budget)."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A registry lookup failed; the message lists close matches."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateNameError(ALError, ValueError):
+    """A name was registered twice."""
+
+
+class StoreError(ALError):
+    """The store cannot be opened or written, or refuses a change that would corrupt a run."""
+
+
+class ConfigMismatchError(StoreError):
+    """A run of the same name exists with a different configuration."""
+
+
+class DataError(ALError):
+    """A dataset cannot be found or loaded."""
+
+
+class OracleError(ALError):
+    """The oracle failed or returned answers that cannot be accepted."""
+
+
+class LabelsPending(ALError):
+    """The oracle answered part of a query; the run stops and can be continued later."""
+
+    def __init__(self, message: str, *, awaited: int) -> None:
+        super().__init__(message)
+        self.awaited = awaited
+
+
+class IncompatibleStrategyError(ConfigError):
+    """The learner cannot provide what a strategy needs (for example MC dropout without dropout layers)."""

@@ -1,0 +1,216 @@
+"""TorchLearner: trains a torch classifier on the labelled set, and provides what strategies need.
+
+Constructor stores settings; ``reset()`` builds a fresh model (skorch's ``initialize()``). ``fit`` calls
+``reset`` first unless ``warm_start`` is set, so "retrain from scratch" versus "fine-tune" is one flag.
+It implements scikit-learn's estimator API (``fit``, ``predict``, ``predict_proba``, ``classes_``) so that
+modAL's ``ActiveLearner`` can drive it.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import ConfigError, IncompatibleStrategyError
+from .models import build_model
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def as_tensor(x: ArrayLike) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+    return t.float()  # a no-op for float32 tensors
+
+
+def dropout_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module, *, dropout: bool = False) -> Iterator[nn.Module]:
+    """Evaluation mode for the duration, optionally with dropout layers (and only those) stochastic.
+
+    Restores every module's previous ``training`` flag on exit, so scoring never changes the model.
+    """
+    saved = [(m, m.training) for m in model.modules()]
+    model.eval()
+    if dropout:
+        for m in dropout_modules(model):
+            m.train()
+    try:
+        yield model
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, len(x), batch_size):
+        yield x[i:i + batch_size]
+
+
+class TorchLearner(BaseEstimator, ClassifierMixin):
+    """A classifier trained with Adam on the labelled set.
+
+    The schedule trains for ``epochs`` passes over the labelled set, but at least ``min_steps`` optimiser
+    steps: with 20 labels, 30 epochs would be 30 steps, far too few to fit even that little data.
+    """
+
+    def __init__(self, model: str | Callable[..., nn.Module] = "cnn", n_classes: int = 10,
+                 input_shape: tuple[int, ...] = (1, 28, 28), epochs: int = 30, min_steps: int = 300,
+                 batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0, warm_start: bool = False,
+                 seed: int = 0, eval_batch_size: int = 1024, progress: bool = False) -> None:
+        self.model = model
+        self.n_classes = n_classes
+        self.input_shape = input_shape
+        self.epochs = epochs
+        self.min_steps = min_steps
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warm_start = warm_start
+        self.seed = seed
+        self.eval_batch_size = eval_batch_size
+        self.progress = progress
+
+    # --- construction -------------------------------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> "TorchLearner":
+        """Build a fresh, seeded model (the weights depend on ``seed`` only)."""
+        torch.manual_seed(self.seed if seed is None else seed)
+        if callable(self.model) and not isinstance(self.model, str):
+            net = self.model(n_classes=self.n_classes, input_shape=tuple(self.input_shape))
+        else:
+            net = build_model(self.model, self.n_classes, self.input_shape)
+        self.module_ = net
+        self.classes_ = np.arange(self.n_classes)
+        return self
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "module_")
+
+    def _check_fitted(self) -> nn.Module:
+        if not self.is_fitted:
+            raise ConfigError("the learner has no model yet: call fit() (or reset()) first")
+        return self.module_
+
+    # --- training -----------------------------------------------------------------------------------------------
+    def fit(self, X: ArrayLike, y: ArrayLike, seed: int | None = None) -> "TorchLearner":
+        """Train on ``X: (n, ...)``, ``y: (n,)``. ``seed`` fixes initialisation and batch order."""
+        x = as_tensor(X)
+        yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        if len(x) != len(yt):
+            raise ConfigError(f"fit got {len(x)} inputs but {len(yt)} labels")
+        if len(x) == 0:
+            raise ConfigError("fit got an empty labelled set; label at least one sample first")
+        if yt.min() < 0 or yt.max() >= self.n_classes:
+            raise ConfigError(f"labels must lie in [0, {self.n_classes - 1}], got {int(yt.min())}..{int(yt.max())}")
+        seed = self.seed if seed is None else seed
+        if not (self.warm_start and self.is_fitted):
+            self.reset(seed)
+        net = self.module_
+        g = torch.Generator().manual_seed(seed + 1)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        n = len(x)
+        bs = min(self.batch_size, n)
+        steps_per_epoch = math.ceil(n / bs)
+        epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+        net.train()
+        # Manual batching over in-memory tensors: DataLoader's per-item collate costs more than the step itself
+        # for these small models. The permutation comes from the seeded generator, as a DataLoader's would.
+        it = range(epochs)
+        if self.progress:
+            from tqdm.auto import tqdm
+            it = tqdm(it, desc="train", leave=False, unit="ep")
+        for _ in it:
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n, bs):
+                idx = perm[i:i + bs]
+                if len(idx) < 2 and n >= 2:
+                    continue  # BatchNorm cannot train on a batch of one
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(net(x[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+        net.eval()
+        for p in net.parameters():
+            p.grad = None
+        return self
+
+    # --- inference ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, X: ArrayLike) -> torch.Tensor:
+        net = self._check_fitted()
+        x = as_tensor(X)
+        with eval_mode(net):
+            out = [net(b) for b in batches(x, self.eval_batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.n_classes)
+
+    def predict_proba(self, X: ArrayLike) -> np.ndarray:
+        """Softmax probabilities, ``(n, n_classes)`` float64."""
+        return torch.softmax(self.logits(X).double(), dim=1).numpy()
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        return self.predict_proba(X).argmax(1)
+
+    @property
+    def has_dropout(self) -> bool:
+        return bool(dropout_modules(self._check_fitted()))
+
+    @torch.no_grad()
+    def mc_predict_proba(self, X: ArrayLike, n_samples: int = 20, seed: int = 0) -> np.ndarray:
+        """MC-dropout probabilities, ``(n_samples, n, n_classes)`` float64.
+
+        Only dropout layers are stochastic; BatchNorm and everything else stay in eval mode, so a model without
+        dropout is refused rather than scored on BatchNorm noise.
+        """
+        net = self._check_fitted()
+        if not dropout_modules(net):
+            raise IncompatibleStrategyError(
+                "MC-dropout needs a model with at least one dropout layer; this model has none. Use a model with "
+                "nn.Dropout (the built-in cnn, mlp and resnet18 have one) or a strategy that needs no MC samples")
+        x = as_tensor(X)
+        out = np.empty((n_samples, len(x), self.n_classes))
+        # Fork the global RNG so MC sampling is seeded here and does not disturb the caller's RNG stream.
+        with torch.random.fork_rng(devices=[]), eval_mode(net, dropout=True):
+            torch.manual_seed(seed)
+            for t in range(n_samples):
+                out[t] = torch.cat([torch.softmax(net(b).double(), 1) for b in batches(x, self.eval_batch_size)])
+        return out
+
+    def last_linear(self) -> nn.Linear:
+        last = None
+        for m in self._check_fitted().modules():
+            if isinstance(m, nn.Linear):
+                last = m
+        if last is None:
+            raise IncompatibleStrategyError("embeddings need a model whose last layer is nn.Linear")
+        return last
+
+    @torch.no_grad()
+    def embed(self, X: ArrayLike) -> np.ndarray:
+        """Penultimate features: the input of the last ``nn.Linear``, ``(n, d)`` float32."""
+        net = self._check_fitted()
+        head = self.last_linear()
+        feats: list[torch.Tensor] = []
+        h = head.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().flatten(1)))
+        try:
+            with eval_mode(net):
+                for b in batches(as_tensor(X), self.eval_batch_size):
+                    net(b)
+        finally:
+            h.remove()
+        return torch.cat(feats).numpy() if feats else np.empty((0, head.in_features), np.float32)
+
+    def evaluate(self, X: ArrayLike, y: ArrayLike) -> dict[str, float]:
+        """Accuracy and mean negative log-likelihood on ``(X, y)``."""
+        logits = self.logits(X).double()
+        yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        return {"accuracy": float((logits.argmax(1) == yt).double().mean()),
+                "nll": float(F.cross_entropy(logits, yt))}

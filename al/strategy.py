@@ -1,0 +1,170 @@
+"""The strategy contract: ``select(ctx, n, rng) -> Selection``.
+
+Strategies are pure: they never train and never write files. Each declares the quantities it ``needs``;
+the :class:`Context` computes each of them once per round, whichever strategy asks, and hands model-based
+strategies the trained model and the pool inputs.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, IncompatibleStrategyError
+
+if TYPE_CHECKING:
+    from .learner import TorchLearner
+
+#: The quantities a context can provide.
+NEEDS = frozenset({"probs", "mc_probs", "embeddings", "labelled_embeddings", "model", "inputs"})
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The picked sample ids in rank order and their acquisition scores (higher = picked first).
+
+    ids: (n,) int64 global sample ids. scores: (n,) float64.
+    pool_scores: (n_candidates,) scores of every candidate, when the strategy has them (for per-round
+    uncertainty summaries); None for strategies without a per-sample score (random, core-set, BADGE...).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    pool_scores: np.ndarray | None = None
+
+
+def top_n(scores: np.ndarray, ids: np.ndarray, n: int) -> Selection:
+    """The ``n`` highest scores; ties broken by the smaller sample id, so picks never depend on pool order."""
+    scores = np.asarray(scores, dtype=np.float64)
+    ids = np.asarray(ids, dtype=np.int64)
+    if scores.shape != ids.shape:
+        raise ValueError(f"scores {scores.shape} and ids {ids.shape} differ in shape")
+    if np.isnan(scores).any():
+        raise ValueError("acquisition scores contain NaN; the model's outputs are probably not finite")
+    order = np.lexsort((ids, -scores))[:n]
+    return Selection(ids[order], scores[order], scores)
+
+
+class Context:
+    """What one round knows, computed lazily and at most once.
+
+    candidates: (n_candidates,) int64 unlabelled ids that may be picked (a random subset of the pool when
+    ``--pool-subset`` is set). labelled: (n_labelled,) int64 ids already labelled.
+    Arrays may be given directly (tests, modAL interop); anything missing is computed with the learner from
+    ``inputs_of(ids)``.
+    """
+
+    def __init__(self, candidates: np.ndarray, labelled: np.ndarray | None = None, *,
+                 learner: "TorchLearner | None" = None, inputs_of: Any = None,
+                 probs: np.ndarray | None = None, mc_probs: np.ndarray | None = None,
+                 embeddings: np.ndarray | None = None, labelled_embeddings: np.ndarray | None = None,
+                 mc_samples: int = 20, seed: int = 0, n_classes: int | None = None) -> None:
+        self.candidates = np.asarray(candidates, dtype=np.int64)
+        self.labelled = np.asarray(labelled if labelled is not None else [], dtype=np.int64)
+        self.learner = learner
+        self._inputs_of = inputs_of
+        self.mc_samples = mc_samples
+        self.seed = seed
+        self._n_classes = n_classes
+        for name, value in (("probs", probs), ("mc_probs", mc_probs), ("embeddings", embeddings),
+                            ("labelled_embeddings", labelled_embeddings)):
+            if value is not None:
+                self.__dict__[name] = np.asarray(value)
+
+    def _need(self, what: str) -> "TorchLearner":
+        if self.learner is None:
+            raise IncompatibleStrategyError(f"this context has no learner to compute {what!r}; pass it directly")
+        return self.learner
+
+    def inputs_for(self, ids: np.ndarray) -> torch.Tensor:
+        if self._inputs_of is None:
+            raise IncompatibleStrategyError("this context has no pool inputs; build it with inputs_of=...")
+        return self._inputs_of(np.asarray(ids, dtype=np.int64))
+
+    @cached_property
+    def inputs(self) -> torch.Tensor:
+        """Candidate inputs, (n_candidates, ...)."""
+        return self.inputs_for(self.candidates)
+
+    @cached_property
+    def probs(self) -> np.ndarray:
+        """(n_candidates, n_classes) float64."""
+        return self._need("probs").predict_proba(self.inputs)
+
+    @cached_property
+    def mc_probs(self) -> np.ndarray:
+        """(mc_samples, n_candidates, n_classes) float64, MC-dropout."""
+        return self._need("mc_probs").mc_predict_proba(self.inputs, self.mc_samples, seed=self.seed)
+
+    @cached_property
+    def embeddings(self) -> np.ndarray:
+        """(n_candidates, d) penultimate features."""
+        return self._need("embeddings").embed(self.inputs)
+
+    @cached_property
+    def labelled_embeddings(self) -> np.ndarray:
+        """(n_labelled, d) penultimate features of the labelled set."""
+        return self._need("embeddings").embed(self.inputs_for(self.labelled))
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._need("model")._check_fitted()
+
+    @property
+    def n_classes(self) -> int:
+        if self._n_classes is not None:
+            return self._n_classes
+        if "probs" in self.__dict__:
+            return self.probs.shape[1]
+        return self._need("n_classes").n_classes
+
+
+class Strategy:
+    """Base class. Subclasses set ``name``, ``needs`` and implement ``select``.
+
+    Keyword settings are taken by ``__init__`` and stored; nothing is computed there.
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    #: True when ``pool_scores`` are uncertainties (higher = more uncertain) worth summarising per round.
+    scores_are_uncertainty: ClassVar[bool] = True
+
+    def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
+        raise NotImplementedError
+
+    def check_learner(self, learner: "TorchLearner") -> None:
+        """Raise IncompatibleStrategyError early if ``learner`` cannot provide what this strategy needs."""
+        if "mc_probs" in self.needs and not learner.has_dropout:
+            raise IncompatibleStrategyError(
+                f"strategy {self.name!r} needs MC-dropout samples but the model has no dropout layer; "
+                f"add nn.Dropout to the model or pick a strategy that needs no MC samples")
+        if {"embeddings", "labelled_embeddings"} & self.needs:
+            learner.last_linear()
+
+    def __call__(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
+        """Validate ``n`` then select; the result is checked against the contract."""
+        n_cand = len(ctx.candidates)
+        if n < 1:
+            raise ConfigError(f"query size must be at least 1, got {n}")
+        if n > n_cand:
+            raise ConfigError(f"cannot select {n} samples from {n_cand} unlabelled candidates; lower the query "
+                              f"size or enlarge --pool-subset")
+        sel = self.select(ctx, n, rng)
+        ids = np.asarray(sel.ids, dtype=np.int64)
+        if len(ids) != n or len(np.unique(ids)) != n:
+            raise AssertionError(f"strategy {self.name!r} returned {len(ids)} ids ({len(np.unique(ids))} unique), "
+                                 f"expected {n} unique ids")
+        return sel
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({params})"
+
+    def params(self) -> dict[str, Any]:
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
