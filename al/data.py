@@ -89,10 +89,16 @@ def _cache_root() -> Path:
     return Path(os.environ.get("AL_CACHE_DIR", str(DEFAULT_ROOT))).expanduser()
 
 
+def _is_writable(folder: Path) -> bool:
+    # os.access alone says yes to root even on a folder without write bits (CI runs as root on a shared copy
+    # of the data that must stay untouched), so the mode bits are checked too.
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o200)
+
+
 def _writable_root(root: Path, folder: str) -> Path:
     """``root`` if torchvision may unpack into it, else a writable mirror holding copies of its .gz files."""
     src = root / folder / "raw"
-    if not src.is_dir() or os.access(src, os.W_OK):
+    if not src.is_dir() or _is_writable(src):
         return root
     cache = _cache_root()
     if cache.resolve() == root.resolve():
@@ -196,7 +202,7 @@ def _read_idx_gz(path: Path) -> np.ndarray:
     if path.suffix == ".gz":
         raw = path.with_suffix("")
         cache = _cache_root() / path.parent.parent.name / "raw"
-        target = raw if os.access(path.parent, os.W_OK) else cache / raw.name
+        target = raw if _is_writable(path.parent) else cache / raw.name
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             with gzip.open(path, "rb") as fi, open(target, "wb") as fo:

@@ -201,7 +201,7 @@ class Experiment:
         return np.flatnonzero(mask)
 
     def inputs_of(self, ids: np.ndarray) -> torch.Tensor:
-        return self.dataset.train_x[torch.from_numpy(np.asarray(ids, dtype=np.int64))]
+        return self.dataset.train_x[torch.from_numpy(np.array(ids, dtype=np.int64))]  # a copy: ids may be read-only
 
     def _query(self, st: RunState, r: int) -> None:
         c = self.config
