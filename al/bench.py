@@ -111,9 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .data import load_dataset
 
         dataset = load_dataset(args.dataset, args.data_dir)
-        store = Store(args.store)
-        experiments = [Experiment(c, store, name=args.run_name, dataset=dataset, progress=not args.no_progress,
-                                  on_round=_print_round) for c in configs]
+        experiments: list[Experiment] = []
+        for c in configs:
+            # The first experiment checks everything and only then opens the store; the others share it.
+            experiments.append(Experiment(c, experiments[0].store if experiments else args.store, name=args.run_name,
+                                          dataset=dataset, progress=not args.no_progress, on_round=_print_round))
+        store = experiments[0].store
     except (ConfigError, StoreError, DataError, OracleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
