@@ -1,0 +1,117 @@
+"""TorchLearner and the model zoo."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from al.errors import ConfigError, IncompatibleStrategyError
+from al.learner import TorchLearner, eval_mode
+from al.models import MODELS, build_model
+
+
+@pytest.mark.parametrize("name,shape", [("cnn", (1, 28, 28)), ("lenet5", (1, 28, 28)), ("mlp", (1, 8, 8)),
+                                        ("resnet18", (3, 32, 32)), ("patch-transformer", (1, 28, 28))])
+def test_models_output_logits(name, shape):
+    m = build_model(name, 7, shape).eval()
+    with torch.no_grad():
+        assert m(torch.randn(2, *shape)).shape == (2, 7)
+
+
+def test_model_errors():
+    with pytest.raises(ConfigError, match="use --model mlp"):
+        build_model("cnn", 10, (1, 8, 8))
+    with pytest.raises(ConfigError, match="not a torch.nn.Module"):
+        build_model("builtins:dict", 10, (1,))  # a factory that returns something else
+
+
+def test_fit_is_seeded_and_learns(digits):
+    a = TorchLearner("mlp", 10, (1, 8, 8), epochs=5, min_steps=100).fit(digits.train_x[:300], digits.train_y[:300], seed=1)
+    b = TorchLearner("mlp", 10, (1, 8, 8), epochs=5, min_steps=100).fit(digits.train_x[:300], digits.train_y[:300], seed=1)
+    pa, pb = a.predict_proba(digits.test_x), b.predict_proba(digits.test_x)
+    np.testing.assert_array_equal(pa, pb)
+    assert pa.shape == (360, 10) and np.allclose(pa.sum(1), 1)
+    assert a.evaluate(digits.test_x, digits.test_y)["accuracy"] > 0.8
+    assert a.score(digits.test_x.numpy(), digits.test_y.numpy()) > 0.8  # scikit-learn's ClassifierMixin
+
+
+def test_sklearn_api_on_numpy(digits):
+    from sklearn.base import clone
+
+    est = TorchLearner("mlp", 10, (1, 8, 8), epochs=2, min_steps=20)
+    est.fit(digits.train_x[:100].numpy(), digits.train_y[:100].numpy())
+    assert est.predict(digits.test_x[:5].numpy()).shape == (5,)
+    assert list(est.classes_) == list(range(10))
+    c = clone(est)
+    assert c.get_params()["min_steps"] == 20 and not c.is_fitted
+
+
+def test_warm_start_continues_from_previous_weights(digits):
+    est = TorchLearner("mlp", 10, (1, 8, 8), epochs=1, min_steps=1, warm_start=True, lr=1e-9)
+    est.fit(digits.train_x[:50], digits.train_y[:50], seed=0)
+    w0 = est.module_[1].weight.detach().clone()
+    est.fit(digits.train_x[:50], digits.train_y[:50], seed=5)  # a cold start with seed 5 would re-initialise
+    assert torch.allclose(est.module_[1].weight, w0, atol=1e-6)
+
+
+def test_bad_fit_inputs(digits):
+    est = TorchLearner("mlp", 10, (1, 8, 8))
+    with pytest.raises(ConfigError, match="labels must lie"):
+        est.fit(digits.train_x[:4], np.array([0, 1, 2, 12]))
+    with pytest.raises(ConfigError, match="empty labelled set"):
+        est.fit(digits.train_x[:0], np.array([], dtype=int))
+    with pytest.raises(ConfigError, match="call fit"):
+        TorchLearner("mlp", 10, (1, 8, 8)).predict_proba(digits.test_x[:2])
+
+
+class BNDropNet(nn.Module):
+    def __init__(self, dropout=True):
+        super().__init__()
+        self.fc = nn.Linear(64, 32)
+        self.bn = nn.BatchNorm1d(32)
+        self.drop = nn.Dropout(0.5) if dropout else nn.Identity()
+        self.out = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.out(self.drop(torch.relu(self.bn(self.fc(x.flatten(1))))))
+
+
+def test_mc_dropout_only_dropout_is_stochastic(digits):
+    est = TorchLearner(lambda n_classes, input_shape: BNDropNet(), 10, (1, 8, 8), epochs=1, min_steps=5)
+    est.fit(digits.train_x[:64], digits.train_y[:64])
+    bn = est.module_.bn
+    stats = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
+    est.module_.train()  # the caller's mode must come back as it was
+    mc = est.mc_predict_proba(digits.test_x[:20], n_samples=4, seed=0)
+    assert mc.shape == (4, 20, 10) and not np.allclose(mc[0], mc[1])
+    assert est.module_.training and est.module_.bn.training
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
+    assert int(bn.num_batches_tracked) == stats[2]
+    np.testing.assert_array_equal(mc, est.mc_predict_proba(digits.test_x[:20], n_samples=4, seed=0))
+
+
+def test_mc_dropout_refused_without_dropout(digits):
+    est = TorchLearner(lambda n_classes, input_shape: BNDropNet(dropout=False), 10, (1, 8, 8), epochs=1, min_steps=2)
+    est.fit(digits.train_x[:16], digits.train_y[:16])
+    with pytest.raises(IncompatibleStrategyError, match="no dropout layer|has none"):
+        est.mc_predict_proba(digits.test_x[:4], 2)
+
+
+def test_embed_is_input_of_last_linear(digits):
+    est = TorchLearner("mlp", 10, (1, 8, 8), epochs=1, min_steps=2).fit(digits.train_x[:16], digits.train_y[:16])
+    e = est.embed(digits.test_x[:5])
+    assert e.shape == (5, 128)
+    with torch.no_grad():
+        logits = est.module_[-1](torch.from_numpy(e))
+    np.testing.assert_allclose(logits.numpy(), est.logits(digits.test_x[:5]).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_eval_mode_restores_flags():
+    m = BNDropNet().train()
+    m.bn.eval()
+    with eval_mode(m, dropout=True):
+        assert not m.bn.training and m.drop.training and not m.training
+    assert m.training and not m.bn.training and m.drop.training
+
+
+def test_models_registry_lists_builtins():
+    assert {"cnn", "lenet5", "mlp", "resnet18", "patch-transformer"} <= set(MODELS.names())
