@@ -124,11 +124,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         net.train()
         # Manual batching over in-memory tensors: DataLoader's per-item collate costs more than the step itself
         # for these small models. The permutation comes from the seeded generator, as a DataLoader's would.
-        it = range(epochs)
-        if self.progress:
-            from tqdm.auto import tqdm
-            it = tqdm(it, desc="train", leave=False, unit="ep")
-        for _ in it:
+        for _ in self._progress(range(epochs), "train"):
             perm = torch.randperm(n, generator=g)
             for i in range(0, n, bs):
                 idx = perm[i:i + bs]
@@ -149,8 +145,16 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         net = self._check_fitted()
         x = as_tensor(X)
         with eval_mode(net):
-            out = [net(b) for b in batches(x, self.eval_batch_size)]
+            out = [net(b) for b in self._progress(batches(x, self.eval_batch_size), "predict", len(x) >= 4 * self.eval_batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.n_classes)
+
+    def _progress(self, it, desc: str, worth_showing: bool = True):  # noqa: ANN001, ANN202
+        """Wrap ``it`` in a tqdm bar when progress is on and the work is large enough to be worth showing."""
+        if not (self.progress and worth_showing):
+            return it
+        from tqdm.auto import tqdm
+
+        return tqdm(it, desc=desc, leave=False)
 
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
         """Softmax probabilities, ``(n, n_classes)`` float64."""
@@ -180,7 +184,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         # Fork the global RNG so MC sampling is seeded here and does not disturb the caller's RNG stream.
         with torch.random.fork_rng(devices=[]), eval_mode(net, dropout=True):
             torch.manual_seed(seed)
-            for t in range(n_samples):
+            for t in self._progress(range(n_samples), "mc-dropout", len(x) >= self.eval_batch_size):
                 out[t] = torch.cat([torch.softmax(net(b).double(), 1) for b in batches(x, self.eval_batch_size)])
         return out
 
