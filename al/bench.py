@@ -59,7 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--mc-samples", type=int, default=20, help="MC-dropout passes for bald/batchbald (default 20)")
     a("--warm-start", action="store_true", help="fine-tune last round's model instead of retraining from scratch")
     a("--oracle", default="ground-truth",
-      help="who labels: ground-truth, noisy:<fraction>, or package.module:factory (default ground-truth)")
+      help="who labels: ground-truth, noisy:<fraction>, csv (file hand-off, needs --oracle-dir), prompt (you, at "
+           "this terminal), or package.module:factory (default ground-truth)")
+    a("--oracle-dir", metavar="DIR", help="--oracle csv: folder for queries-round-N.csv (with the images) and "
+                                          "answers-round-N.csv; one folder per run")
+    a("--oracle-timeout", type=float, metavar="SECONDS",
+      help="stop the run (the query stays saved) if the oracle gives no answer within SECONDS")
     a("--store", default=DEFAULT_URL, help=f"SQLAlchemy URL of the store (default {DEFAULT_URL})")
     a("--run-name", help="name of the run in the store (default <dataset>-<strategy>-seed<seed>)")
     a("--data-dir", help="data root (default $AL_DATA_DIR, else ~/.cache/al/data)")
@@ -115,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for c in configs:
             # The first experiment checks everything and only then opens the store; the others share it.
             experiments.append(Experiment(c, experiments[0].store if experiments else args.store, name=args.run_name,
-                                          dataset=dataset, progress=not args.no_progress, on_round=_print_round))
+                                          dataset=dataset, progress=not args.no_progress, on_round=_print_round,
+                                          oracle_dir=args.oracle_dir, oracle_timeout=args.oracle_timeout))
         store = experiments[0].store
     except (ConfigError, StoreError, DataError, OracleError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,7 +10,9 @@ bit for bit (same labelled set, same seed) and continues exactly where the kille
 from __future__ import annotations
 
 import sys
+import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -20,9 +22,9 @@ import torch
 from .data import Dataset, load_dataset
 from .errors import ConfigError, LabelsPending, OracleError
 from .learner import TorchLearner
-from .oracle import Oracle, make_oracle, validate_answers
+from .oracle import LabellingStopped, Oracle, RoundInfo, make_oracle, validate_answers
 from .seeding import round_rng, torch_seed
-from .store import RunState, Store
+from .store import RunState, Store, crash_point
 from .strategy import Context, Strategy
 
 #: Per-dataset defaults for settings left unset; chosen so a run is practical on a 2-core CPU (see README).
@@ -113,16 +115,23 @@ class Experiment:
     """Runs (or continues) one active-learning run recorded in ``store`` under ``name``.
 
     dataset and oracle may be given as objects (the Python API) or are built from the config.
-    ``on_round`` is called with a RoundReport after each completed round.
+    ``on_round`` is called with a RoundReport after each completed round. ``oracle_dir`` is the hand-off folder
+    of ``--oracle csv``. ``oracle_timeout``: seconds to wait for one call of the oracle (per answer for
+    one-at-a-time oracles) before the run stops with an OracleError; the query stays saved. Neither changes
+    a run's results, so neither is part of its stored configuration.
     """
 
     def __init__(self, config: ExperimentConfig, store: Store | str = "sqlite:///al-runs.db", *,
                  name: str | None = None, dataset: Dataset | None = None, oracle: Oracle | None = None,
                  strategy: Strategy | None = None, data_dir: str | None = None, progress: bool = False,
-                 on_round: Callable[[RoundReport], None] | None = None) -> None:
+                 on_round: Callable[[RoundReport], None] | None = None, oracle_dir: str | None = None,
+                 oracle_timeout: float | None = None) -> None:
         from strategies import build_strategy
 
         config.check()
+        if oracle_timeout is not None and not oracle_timeout > 0:
+            raise ConfigError(f"--oracle-timeout must be a positive number of seconds, got {oracle_timeout}")
+        self.oracle_timeout = oracle_timeout
         self.dataset = dataset if dataset is not None else load_dataset(config.dataset, data_dir)
         self.config = config.resolved(self.dataset)
         self.strategy = strategy if strategy is not None else build_strategy(self.config.strategy,
@@ -138,7 +147,8 @@ class Experiment:
         self.strategy.check_learner(self.learner)
         del self.learner.module_  # checked; each round builds (or fine-tunes) its own model
         labels = self.dataset.train_y.numpy()
-        self.oracle = oracle if oracle is not None else make_oracle(c.oracle, labels, self.dataset.n_classes, c.seed)
+        self.oracle = oracle if oracle is not None else make_oracle(c.oracle, labels, self.dataset.n_classes, c.seed,
+                                                                    dataset=self.dataset, oracle_dir=oracle_dir)
         # The store is opened last: nothing is written until every setting has been checked.
         self.store = store if isinstance(store, Store) else Store(store)
         self._model_round: int | None = None
@@ -229,6 +239,7 @@ class Experiment:
         t1 = time.perf_counter()
         self.store.record_query(st.run_id, r, ids, scores, pool_scores=pool_scores, select_seconds=select_s)
         self._store_s = time.perf_counter() - t1
+        crash_point("after-query", r)
 
     def _initial_ids(self, n: int) -> np.ndarray:
         rng = round_rng(self.config.seed, 0, "init")
@@ -244,19 +255,69 @@ class Experiment:
 
     def _label(self, st: RunState, r: int) -> None:
         pending = self.store.pending(st.run_id, r)
-        try:
-            raw = self.oracle.label(pending)
-        except Exception as e:
-            raise OracleError(f"the oracle {getattr(self.oracle, 'name', '?')!r} failed on round {r} "
-                              f"({type(e).__name__}: {e}); the query is saved, so run the same command again "
-                              f"to ask for its {len(pending)} labels") from e
-        answers = validate_answers(raw, pending, self.dataset.n_classes, st.labels)
-        t0 = time.perf_counter()
-        left = self.store.record_labels(st.run_id, r, answers, getattr(self.oracle, "name", "oracle"))
-        self._store_s += time.perf_counter() - t0
+        name = getattr(self.oracle, "name", "oracle")
+        if hasattr(self.oracle, "begin_round"):
+            self.oracle.begin_round(RoundInfo(r, self.store.queried(st.run_id, r), dict(st.labels),
+                                              dict(st.label_round), self.dataset.n_classes))
+        # One-at-a-time oracles (a person at a terminal) get one id per call and each answer is stored at once.
+        batches = [pending[k:k + 1] for k in range(len(pending))] if getattr(self.oracle, "one_at_a_time", False) \
+            else [pending]
+        left, refused, stopped = len(pending), [], False
+        for ids in batches:
+            try:
+                raw = self._ask(ids, r)
+            except LabellingStopped:
+                stopped = True
+                break
+            refused += getattr(raw, "refused", [])
+            answers = validate_answers(raw, ids, self.dataset.n_classes, st.labels)
+            if answers or len(batches) == 1:
+                t0 = time.perf_counter()
+                left = self.store.record_labels(st.run_id, r, answers, name)
+                self._store_s += time.perf_counter() - t0
+        crash_point("after-labels", r)
+        problems = (f"\n{len(refused)} answer row(s) refused (nothing of them was stored):\n  "
+                    + "\n  ".join(refused[:50]) + ("\n  ..." if len(refused) > 50 else "")) if refused else ""
         if left:
-            raise LabelsPending(f"round {r}: {left} of {len(pending)} queried samples still await a label; "
-                                f"answer them and run the same command again to continue", awaited=left)
+            how = getattr(self.oracle, "how_to_answer", None)
+            hint = how(r) if how is not None else "answer them and run the same command again to continue"
+            raise LabelsPending(f"round {r}: {left} of {len(pending)} queried samples still await a label"
+                                f"{' (labelling stopped by the user)' if stopped else ''}; {hint}{problems}",
+                                awaited=left)
+        if refused:  # every queried sample has a label, so the run goes on; the bad rows are still reported
+            warnings.warn(f"round {r} is fully labelled, but{problems}", stacklevel=2)
+
+    def _ask(self, ids: np.ndarray, r: int) -> Any:
+        """``oracle.label(ids)``, bounded by ``oracle_timeout`` when one is set; failures become OracleError."""
+        name = getattr(self.oracle, "name", "?")
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["answer"] = self.oracle.label(ids)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
+                box["error"] = e
+
+        if self.oracle_timeout is None:
+            call()
+        else:
+            # A thread, not a subprocess: the oracle may hold state (a file, a socket, a GUI) that a child process
+            # would not share. A hung call cannot be killed, so the thread is a daemon (it never holds the
+            # process open) and its late answer is dropped: nothing it returns after the timeout is recorded.
+            t = threading.Thread(target=call, name=f"al-oracle-round-{r}", daemon=True)
+            t.start()
+            t.join(self.oracle_timeout)
+            if t.is_alive():
+                raise OracleError(f"the oracle {name!r} gave no answer within {self.oracle_timeout:g}s on round {r}"
+                                  f"; the query is saved, so run the same command again (raise --oracle-timeout if "
+                                  f"the oracle is just slow)")
+        err = box.get("error")
+        if isinstance(err, (LabellingStopped, KeyboardInterrupt)):
+            raise err
+        if err is not None:
+            raise OracleError(f"the oracle {name!r} failed on round {r} ({type(err).__name__}: {err}); the query "
+                              f"is saved, so run the same command again to ask for its labels") from err
+        return box["answer"]
 
     def _train(self, st: RunState, r: int) -> float:
         ids = st.labelled_ids(up_to_round=r)
@@ -274,6 +335,7 @@ class Experiment:
 
     def _fit_and_evaluate(self, st: RunState, r: int) -> None:
         train_s = self._train(st, r)
+        crash_point("after-train", r)
         t0 = time.perf_counter()
         m = self.learner.evaluate(self.dataset.test_x, self.dataset.test_y)
         eval_s = time.perf_counter() - t0
@@ -282,6 +344,7 @@ class Experiment:
         store_s, self._store_s = self._store_s, 0.0
         self.store.record_metrics(st.run_id, r, n_labelled=n, accuracy=m["accuracy"], nll=m["nll"],
                                   train_seconds=train_s, eval_seconds=eval_s, store_seconds=store_s)
+        crash_point("after-metrics", r)
         if self.on_round is not None:
             select_s = st.last_round["select_seconds"] or 0.0
             self.on_round(RoundReport(r, n, m["accuracy"], m["nll"], train_s, select_s, store_s))

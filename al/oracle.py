@@ -2,14 +2,31 @@
 
 An oracle is any object with ``label(ids) -> Mapping[int, int]``: given global sample ids it returns labels
 for some or all of them. Ids it leaves out stay pending; the loop stops and a later run asks again.
+
+Optional extras, all duck-typed so that the plain protocol keeps working:
+
+- ``begin_round(info: RoundInfo)``: called before ``label`` with the round index, the whole query and the
+  labels already stored (the CSV hand-off oracle needs them to name its files and to recognise rows it has
+  already handed over).
+- ``one_at_a_time = True``: the loop asks for one id at a time and stores each answer as soon as it is
+  given (a person at a terminal must not lose twenty answers because the twenty-first was never given).
+- ``label`` may return an :class:`Answers` (a dict) whose ``refused`` lists rows it could not accept; the
+  valid rows are stored and the refused ones reported.
+- ``label`` may raise :class:`LabellingStopped` (the person chose to quit): the answers given so far are kept
+  and the run waits.
+- ``how_to_answer(round_idx) -> str``: one sentence added to the "still awaited" message.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
 from .errors import OracleError
+
+if TYPE_CHECKING:
+    from .data import Dataset
 
 
 @runtime_checkable
@@ -19,6 +36,33 @@ class Oracle(Protocol):
     def label(self, ids: np.ndarray) -> Mapping[int, int]:
         """Labels for some or all of ``ids: (n,) int64``."""
         ...
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """What a round-aware oracle is told before it is asked.
+
+    query: (n_queried, 3) DataFrame with columns sample_id, rank, score: the round's whole query in rank order
+    (answered or not). labels / label_round: every label already stored for the run, and its round.
+    """
+
+    round_idx: int
+    query: Any  # pandas.DataFrame; typed loosely so that importing oracles does not import pandas
+    labels: Mapping[int, int]
+    label_round: Mapping[int, int]
+    n_classes: int
+
+
+class Answers(dict):
+    """A mapping id -> label plus the rows the oracle refused, each as a message naming the row and why."""
+
+    def __init__(self, labels: Mapping[int, int] = (), refused: Iterable[str] = ()) -> None:
+        super().__init__(labels)
+        self.refused: list[str] = list(refused)
+
+
+class LabellingStopped(Exception):
+    """Raised by an interactive oracle when the person quits; what was answered before is kept."""
 
 
 class GroundTruthOracle:
@@ -129,15 +173,29 @@ def _as_label(v: object) -> int | None:
     return None
 
 
-def make_oracle(spec: str, labels: np.ndarray, n_classes: int, seed: int = 0) -> Oracle:
+def make_oracle(spec: str, labels: np.ndarray, n_classes: int, seed: int = 0, *, dataset: "Dataset | None" = None,
+                oracle_dir: str | None = None) -> Oracle:
     """Build an oracle from a CLI spec.
 
-    ``ground-truth``; ``noisy:0.1`` (10% of answers wrong); ``package.module:factory`` where
-    ``factory(labels=..., n_classes=...)`` returns an Oracle or a function ``ids -> labels``.
+    ``ground-truth``; ``noisy:0.1`` (10% of answers wrong); ``csv`` (file hand-off in ``oracle_dir``, see
+    :mod:`al.human`); ``prompt`` (a person at this terminal); ``package.module:factory`` where
+    ``factory(labels=..., n_classes=...)`` returns an Oracle or a function ``ids -> labels``. The human oracles
+    need ``dataset`` to show the queried images.
     """
     kind, _, arg = spec.partition(":")
     if spec == "ground-truth":
         return GroundTruthOracle(labels)
+    if spec in ("csv", "prompt"):
+        from . import human
+
+        if dataset is None:
+            raise OracleError(f"--oracle {spec} shows the queried images, so it needs the dataset; pass dataset=")
+        if spec == "csv":
+            if not oracle_dir:
+                raise OracleError("--oracle csv needs --oracle-dir DIR: the folder where queries-round-N.csv is "
+                                  "written and answers-round-N.csv is read")
+            return human.CsvOracle(oracle_dir, dataset)
+        return human.PromptOracle(dataset)
     if kind == "noisy":
         try:
             noise = float(arg)
@@ -158,4 +216,5 @@ def make_oracle(spec: str, labels: np.ndarray, n_classes: int, seed: int = 0) ->
             return CallbackOracle(made, name=spec)
         raise OracleError(f"oracle factory {spec!r} returned {type(made).__name__}; return an object with "
                           f"label(ids) or a function ids -> labels")
-    raise OracleError(f"unknown oracle {spec!r}; use ground-truth, noisy:<fraction> or package.module:factory")
+    raise OracleError(f"unknown oracle {spec!r}; use ground-truth, noisy:<fraction>, csv, prompt or "
+                      f"package.module:factory")

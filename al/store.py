@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 from contextlib import contextmanager
@@ -34,6 +35,23 @@ DEFAULT_URL = "sqlite:///al-runs.db"
 ROUND_STATES = ("queried", "labelled", "complete")
 RUN_STATUSES = ("running", "waiting", "finished", "failed", "stopped")
 SCORE_STATS = ("mean", "std", "min", "q10", "q25", "median", "q75", "q90", "max")
+
+
+def crash_point(point: str, round_idx: int | None = None) -> None:
+    """Fault-injection hook for the crash tests: SIGKILL this process at a named point.
+
+    ``AL_CRASH_AT=<point>`` or ``<point>:<round_idx>`` names where. Points: ``after-query``, ``after-labels``,
+    ``after-train``, ``after-metrics`` (between transactions, in the loop) and ``in-query-commit``,
+    ``in-labels-commit``, ``in-metrics-commit`` (inside a transaction, its statements sent, before COMMIT).
+    SIGKILL, not an exception, so that no ``finally`` or ``except`` runs: the process dies as under the OOM
+    killer or a power cut. Unset (always, outside tests) it costs one environment lookup.
+    """
+    spec = os.environ.get("AL_CRASH_AT")
+    if not spec:
+        return
+    name, _, r = spec.partition(":")
+    if name == point and (not r or (round_idx is not None and int(r) == round_idx)):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _now() -> datetime:
@@ -331,7 +349,10 @@ class Store:
         """
         token = f"{socket.gethostname()}:{os.getpid()}"
         with self._write() as s:
-            run = s.get(_Run, run_id)
+            # FOR UPDATE: on PostgreSQL two processes claiming at once would both read "no owner" under READ
+            # COMMITTED; the row lock makes the second wait and then see the first's claim. (SQLite ignores it:
+            # BEGIN IMMEDIATE already serialises writers.)
+            run = s.get(_Run, run_id, with_for_update=True)
             if run.owner and run.owner != token and not self._owner_gone(run.owner, run.heartbeat, stale_after_s):
                 raise StoreError(f"run {run.name!r} is being written by another process ({run.owner}); wait for it "
                                  f"to finish, or stop it first")
@@ -372,6 +393,8 @@ class Store:
             sc = [None] * len(ids) if scores is None else [None if not np.isfinite(v) else float(v) for v in scores]
             s.execute(sa.insert(_Query), [dict(run_id=run_id, round_idx=round_idx, sample_id=int(i), rank=r,
                                                score=sc[r]) for r, i in enumerate(ids)])
+            s.flush()
+            crash_point("in-query-commit", round_idx)
 
     def pending(self, run_id: int, round_idx: int) -> np.ndarray:
         """Queried ids of ``round_idx`` without a label yet, in rank order."""
@@ -409,6 +432,8 @@ class Store:
             left = len(queried) - len(done) - len(labels)
             if left == 0:
                 rnd.state = "labelled"
+            s.flush()
+            crash_point("in-labels-commit", round_idx)
             return left
 
     def record_metrics(self, run_id: int, round_idx: int, *, n_labelled: int, accuracy: float, nll: float,
@@ -425,6 +450,8 @@ class Store:
             rnd.completed_at = _now()
             run = s.get(_Run, run_id)
             run.updated_at = run.heartbeat = _now()
+            s.flush()
+            crash_point("in-metrics-commit", round_idx)
 
     # --- reading ------------------------------------------------------------------------------------------------
     def runs(self) -> pd.DataFrame:
