@@ -78,3 +78,139 @@ class BALD(Strategy):
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         return top_n(mutual_information(ctx.mc_probs), ctx.candidates, n)
+
+
+def batchbald_select(mc_probs: np.ndarray, n: int, rng: np.random.Generator, *, ids: np.ndarray | None = None,
+                     max_exact_configs: int = 4096, num_samples: int = 1000,
+                     chunk_bytes: int = 32 * 2**20) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy BatchBALD: positions of ``n`` candidates and the marginal gain of each when it was added.
+
+    mc_probs: (T, N, C). ids: (N,) used only to break ties (smaller id first); default ``arange(N)``.
+    Returns (positions (n,) int64 into the N axis, gains (n,) float64 in nats).
+
+    Step b adds the candidate with the largest gain
+    I[y_1..y_b, y_i; w] - I[y_1..y_b; w] = H[y_i | y_1..y_b] - E_w H[y_i | w].
+    The batch's label configurations are kept as a (T, M) matrix of posterior weights over the T MC samples,
+    one column per configuration, each column normalised to mean 1. Then
+    p(y_i = c | config m) = mean_t P[t, m] p_t(y_i = c), and H[y_i | batch] = sum_m w_m H[p(y_i | config m)]
+    with w_m the configuration's probability (exact: all C^b configurations while C^b <= ``max_exact_configs``)
+    or 1/M (beyond: ``num_samples`` configurations drawn from the batch's joint predictive, extended by
+    ancestral sampling as the batch grows). Normalising each column keeps the products of b probabilities from
+    underflowing however large the batch, and makes a copy of an already-picked sample score
+    H[y | batch] ~ 0 on deterministic-per-sample models instead of a difference of two large rounded numbers.
+    Memory: O(T*M + M*chunk*C) beside the input; distances are computed in candidate chunks of at most
+    ``chunk_bytes`` bytes.
+
+    Exact copies of a picked candidate (identical MC rows, i.e. the same input under the same model) are passed
+    over while any other candidate remains: a labeller gives the same answer for the same input, so their true
+    gain is zero. The estimate alone does not guarantee it: with finite T, once the batch's labels pin down
+    which MC sample is "true", every gain is ~0 and a copy with a little residual per-sample entropy can
+    outscore a fresh candidate. Gains equal to 1e-12 nats (1e-6 once configurations are sampled and computed
+    in float32) are ties, broken by the smaller id.
+
+    References: Kirsch, van Amersfoort & Gal, "BatchBALD" (NeurIPS 2019), sections 3-4.
+    """
+    p = _check_mc(mc_probs)
+    T, N, C = p.shape
+    if not 1 <= n <= N:
+        raise ConfigError(f"cannot pick {n} of {N} candidates; 1 <= n <= number of candidates")
+    if max_exact_configs < 1 or num_samples < 1:
+        raise ConfigError(f"max_exact_configs and num_samples must be >= 1, got {max_exact_configs}, {num_samples}")
+    ids = np.arange(N, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    cond = conditional_entropy(p)
+    mi = mutual_information(p)
+    flat = p.reshape(T, N * C)
+    flat32: np.ndarray | None = None
+
+    picked: list[int] = []
+    gains_out: list[float] = []
+    available = np.ones(N, dtype=bool)
+    copy_of_picked = np.zeros(N, dtype=bool)
+    P = np.ones((T, 1))        # posterior weights x T, one column per configuration of the batch
+    w = np.ones(1)             # weight of each configuration in H[y_i | batch]
+    exact = True
+    for step in range(n):
+        if step == 0:
+            gain = mi.copy()   # with an empty batch the gain is BALD itself: the same top pick, bit for bit
+        else:
+            M = P.shape[1]
+            if exact:
+                src, Pw = flat, P
+            else:
+                # Sampled configurations carry a Monte Carlo error of order 1/sqrt(M), far above float32
+                # rounding, and float32 halves the time of this loop (measured: 0.047 s vs 0.095 s per
+                # 1000 x 400 x 10 block).
+                if flat32 is None:
+                    flat32 = flat.astype(np.float32)
+                src, Pw = flat32, P.astype(np.float32)
+            gain = np.empty(N)
+            chunk = max(1, int(chunk_bytes // (src.itemsize * M * C)))
+            for s in range(0, N, chunk):
+                e = min(N, s + chunk)
+                J = (Pw.T @ src[:, s * C:e * C]) * (1.0 / T)                   # (M, chunk*C)
+                h = -(J * np.log(np.maximum(J, np.finfo(J.dtype).tiny))).reshape(M, e - s, C).sum(axis=2)
+                gain[s:e] = w @ h.astype(np.float64)                          # (chunk,)
+            gain -= cond
+        allowed = available & ~copy_of_picked
+        if not allowed.any():  # only copies of picked candidates are left
+            allowed = available
+        key = np.round(gain, 12 if exact else 6)  # rounding noise must not decide between equal gains
+        key[~allowed] = -np.inf
+        top = np.flatnonzero(key == key.max())
+        i = int(top[np.argmin(ids[top])])
+        picked.append(i)
+        gains_out.append(float(gain[i]))
+        available[i] = False
+        copy_of_picked |= (p == p[:, i:i + 1, :]).all(axis=(0, 2))
+        if step == n - 1:
+            break
+        # Condition every configuration on the new label.
+        pi = p[:, i, :]                                                       # (T, C)
+        if exact:
+            Pn = (P[:, :, None] * pi[:, None, :]).reshape(T, -1)               # (T, M*C)
+            q = Pn.mean(axis=0)
+            wn = (w[:, None] * np.ones((1, C))).reshape(-1) * q               # config probabilities
+            keep = q > 0
+            Pn, q, wn = Pn[:, keep], q[keep], wn[keep]
+            if Pn.shape[1] <= max_exact_configs:
+                P, w = Pn / q, wn / wn.sum()
+            else:
+                # Too many configurations: draw num_samples of them from the exact joint, then go on sampling.
+                k = rng.choice(Pn.shape[1], size=num_samples, p=wn / wn.sum())
+                P, w, exact = Pn[:, k] / q[k], np.full(num_samples, 1.0 / num_samples), False
+        else:
+            cp = (P.T @ pi) / T                                               # (M, C) p(y_i | config)
+            cp /= cp.sum(axis=1, keepdims=True)
+            u = rng.random(P.shape[1])[:, None]
+            y = np.minimum((np.cumsum(cp, axis=1) < u).sum(axis=1), C - 1)   # inverse-CDF draw per config
+            P = P * pi[:, y]
+            P /= P.mean(axis=0)
+    return np.asarray(picked, dtype=np.int64), np.asarray(gains_out)
+
+
+@register_strategy
+class BatchBALD(Strategy):
+    """Greedy BatchBALD on the round's MC-dropout samples: each pick maximises the information the whole batch
+    carries about the weights, so near-copies of a picked sample add little and are passed over.
+
+    max_exact_configs: joint entropies are exact while the batch has at most this many label configurations
+    (C^b, e.g. 3 picks for 10 classes at the default). num_samples: configurations drawn beyond that.
+
+    References: Kirsch, van Amersfoort & Gal, "BatchBALD" (NeurIPS 2019).
+    """
+
+    name = "batchbald"
+    needs = frozenset({"mc_probs"})
+
+    def __init__(self, max_exact_configs: int = 4096, num_samples: int = 1000) -> None:
+        if max_exact_configs < 1 or num_samples < 1:
+            raise ConfigError(f"max_exact_configs and num_samples must be >= 1, got {max_exact_configs}, "
+                              f"{num_samples}")
+        self.max_exact_configs = max_exact_configs
+        self.num_samples = num_samples
+
+    def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
+        mc = ctx.mc_probs
+        pos, gains = batchbald_select(mc, n, rng, ids=ctx.candidates, max_exact_configs=self.max_exact_configs,
+                                      num_samples=self.num_samples)
+        return Selection(ctx.candidates[pos], gains, mutual_information(mc))
