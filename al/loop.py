@@ -281,7 +281,8 @@ class Experiment:
         if left:
             how = getattr(self.oracle, "how_to_answer", None)
             hint = how(r) if how is not None else "answer them and run the same command again to continue"
-            raise LabelsPending(f"round {r}: {left} of {len(pending)} queried samples still await a label"
+            n_queried = st.last_round["n_queried"] if st.last_round is not None else len(pending)
+            raise LabelsPending(f"round {r}: {left} of {n_queried} queried samples still await a label"
                                 f"{' (labelling stopped by the user)' if stopped else ''}; {hint}{problems}",
                                 awaited=left)
         if refused:  # every queried sample has a label, so the run goes on; the bad rows are still reported
