@@ -1,0 +1,822 @@
+"""REGrad: gradient-based epistemic uncertainty for any pre-trained PyTorch classifier, plus ExGrad and GradNorm.
+
+The score of an input x for a classifier with softmax outputs p(k|x), k = 1..C::
+
+    g_{k,l}(x)  = grad over theta_l of log p(k|x)              (l = 1..L: modules directly owning trainable params)
+    gbar_{k,l}  = mean_{m=0..M} g_{k,l}(x + sigma * eps_m)     (eps_0 = 0; "mean-grad")
+    s_k         = sum_l w_l ||gbar_{k,l}||_2,   w = softmax(alpha * (l-1)/(L-1))
+    U(x)        = sum_k c_k s_k,                c = class weights from p(.|x) ("root": sqrt(p)/sum sqrt(p))
+
+``combine="squared"`` gives the second-order Bayesian form sqrt(sum_k c_k sum_l w_l ||gbar_{k,l}||^2) instead.
+
+How it is fast: one forward pass per chunk with hooks that record each layer's input and attach a zero "probe"
+to its output; then one backward pass per class *rank* (the r-th most probable class of each sample, so one pass
+serves every sample and ``top_k`` costs k passes) that returns the gradients delta with respect to every layer
+output at once. Per-sample, per-layer gradient norms then follow from (input, delta) pairs without materialising
+per-sample gradients where that is cheaper:
+
+* Linear (also on token sequences) and Conv1d/Conv2d: the per-sample weight gradient is sum_q delta_q a_q^T over
+  positions q (sequence positions, conv output pixels with ``unfold``ed patches). Its squared norm is either
+  computed directly (materialise the (d_out, d_in) gradient per sample) or by the Gram form
+  sum_{q,q'} (a_q . a_q')(delta_q . delta_q'); the input Gram is class independent, so it is paid once per chunk
+  while the direct form is paid per class. Each layer takes the cheaper of the two by a flop count.
+* Perturbed copies are folded into the batch. For ``mean-grad`` the M+1 copies of one sample are simply more
+  (a, delta) pairs of the same sum, so gbar's norm is exact with the same two formulas.
+* BatchNorm (eval), LayerNorm: per-sample gradients are small (channels) and materialised; Embedding: Gram form
+  restricted to equal token ids.
+* Anything else that owns trainable parameters (nn.MultiheadAttention, GroupNorm, a module using its own
+  nn.Parameter in forward, ...) goes through an exact autograd fallback that re-runs that module alone per sample.
+
+References: Wang & Ji, "Gradient-based Uncertainty Quantification for Pre-trained Classifiers" (REGrad), CVPR
+2024, arXiv 2404.10124; Igoe et al., "How Useful are Gradients for OOD Detection?" (ExGrad), arXiv 2205.10439;
+Huang, Geng & Li, "On the Importance of Gradients for Detecting Distributional Shifts in the Wild" (GradNorm),
+NeurIPS 2021. The paper's exact constants are not public to us; every choice is a named parameter here and the
+defaults were picked by ``benchmarks/regrad_ood.py`` (see ``benchmarks/results/regrad_ood.md``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from al.errors import ConfigError, IncompatibleStrategyError
+from al.learner import eval_mode
+from al.strategy import Context, Selection, Strategy, top_n
+
+from . import register_strategy
+
+ClassWeighting = Literal["root", "expected", "predicted", "uniform"]
+Aggregate = Literal["mean-grad", "mean-norm"]
+Combine = Literal["linear", "squared"]
+
+CLASS_WEIGHTINGS = ("root", "expected", "predicted", "uniform")
+AGGREGATES = ("mean-grad", "mean-norm")
+COMBINES = ("linear", "squared")
+
+# Defaults, chosen by benchmarks/regrad_ood.py on MNIST vs Fashion-MNIST (see benchmarks/results/regrad_ood.md).
+DEFAULT_CLASS_WEIGHTING: ClassWeighting = "root"
+DEFAULT_LAYER_ALPHA = 0.0
+DEFAULT_N_PERTURBATIONS = 0
+DEFAULT_SIGMA = 0.1
+DEFAULT_AGGREGATE: Aggregate = "mean-grad"
+DEFAULT_COMBINE: Combine = "linear"
+DEFAULT_BATCH_SIZE = 256
+
+# Intermediate tensors (direct per-sample gradients, Gram matrices) are computed in row blocks of at most this
+# many elements, so memory stays bounded whatever the layer width and chunk size.
+_BLOCK_ELEMENTS = 1 << 24
+# "auto" picks the cheaper of the direct and Gram forms per layer; "direct"/"gram" force one (tests, benchmarks).
+PAIR_RULE = "auto"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# noise, shared by the fast path and by any reference implementation
+# --------------------------------------------------------------------------------------------------------------
+def perturbation_noise(sample_shape: Sequence[int], indices: Iterable[int], n_perturbations: int, seed: int = 0,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard-normal input noise, ``(len(indices), n_perturbations, *sample_shape)``.
+
+    Sample ``i`` (its position in the scored inputs) always gets the same noise for a given ``seed``, whatever the
+    chunking: each sample has its own generator seeded by ``(seed, i)``.
+    """
+    idx = list(indices)
+    out = np.empty((len(idx), n_perturbations, *sample_shape), dtype=np.float32)
+    for j, i in enumerate(idx):
+        out[j] = np.random.default_rng([int(seed), int(i)]).standard_normal((n_perturbations, *sample_shape),
+                                                                              dtype=np.float32)
+    return torch.from_numpy(out).to(dtype)
+
+
+def layer_weights(n_layers: int, alpha: float) -> np.ndarray:
+    """w_l = softmax(alpha * (l-1)/(L-1)), ``(n_layers,)``; uniform for alpha = 0, the last layer as alpha grows."""
+    if n_layers == 1:
+        return np.ones(1)
+    z = alpha * np.arange(n_layers) / (n_layers - 1)
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
+def class_weights(probs: np.ndarray, weighting: str) -> np.ndarray:
+    """c: ``(n, C)`` from probs ``(n, C)`` (already restricted to the classes kept, if ``top_k``)."""
+    p = np.asarray(probs, dtype=np.float64)
+    if weighting == "root":
+        r = np.sqrt(np.clip(p, 0, None))
+        return r / r.sum(1, keepdims=True)
+    if weighting == "expected":
+        return p / p.sum(1, keepdims=True)
+    if weighting == "predicted":
+        c = np.zeros_like(p)
+        c[np.arange(len(p)), p.argmax(1)] = 1.0
+        return c
+    if weighting == "uniform":
+        return np.full_like(p, 1.0 / p.shape[1])
+    raise ConfigError(f"class_weighting must be one of {CLASS_WEIGHTINGS}, got {weighting!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# layer discovery
+# --------------------------------------------------------------------------------------------------------------
+_FAST_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.Embedding)
+
+
+@dataclass
+class Layer:
+    """One gradient block: a module and the trainable parameters it is responsible for."""
+
+    name: str
+    module: nn.Module
+    params: list[tuple[str, nn.Parameter]]
+    kind: str  # "linear", "conv", "batchnorm", "layernorm", "embedding" or "fallback"
+
+
+def _fast_kind(module: nn.Module, params: list[tuple[str, nn.Parameter]]) -> str | None:
+    names = {n for n, _ in params}
+    if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward and names <= {"weight", "bias"}:
+        return "linear"
+    if (isinstance(module, (nn.Conv1d, nn.Conv2d)) and type(module).forward in (nn.Conv1d.forward, nn.Conv2d.forward)
+            and module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+            and names <= {"weight", "bias"}):
+        return "conv"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats \
+            and module.running_mean is not None and names <= {"weight", "bias"}:
+        return "batchnorm"
+    if isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward \
+            and names <= {"weight", "bias"}:
+        return "layernorm"
+    if isinstance(module, nn.Embedding) and type(module).forward is nn.Embedding.forward and module.max_norm is None \
+            and names == {"weight"}:
+        return "embedding"
+    return None
+
+
+def discover_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
+    """The gradient blocks of ``model``, in the order the forward pass first enters their modules.
+
+    A block is a module's directly owned trainable parameters. Parameters of a module whose forward never runs
+    (``nn.MultiheadAttention.out_proj`` is used through its weight only) join the nearest ancestor that runs.
+    example: a small batch ``(n, ...)`` used for one probing forward pass (no gradients).
+    """
+    names = {m: n for n, m in model.named_modules()}
+    parent: dict[nn.Module, nn.Module | None] = {model: None}
+    for m in model.modules():
+        for c in m.children():
+            parent.setdefault(c, m)
+    order: dict[nn.Module, int] = {}
+
+    def entered(mod: nn.Module, _args: Any) -> None:
+        order.setdefault(mod, len(order))
+
+    handles = [m.register_forward_pre_hook(entered) for m in model.modules()]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    owned: dict[nn.Module, list[tuple[str, nn.Parameter]]] = {}
+    seen: set[int] = set()
+    for m in model.modules():
+        for pname, p in m.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            owner, prefix = m, pname
+            while owner not in order:  # forward never ran: attribute to the nearest ancestor that ran
+                up = parent.get(owner)
+                if up is None:
+                    break
+                prefix = f"{names[owner].rsplit('.', 1)[-1]}.{prefix}"
+                owner = up
+            if owner not in order:
+                continue  # a parameter the forward pass never touches has zero gradient
+            owned.setdefault(owner, []).append((prefix, p))
+    layers = []
+    for m in sorted(owned, key=lambda mod: order[mod]):
+        params = owned[m]
+        kind = _fast_kind(m, params) or "fallback"
+        layers.append(Layer(names[m] or type(m).__name__, m, params, kind))
+    if not layers:
+        raise IncompatibleStrategyError("the model has no trainable parameter that its forward pass uses; REGrad "
+                                        "needs gradients: unfreeze at least the last layer (requires_grad=True)")
+    return layers
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the fast engine
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class GradientNorms:
+    """Per-sample, per-class-rank, per-layer gradient norms, the raw material of every REGrad-family score.
+
+    norms: (N, R, L) float64, ||gbar_{k,l}|| (``mean-grad``) or mean_m ||g_{k,l}(x_m)|| (``mean-norm``) for the
+    class k of rank r (``classes[:, r]``, the r-th most probable class of the clean input).
+    probs: (N, C) float64 clean-input probabilities. classes: (N, R) int64. layers: L layer names.
+    """
+
+    norms: np.ndarray
+    probs: np.ndarray
+    classes: np.ndarray
+    layers: list[str]
+
+    def score(self, class_weighting: str = DEFAULT_CLASS_WEIGHTING, layer_alpha: float = DEFAULT_LAYER_ALPHA,
+              combine: str = DEFAULT_COMBINE, top_k: int | None = None, last_layer_only: bool = False) -> np.ndarray:
+        """U: (N,) float64 from these norms (no gradient is recomputed)."""
+        norms = self.norms
+        if last_layer_only:
+            norms = norms[:, :, -1:]
+        if top_k is not None:
+            norms = norms[:, :top_k]
+        r = norms.shape[1]
+        p_kept = np.take_along_axis(self.probs, self.classes[:, :r], axis=1)
+        if class_weighting == "predicted":
+            c = np.zeros_like(p_kept)
+            c[:, 0] = 1.0  # rank 0 is the argmax
+        else:
+            c = class_weights(p_kept, class_weighting)
+        w = layer_weights(norms.shape[2], layer_alpha)
+        if combine == "linear":
+            return np.einsum("nr,nrl,l->n", c, norms, w)
+        if combine == "squared":
+            return np.sqrt(np.einsum("nr,nrl,l->n", c, norms ** 2, w))
+        raise ConfigError(f"combine must be one of {COMBINES}, got {combine!r}")
+
+
+class _Recorder:
+    """Forward hooks that record each layer's inputs and attach a zero probe to its outputs.
+
+    The gradient with respect to a probe is the gradient with respect to the layer output as it left the layer,
+    even when a later in-place op (``ReLU(inplace=True)``) rewrites that tensor.
+    """
+
+    def __init__(self, layers: list[Layer]) -> None:
+        self.layers = layers
+        self.active = False
+        self.calls: dict[int, list[dict[str, Any]]] = {}
+        self.probes: list[torch.Tensor] = []
+        self._handles = [L.module.register_forward_hook(self._hook(i), with_kwargs=True)
+                         for i, L in enumerate(layers)]
+
+    def _hook(self, i: int):
+        def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+            if not self.active:
+                return None
+            outs: list[torch.Tensor | None] = []
+            probe_ids: list[int] = []
+
+            def attach(t: torch.Tensor) -> torch.Tensor:
+                if not (isinstance(t, torch.Tensor) and t.is_floating_point()):
+                    return t
+                probe = torch.zeros((), dtype=t.dtype, device=t.device, requires_grad=True).expand(t.shape)
+                probe_ids.append(len(self.probes))
+                self.probes.append(probe)
+                outs.append(t)
+                return t + probe
+
+            if isinstance(out, torch.Tensor):
+                new_out: Any = attach(out)
+            elif isinstance(out, tuple):
+                new_out = tuple(attach(t) if t is not None else t for t in out)
+            else:
+                raise IncompatibleStrategyError(
+                    f"layer {self.layers[i].name!r} returns {type(out).__name__}; REGrad handles modules returning "
+                    f"a tensor or a tuple of tensors")
+            rec = {"args": args, "kwargs": kwargs, "probes": probe_ids,
+                   "versions": [a._version for a in args if isinstance(a, torch.Tensor)]}
+            self.calls.setdefault(i, []).append(rec)
+            return new_out
+        return hook
+
+    def reset(self) -> None:
+        self.calls, self.probes = {}, []
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _rows_block(n_rows: int, per_row: int) -> int:
+    return max(1, min(n_rows, _BLOCK_ELEMENTS // max(per_row, 1)))
+
+
+def _gram_sqnorm(a_gram: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """sum_{q,q'} G_a[q,q'] (d_q . d_q'): a_gram (n, Q, Q), d (n, Q, k) -> (n,)."""
+    out = torch.empty(len(d), dtype=d.dtype, device=d.device)
+    q = d.shape[1]
+    bs = _rows_block(len(d), q * q)
+    for s in range(0, len(d), bs):
+        dd = torch.bmm(d[s:s + bs], d[s:s + bs].transpose(1, 2))
+        out[s:s + bs] = (dd * a_gram[s:s + bs]).sum((1, 2))
+    return out
+
+
+def _direct_sqnorm(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """||d^T a||_F^2 per sample: a (n, Q, i), d (n, Q, o) -> (n,)."""
+    out = torch.empty(len(d), dtype=d.dtype, device=d.device)
+    bs = _rows_block(len(d), a.shape[2] * d.shape[2])
+    for s in range(0, len(d), bs):
+        g = torch.bmm(d[s:s + bs].transpose(1, 2), a[s:s + bs])
+        out[s:s + bs] = g.pow(2).sum((1, 2))
+    return out
+
+
+class _PairLayer:
+    """Linear / Conv: per-sample gradient = sum over pairs q of delta_q a_q^T (+ bias sum_q delta_q)."""
+
+    def __init__(self, a: torch.Tensor, has_bias: bool, n_ranks: int) -> None:
+        # a: (n, Q, d_in), the pairs of one (folded) sample; the rule is picked once per chunk by flop count:
+        # direct costs n_ranks * Q * d_in * d_out, Gram costs Q^2 * d_in once plus n_ranks * Q^2 * d_out.
+        self.a = a
+        self.has_bias = has_bias
+        self.n_ranks = n_ranks
+        self.gram: torch.Tensor | None = None
+
+    def sqnorm(self, d: torch.Tensor) -> torch.Tensor:
+        n, q, d_in = self.a.shape
+        d_out = d.shape[2]
+        direct = self.n_ranks * q * d_in * d_out
+        gram = q * q * d_in + self.n_ranks * q * q * (d_out + 1)
+        use_gram = gram < direct and n * q * q <= 4 * _BLOCK_ELEMENTS
+        if PAIR_RULE != "auto":
+            use_gram = PAIR_RULE == "gram"
+        if q == 1 and PAIR_RULE == "auto":
+            s = self.a[:, 0].pow(2).sum(1) * d[:, 0].pow(2).sum(1)
+        elif use_gram:
+            if self.gram is None:
+                bs = _rows_block(n, q * q)
+                self.gram = torch.cat([torch.bmm(self.a[i:i + bs], self.a[i:i + bs].transpose(1, 2))
+                                       for i in range(0, n, bs)])
+            s = _gram_sqnorm(self.gram, d)
+        else:
+            s = _direct_sqnorm(self.a, d)
+        if self.has_bias:
+            s = s + d.sum(1).pow(2).sum(1)
+        return s
+
+
+def _fold(t: torch.Tensor, group: int) -> torch.Tensor:
+    """(n*group, Q, k) -> (n, group*Q, k): the copies of one sample become more pairs of the same sum."""
+    nq, q, k = t.shape
+    return t.reshape(nq // group, group * q, k)
+
+
+def _conv_patches(mod: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Unfolded input patches, (n, L_out, C_in * prod(kernel))."""
+    if isinstance(mod, nn.Conv1d):
+        x = x.unsqueeze(2)
+        k, p, s, dl = (1, mod.kernel_size[0]), (0, mod.padding[0]), (1, mod.stride[0]), (1, mod.dilation[0])
+    else:
+        k, p, s, dl = mod.kernel_size, mod.padding, mod.stride, mod.dilation
+    return F.unfold(x, k, dilation=dl, padding=p, stride=s).transpose(1, 2)
+
+
+class _Engine:
+    """Per-chunk computation of GradientNorms for one model."""
+
+    def __init__(self, model: nn.Module, layers: list[Layer], n_ranks: int, group: int, aggregate: str) -> None:
+        self.model = model
+        self.layers = layers
+        self.n_ranks = n_ranks
+        self.group = group  # rows per original sample (M+1)
+        self.aggregate = aggregate
+        self.rec = _Recorder(layers)
+        self.n_rows = 0
+
+    def close(self) -> None:
+        self.rec.remove()
+
+    def _batch_first(self, t: torch.Tensor, layer: Layer) -> torch.Tensor:
+        # Sequence models built with batch_first=False feed layers (T, B, d); per-sample sums need B first.
+        if t.dim() > 1 and t.shape[0] != self.n_rows and t.shape[1] == self.n_rows:
+            return t.transpose(0, 1)
+        if t.shape[0] != self.n_rows:
+            raise IncompatibleStrategyError(
+                f"layer {layer.name!r} sees a tensor of shape {tuple(t.shape)} whose first two dims are not the "
+                f"batch ({self.n_rows}); REGrad needs per-sample inputs to every layer (no batch reshaping)")
+        return t
+
+    # --- per-layer state computed once per chunk ---------------------------------------------------------------
+    def _prepare(self, i: int) -> Any:
+        layer, calls = self.layers[i], self.rec.calls.get(i, [])
+        if not calls:
+            return None
+        for c in calls:
+            args = [a for a in c["args"] if isinstance(a, torch.Tensor)]
+            if [a._version for a in args] != c["versions"]:
+                raise IncompatibleStrategyError(
+                    f"an in-place operation modified the input of layer {layer.name!r} after the layer used it; "
+                    f"REGrad needs that input: make the op out-of-place (e.g. nn.ReLU(inplace=False))")
+        mod, kind = layer.module, layer.kind
+        fold = self.aggregate == "mean-grad" and self.group > 1
+        if kind == "fallback":
+            return calls
+        xs = [self._batch_first(c["args"][0].detach(), layer) for c in calls]
+        if kind == "linear":
+            a = torch.cat([x.reshape(len(x), -1, x.shape[-1]) for x in xs], 1)
+        elif kind == "conv":
+            a = torch.cat([_conv_patches(mod, x) for x in xs], 1)
+        elif kind == "batchnorm":
+            sh = [1, -1] + [1] * (xs[0].dim() - 2)
+            xhat = [((x - mod.running_mean.view(sh)) / torch.sqrt(mod.running_var.view(sh) + mod.eps))
+                    for x in xs]
+            a = torch.cat([h.reshape(len(h), h.shape[1], -1).transpose(1, 2) for h in xhat], 1)
+        elif kind == "layernorm":
+            nd = len(mod.normalized_shape)
+            a = torch.cat([F.layer_norm(x, mod.normalized_shape, None, None, mod.eps).reshape(
+                len(x), -1, math.prod(x.shape[x.dim() - nd:])) for x in xs], 1)
+        elif kind == "embedding":
+            a = torch.cat([x.reshape(len(x), -1) for x in xs], 1)
+            if fold:
+                a = a.reshape(len(a) // self.group, -1)
+            eq = (a.unsqueeze(2) == a.unsqueeze(1))
+            if mod.padding_idx is not None:
+                keep = a != mod.padding_idx
+                eq = eq & keep.unsqueeze(2) & keep.unsqueeze(1)
+            return eq.to(torch.get_default_dtype())
+        else:  # pragma: no cover - _fast_kind returns only the kinds above
+            raise AssertionError(kind)
+        if fold:
+            a = _fold(a, self.group)
+        if kind in ("linear", "conv"):
+            return _PairLayer(a, "bias" in {n for n, _ in layer.params}, self.n_ranks)
+        return a
+
+    def _deltas(self, i: int, grads: list[torch.Tensor | None]) -> torch.Tensor:
+        """Output gradients of layer i's calls as (rows, Q, d_out), concatenated over calls."""
+        layer = self.layers[i]
+        ds = []
+        for c in self.rec.calls[i]:
+            g = self._batch_first(grads[c["probes"][0]], layer)
+            if layer.kind == "conv":
+                g = g.reshape(len(g), g.shape[1], -1).transpose(1, 2)
+            elif layer.kind == "batchnorm":
+                g = g.reshape(len(g), g.shape[1], -1).transpose(1, 2)
+            elif layer.kind == "layernorm":
+                nd = len(layer.module.normalized_shape)
+                g = g.reshape(len(g), -1, math.prod(g.shape[g.dim() - nd:]))
+            else:
+                g = g.reshape(len(g), -1, g.shape[-1])
+            ds.append(g)
+        d = torch.cat(ds, 1)
+        if self.aggregate == "mean-grad" and self.group > 1:
+            d = _fold(d, self.group) / self.group
+        return d
+
+    def _fast_sqnorm(self, i: int, state: Any, d: torch.Tensor) -> torch.Tensor:
+        layer = self.layers[i]
+        names = {n for n, _ in layer.params}
+        if layer.kind in ("linear", "conv"):
+            return state.sqnorm(d)
+        if layer.kind in ("batchnorm", "layernorm"):
+            s = torch.zeros(len(d), dtype=d.dtype, device=d.device)
+            if "weight" in names:
+                s = s + (d * state).sum(1).pow(2).sum(1)
+            if "bias" in names:
+                s = s + d.sum(1).pow(2).sum(1)
+            return s
+        if layer.kind == "embedding":
+            return _gram_sqnorm(state, d)
+        raise AssertionError(layer.kind)
+
+    # --- fallback: exact autograd, one module at a time, one sample at a time ----------------------------------
+    def _fallback_sqnorms(self, i: int, calls: list[dict], deltas: list[list[torch.Tensor | None]],
+                          n_rows: int) -> torch.Tensor:
+        """(n_units, R) squared norms; a unit is a sample (mean-grad, copies summed) or a row (mean-norm)."""
+        layer = self.layers[i]
+        mod = layer.module
+        params = [p for _, p in layer.params]
+        group = self.group if self.aggregate == "mean-grad" else 1
+        n_units = n_rows // group
+        out = torch.zeros(n_units, self.n_ranks, dtype=torch.float64)
+        bdim = 1 if isinstance(mod, nn.MultiheadAttention) and not mod.batch_first else 0
+
+        def take(v: Any, sl: slice) -> Any:
+            if isinstance(v, torch.Tensor) and v.dim() > bdim and v.shape[bdim] == n_rows:
+                return v.detach().narrow(bdim, sl.start, sl.stop - sl.start)
+            return v
+
+        def out_take(t: torch.Tensor, sl: slice) -> torch.Tensor:
+            return t.narrow(bdim, sl.start, sl.stop - sl.start) if t.dim() > bdim and t.shape[bdim] == n_rows else t
+
+        for u in range(n_units):
+            sl = slice(u * group, (u + 1) * group)
+            outs, grads_by_rank = [], [[] for _ in range(self.n_ranks)]
+            for c in calls:
+                o = mod(*[take(a, sl) for a in c["args"]], **{k: take(v, sl) for k, v in c["kwargs"].items()})
+                o = [o] if isinstance(o, torch.Tensor) else [t for t in o if t is not None]
+                o = [t for t in o if t.is_floating_point()]
+                for t, pid in zip(o, c["probes"]):
+                    outs.append(t)
+                    for r in range(self.n_ranks):
+                        g = deltas[r][pid]
+                        grads_by_rank[r].append(torch.zeros_like(t) if g is None else out_take(g, sl))
+            for r in range(self.n_ranks):
+                gs = torch.autograd.grad(outs, params, grads_by_rank[r], retain_graph=r < self.n_ranks - 1,
+                                         allow_unused=True)
+                scale = 1.0 / group
+                out[u, r] = sum(float((g.double() * scale).pow(2).sum()) for g in gs if g is not None)
+        return out
+
+    # --- one chunk -----------------------------------------------------------------------------------------------
+    def run(self, x: torch.Tensor, classes: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x: (n*group, ...) rows, sample-major (copy 0 clean). Returns sqnorms (n, R, L) or (n*group, R, L) for
+        mean-norm, probs (n, C) of the clean rows, classes (n, R)."""
+        rec = self.rec
+        rec.reset()
+        rec.active = True
+        try:
+            logits = self.model(x)
+        finally:
+            rec.active = False
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise IncompatibleStrategyError(
+                f"REGrad needs a model returning logits of shape (batch, n_classes); this one returned "
+                f"{getattr(logits, 'shape', type(logits).__name__)}")
+        n_rows, n_cls = logits.shape
+        self.n_rows = n_rows
+        g = self.group
+        probs_all = torch.softmax(logits.detach().double(), 1)
+        probs = probs_all[::g]
+        if classes is None:
+            order = torch.argsort(probs, dim=1, descending=True, stable=True)[:, :self.n_ranks]
+        else:
+            order = classes
+        states = {i: self._prepare(i) for i in range(len(self.layers))}
+        fast = [i for i, L in enumerate(self.layers) if L.kind != "fallback" and states[i] is not None]
+        fallback = [i for i, L in enumerate(self.layers) if L.kind == "fallback" and states[i] is not None]
+        n_units = n_rows // g if self.aggregate == "mean-grad" else n_rows
+        sq = torch.zeros(n_units, self.n_ranks, len(self.layers), dtype=torch.float64)
+        fb_deltas: list[list[torch.Tensor | None]] = []
+        probe_of = [p for i in fast for c in rec.calls[i] for p in c["probes"][:1]]
+        fb_probes = {p for i in fallback for c in rec.calls[i] for p in c["probes"]}
+        wanted = sorted(set(probe_of) | fb_probes)
+        pos = {p: j for j, p in enumerate(wanted)}
+        p_rows = torch.softmax(logits.detach(), 1)
+        for r in range(self.n_ranks):
+            # d log p_k / d logits = onehot(k) - p: one backward pass serves the rank-r class of every row
+            cls = order[:, r].repeat_interleave(g)
+            gout = -p_rows
+            gout[torch.arange(n_rows), cls] += 1.0
+            grads = torch.autograd.grad(logits, [rec.probes[p] for p in wanted], gout, retain_graph=True,
+                                        allow_unused=True)
+            full: list[torch.Tensor | None] = [None] * len(rec.probes)
+            for p in wanted:
+                full[p] = grads[pos[p]]
+            for i in fast:
+                d = self._deltas(i, full)
+                sq[:, r, i] = self._fast_sqnorm(i, states[i], d).double()
+            if fallback:
+                fb_deltas.append([full[p] if p in fb_probes else None for p in range(len(rec.probes))])
+        for i in fallback:
+            sq[:, :, i] = self._fallback_sqnorms(i, states[i], fb_deltas, n_rows)
+        return sq.numpy(), probs.cpu().numpy(), order.cpu().numpy()
+
+
+def _iter_batches(inputs: torch.Tensor | Iterable[Any], batch_size: int) -> Iterator[torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        for i in range(0, len(inputs), batch_size):
+            yield inputs[i:i + batch_size]
+        return
+    if isinstance(inputs, np.ndarray):
+        yield from _iter_batches(torch.from_numpy(inputs), batch_size)
+        return
+    for b in inputs:
+        if isinstance(b, (tuple, list)):  # a DataLoader yielding (x, y)
+            b = b[0]
+        b = torch.as_tensor(b)
+        for i in range(0, len(b), batch_size):  # re-chunk large batches to keep memory bounded
+            yield b[i:i + batch_size]
+
+
+def _check(class_weighting: str, aggregate: str, combine: str, n_perturbations: int, sigma: float,
+           top_k: int | None, batch_size: int) -> None:
+    if class_weighting not in CLASS_WEIGHTINGS:
+        raise ConfigError(f"class_weighting must be one of {CLASS_WEIGHTINGS}, got {class_weighting!r}")
+    if aggregate not in AGGREGATES:
+        raise ConfigError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    if combine not in COMBINES:
+        raise ConfigError(f"combine must be one of {COMBINES}, got {combine!r}")
+    if n_perturbations < 0:
+        raise ConfigError(f"n_perturbations must be >= 0, got {n_perturbations}")
+    if sigma < 0:
+        raise ConfigError(f"sigma (noise std in the normalised input space) must be >= 0, got {sigma}")
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be None (all classes) or >= 1, got {top_k}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def gradient_norms(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *, n_perturbations: int = 0,
+                   sigma: float = DEFAULT_SIGMA, aggregate: str = DEFAULT_AGGREGATE, top_k: int | None = None,
+                   seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE) -> GradientNorms:
+    """Per-sample, per-class-rank, per-layer gradient norms of log p(k|x) (see :class:`GradientNorms`).
+
+    inputs: a tensor ``(N, ...)`` or an iterable of batches (tensors, or ``(x, y)`` pairs as a DataLoader gives).
+    top_k: only the k most probable classes of each sample (k backward passes instead of C).
+    The model is left exactly as found: parameters, buffers, train/eval flags, ``requires_grad``, no ``.grad``.
+    References: Wang & Ji, CVPR 2024 (arXiv 2404.10124).
+    """
+    _check(DEFAULT_CLASS_WEIGHTING, aggregate, DEFAULT_COMBINE, n_perturbations, sigma, top_k, batch_size)
+    if torch.is_inference_mode_enabled():
+        raise ConfigError("REGrad needs autograd; call it outside torch.inference_mode()")
+    m = n_perturbations if sigma > 0 else 0  # sigma = 0: every copy equals x, so the copies change nothing
+    group = m + 1
+    chunk = max(1, batch_size // group)
+    first = True
+    engine: _Engine | None = None
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    start = 0
+    grad_flags = [(p, p.grad) for p in model.parameters()]
+    try:
+        with eval_mode(model), torch.enable_grad():
+            for xb in _iter_batches(inputs, chunk):
+                if first:
+                    layers = discover_layers(model, xb[:2])
+                    with torch.no_grad():
+                        n_cls = model(xb[:1]).shape[-1]
+                    n_ranks = n_cls if top_k is None else min(top_k, n_cls)
+                    engine = _Engine(model, layers, n_ranks, group, aggregate)
+                    first = False
+                if m:
+                    eps = perturbation_noise(xb.shape[1:], range(start, start + len(xb)), m, seed, xb.dtype)
+                    rows = torch.cat([xb.unsqueeze(1), xb.unsqueeze(1) + sigma * eps], 1)
+                    rows = rows.reshape(len(xb) * group, *xb.shape[1:])
+                else:
+                    rows = xb
+                sq, probs, classes = engine.run(rows, None)
+                norms = np.sqrt(np.clip(sq, 0, None))
+                if aggregate == "mean-norm" and group > 1:
+                    norms = norms.reshape(len(xb), group, *norms.shape[1:]).mean(1)
+                parts.append((norms, probs, classes))
+                start += len(xb)
+    finally:
+        if engine is not None:
+            engine.close()
+        for p, g in grad_flags:  # autograd.grad never accumulates, but a fallback module might
+            p.grad = g
+    if engine is None:
+        return GradientNorms(np.zeros((0, 0, 0)), np.zeros((0, 0)), np.zeros((0, 0), np.int64), [])
+    return GradientNorms(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                         np.concatenate([p[2] for p in parts]).astype(np.int64), [L.name for L in engine.layers])
+
+
+def regrad_scores(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *,
+                  class_weighting: ClassWeighting = DEFAULT_CLASS_WEIGHTING,
+                  layer_alpha: float = DEFAULT_LAYER_ALPHA, n_perturbations: int = DEFAULT_N_PERTURBATIONS,
+                  sigma: float = DEFAULT_SIGMA, aggregate: Aggregate = DEFAULT_AGGREGATE,
+                  combine: Combine = DEFAULT_COMBINE, top_k: int | None = None, seed: int = 0,
+                  batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """REGrad epistemic uncertainty U(x), ``(N,)`` float64; higher = more uncertain.
+
+    model: any ``nn.Module`` mapping a batch to logits ``(n, C)``. inputs: tensor ``(N, ...)`` or iterable of
+    batches. class_weighting: "root" (sqrt(p_k)/sum_j sqrt(p_j)), "expected" (p_k, ExGrad), "predicted" (argmax
+    only), "uniform" (1/C). layer_alpha: layer weights softmax(alpha (l-1)/(L-1)). n_perturbations (M), sigma:
+    x_m = x + sigma * eps_m, sigma in the model's (normalised) input units. aggregate: "mean-grad" averages the M+1
+    gradients before the norm, "mean-norm" averages their norms. combine: "linear" sum_k c_k sum_l w_l ||g||, or
+    "squared" sqrt(sum_k c_k sum_l w_l ||g||^2) (the second-order Bayesian form). top_k: keep the k most probable
+    classes (weights renormalised). seed: noise seed. batch_size: rows (copies included) per chunk.
+
+    References: Wang & Ji, "Gradient-based Uncertainty Quantification for Pre-trained Classifiers", CVPR 2024
+    (arXiv 2404.10124); Igoe et al. 2022 (arXiv 2205.10439) for class_weighting="expected".
+    """
+    _check(class_weighting, aggregate, combine, n_perturbations, sigma, top_k, batch_size)
+    if class_weighting == "predicted":
+        top_k = 1  # only the argmax class has a non-zero weight: one backward pass suffices
+    gn = gradient_norms(model, inputs, n_perturbations=n_perturbations, sigma=sigma, aggregate=aggregate,
+                        top_k=top_k, seed=seed, batch_size=batch_size)
+    if len(gn.norms) == 0:
+        return np.zeros(0)
+    return gn.score(class_weighting, layer_alpha, combine)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GradNorm
+# --------------------------------------------------------------------------------------------------------------
+def last_linear(model: nn.Module) -> nn.Linear:
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear):
+            last = m
+    if last is None:
+        raise IncompatibleStrategyError("GradNorm needs a model whose last layer is nn.Linear")
+    return last
+
+
+@torch.no_grad()
+def gradnorm_scores(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *, temperature: float = 1.0,
+                    batch_size: int = 1024) -> np.ndarray:
+    """GradNorm, ``(N,)`` float64: ||d KL(u || softmax(z/T)) / d W||_1 for the last linear layer's weight W.
+
+    HIGHER means more familiar (in-distribution). The gradient with respect to the logits is (p - u)/T, so the
+    weight gradient is the outer product (p - u)/T a^T and its L1 norm is ||p - u||_1 ||a||_1 / T, computed in
+    closed form from the penultimate features a.
+    References: Huang, Geng & Li, "On the Importance of Gradients for Detecting Distributional Shifts in the Wild",
+    NeurIPS 2021.
+    """
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    head = last_linear(model)
+    feats: list[torch.Tensor] = []
+    h = head.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach()))
+    out = []
+    try:
+        with eval_mode(model):
+            for xb in _iter_batches(inputs, batch_size):
+                feats.clear()
+                logits = model(xb).double()
+                a = feats[-1].double()
+                if a.dim() != 2:
+                    raise IncompatibleStrategyError(f"GradNorm needs the last Linear layer to see (batch, features), "
+                                                    f"got {tuple(a.shape)}")
+                p = torch.softmax(logits / temperature, 1)
+                u = 1.0 / p.shape[1]
+                out.append(((p - u).abs().sum(1) * a.abs().sum(1) / temperature).numpy())
+    finally:
+        h.remove()
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# strategies
+# --------------------------------------------------------------------------------------------------------------
+@register_strategy
+class REGrad(Strategy):
+    """Acquire the highest REGrad epistemic uncertainty. Every keyword of :func:`regrad_scores` is a setting.
+
+    References: Wang & Ji, CVPR 2024 (arXiv 2404.10124).
+    """
+
+    name = "regrad"
+    needs = frozenset({"model", "inputs"})
+
+    def __init__(self, class_weighting: ClassWeighting = DEFAULT_CLASS_WEIGHTING,
+                 layer_alpha: float = DEFAULT_LAYER_ALPHA, n_perturbations: int = DEFAULT_N_PERTURBATIONS,
+                 sigma: float = DEFAULT_SIGMA, aggregate: Aggregate = DEFAULT_AGGREGATE,
+                 combine: Combine = DEFAULT_COMBINE, top_k: int | None = None, seed: int = 0,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        _check(class_weighting, aggregate, combine, n_perturbations, sigma, top_k, batch_size)
+        self.class_weighting = class_weighting
+        self.layer_alpha = float(layer_alpha)
+        self.n_perturbations = int(n_perturbations)
+        self.sigma = float(sigma)
+        self.aggregate = aggregate
+        self.combine = combine
+        self.top_k = top_k
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+
+    def scores(self, model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
+        return regrad_scores(model, inputs, class_weighting=self.class_weighting, layer_alpha=self.layer_alpha,
+                             n_perturbations=self.n_perturbations, sigma=self.sigma, aggregate=self.aggregate,
+                             combine=self.combine, top_k=self.top_k, seed=self.seed, batch_size=self.batch_size)
+
+    def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
+        return top_n(self.scores(ctx.model, ctx.inputs), ctx.candidates, n)
+
+
+@register_strategy
+class ExGrad(REGrad):
+    """Expected gradient norm: REGrad with class_weighting="expected", uniform layers, no perturbation.
+
+    References: Igoe et al., "How Useful are Gradients for OOD Detection?", arXiv 2205.10439 (2022).
+    """
+
+    name = "exgrad"
+
+    def __init__(self, class_weighting: ClassWeighting = "expected", layer_alpha: float = 0.0,
+                 n_perturbations: int = 0, sigma: float = 0.0, aggregate: Aggregate = "mean-grad",
+                 combine: Combine = "linear", top_k: int | None = None, seed: int = 0,
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        super().__init__(class_weighting, layer_alpha, n_perturbations, sigma, aggregate, combine, top_k, seed,
+                         batch_size)
+
+
+@register_strategy
+class GradNorm(Strategy):
+    """Acquire the LOWEST GradNorm (least familiar). ``pool_scores`` hold -GradNorm, so that, as for every other
+    uncertainty strategy, higher means more uncertain.
+
+    References: Huang, Geng & Li, NeurIPS 2021.
+    """
+
+    name = "gradnorm"
+    needs = frozenset({"model", "inputs"})
+
+    def __init__(self, temperature: float = 1.0, batch_size: int = 1024) -> None:
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        self.batch_size = int(batch_size)
+
+    def check_learner(self, learner: Any) -> None:
+        super().check_learner(learner)
+        if getattr(learner, "is_fitted", False):
+            last_linear(learner.module_)
+
+    def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
+        s = gradnorm_scores(ctx.model, ctx.inputs, temperature=self.temperature, batch_size=self.batch_size)
+        return top_n(-s, ctx.candidates, n)
