@@ -164,15 +164,14 @@ def per_run_metrics(curves: pd.DataFrame, at_labels: Sequence[int] = (),
 
 
 def default_at_labels(config: dict, k: int = 3) -> list[int]:
-    """``k`` label counts evenly spread after the initial set, on multiples of the query size, ending at the
-    budget (100, 200, 300 for the BatchBALD protocol)."""
+    """``k`` label counts at about ``budget * j / k`` (j = 1..k), each moved to the nearest label count a run
+    actually evaluates (init_size + m * query_size): 100, 200, 300 for the BatchBALD protocol."""
     lo, hi, q = int(config["init_size"]), int(config["budget"]), int(config["query_size"])
     pts = []
-    for x in np.linspace(lo, hi, k + 1)[1:]:
-        v = int(round((x - lo) / q) * q + lo)
-        pts.append(min(max(v, lo), hi))
+    for j in range(1, k + 1):
+        m = max(1, round((hi * j / k - lo) / q))
+        pts.append(min(lo + m * q, hi))
     pts[-1] = hi
-    # round up to a tidy number when it is a reachable label count (e.g. 110 -> 100 is not reachable)
     return sorted(set(pts))
 
 
