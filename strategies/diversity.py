@@ -36,7 +36,7 @@ def kcenter_greedy(embeddings: np.ndarray, centres: np.ndarray, n: int, *, ids: 
     ids: (N,) used to break distance ties (smaller id first); default ``arange(N)``.
     Returns (positions (n,) int64 into the N axis, distance of each pick to its nearest centre when picked).
 
-    Memory O(N*d): one running squared min-distance vector of length N; the initial distances to the L centres
+    Memory O(N*d): a float64 copy of the embeddings, one running squared min-distance vector of length N; the initial distances to the L centres
     are computed in blocks of at most ``chunk_bytes`` bytes, and each pick costs one matrix-vector product. No
     N x N (or N x L) matrix is ever built. With no initial centre, the first pick is drawn uniformly with
     ``rng`` (required then).
@@ -46,9 +46,11 @@ def kcenter_greedy(embeddings: np.ndarray, centres: np.ndarray, n: int, *, ids: 
 
     References: Sener & Savarese (ICLR 2018), algorithm 1 (k-Center-Greedy); Gonzalez (1985).
     """
-    x = _as_2d(embeddings, "embeddings")
+    # float64: the expansion below loses ~eps * ||x||^2 to cancellation, which in float32 put exact copies of a
+    # centre at distance ~1e-3 instead of 0 on unit-scale data, above some genuinely close distinct points.
+    x = _as_2d(embeddings, "embeddings").astype(np.float64, copy=False)
     N, d = x.shape
-    c = _as_2d(centres, "centres", d).astype(x.dtype, copy=False) if len(centres) else np.empty((0, d), x.dtype)
+    c = _as_2d(centres, "centres", d).astype(np.float64, copy=False) if len(centres) else np.empty((0, d))
     if not 1 <= n <= N:
         raise ConfigError(f"cannot pick {n} of {N} candidates; 1 <= n <= number of candidates")
     ids = np.arange(N, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
