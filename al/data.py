@@ -234,3 +234,23 @@ def load_test_images(name: str, data_dir: str | os.PathLike | None = None,
     x = torch.from_numpy(_read_idx_gz(imgs).astype(np.uint8))
     y = torch.from_numpy(_read_idx_gz(labels).astype(np.int64))
     return _normalise(x, (mean,), (std,)), y
+
+
+REPEATED_MNIST_COPIES, REPEATED_MNIST_NOISE = 3, 0.1
+
+
+@DATASETS.register("repeated-mnist")
+def _repeated_mnist(root: Path) -> Dataset:
+    """Repeated-MNIST (Kirsch et al., BatchBALD, NeurIPS 2019): every MNIST training image 3 times, each copy with
+    its own fixed Gaussian noise (std 0.1 on the normalised pixels), so that near-copies fill the pool.
+
+    Ids are copy-major and stable: id ``k * 60000 + i`` is copy k of MNIST training image i (so ``id % 60000``
+    is the source image). The noise is drawn from a fixed seed, identical in every process. The test split is
+    MNIST's, unchanged. Pool 180k images (564 MB as float32).
+    """
+    base = load_dataset("mnist", root)
+    g = torch.Generator().manual_seed(20191208)  # fixed: the dataset must be the same in every process
+    copies = [base.train_x + REPEATED_MNIST_NOISE * torch.randn(base.train_x.shape, generator=g)
+              for _ in range(REPEATED_MNIST_COPIES)]
+    return Dataset("repeated-mnist", torch.cat(copies), base.train_y.repeat(REPEATED_MNIST_COPIES), base.test_x,
+                   base.test_y, base.n_classes, "cnn", base.classes, base.mean, base.std)
