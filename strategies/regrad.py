@@ -303,24 +303,28 @@ def _rows_block(n_rows: int, per_row: int) -> int:
     return max(1, min(n_rows, _BLOCK_ELEMENTS // max(per_row, 1)))
 
 
+def _sqsum(t: torch.Tensor) -> torch.Tensor:
+    """Per-row squared L2 norm, (n, ...) -> (n,), without a squared temporary."""
+    return torch.linalg.vector_norm(t.reshape(len(t), -1), dim=1).square()
+
+
 def _gram_sqnorm(a_gram: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """sum_{q,q'} G_a[q,q'] (d_q . d_q'): a_gram (n, Q, Q), d (n, Q, k) -> (n,)."""
+    """sum_{q,q'} G_a[q,q'] (d_q . d_q'): a_gram (n, Q, Q), d (n, k, Q) -> (n,)."""
     out = torch.empty(len(d), dtype=d.dtype, device=d.device)
-    q = d.shape[1]
+    q = d.shape[2]
     bs = _rows_block(len(d), q * q)
     for s in range(0, len(d), bs):
-        dd = torch.bmm(d[s:s + bs], d[s:s + bs].transpose(1, 2))
+        dd = torch.bmm(d[s:s + bs].transpose(1, 2), d[s:s + bs])
         out[s:s + bs] = (dd * a_gram[s:s + bs]).sum((1, 2))
     return out
 
 
 def _direct_sqnorm(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """||d^T a||_F^2 per sample: a (n, Q, i), d (n, Q, o) -> (n,)."""
+    """||d a^T||_F^2 per sample: a (n, i, Q), d (n, o, Q) -> (n,)."""
     out = torch.empty(len(d), dtype=d.dtype, device=d.device)
-    bs = _rows_block(len(d), a.shape[2] * d.shape[2])
+    bs = _rows_block(len(d), a.shape[1] * d.shape[1])
     for s in range(0, len(d), bs):
-        g = torch.bmm(d[s:s + bs].transpose(1, 2), a[s:s + bs])
-        out[s:s + bs] = g.pow(2).sum((1, 2))
+        out[s:s + bs] = _sqsum(torch.bmm(d[s:s + bs], a[s:s + bs].transpose(1, 2)))
     return out
 
 
@@ -328,50 +332,55 @@ class _PairLayer:
     """Linear / Conv: per-sample gradient = sum over pairs q of delta_q a_q^T (+ bias sum_q delta_q)."""
 
     def __init__(self, a: torch.Tensor, has_bias: bool, n_ranks: int) -> None:
-        # a: (n, Q, d_in), the pairs of one (folded) sample; the rule is picked once per chunk by flop count:
-        # direct costs n_ranks * Q * d_in * d_out, Gram costs Q^2 * d_in once plus n_ranks * Q^2 * d_out.
+        # a: (n, d_in, Q), the pairs of one (folded) sample, channels first so that conv patches (unfold's own
+        # layout) and conv output gradients need no transposed copies. The rule is picked per layer by flop
+        # count: direct costs n_ranks * Q * d_in * d_out, Gram costs Q^2 * d_in once plus n_ranks * Q^2 * d_out.
         self.a = a
         self.has_bias = has_bias
         self.n_ranks = n_ranks
         self.gram: torch.Tensor | None = None
 
     def sqnorm(self, d: torch.Tensor) -> torch.Tensor:
-        n, q, d_in = self.a.shape
-        d_out = d.shape[2]
+        n, d_in, q = self.a.shape
+        d_out = d.shape[1]
         direct = self.n_ranks * q * d_in * d_out
         gram = q * q * d_in + self.n_ranks * q * q * (d_out + 1)
         use_gram = gram < direct and n * q * q <= 4 * _BLOCK_ELEMENTS
         if PAIR_RULE != "auto":
             use_gram = PAIR_RULE == "gram"
         if q == 1 and PAIR_RULE == "auto":
-            s = self.a[:, 0].pow(2).sum(1) * d[:, 0].pow(2).sum(1)
+            s = _sqsum(self.a) * _sqsum(d)
         elif use_gram:
             if self.gram is None:
                 bs = _rows_block(n, q * q)
-                self.gram = torch.cat([torch.bmm(self.a[i:i + bs], self.a[i:i + bs].transpose(1, 2))
+                self.gram = torch.cat([torch.bmm(self.a[i:i + bs].transpose(1, 2), self.a[i:i + bs])
                                        for i in range(0, n, bs)])
             s = _gram_sqnorm(self.gram, d)
         else:
             s = _direct_sqnorm(self.a, d)
         if self.has_bias:
-            s = s + d.sum(1).pow(2).sum(1)
+            s = s + _sqsum(d.sum(2))
         return s
 
 
 def _fold(t: torch.Tensor, group: int) -> torch.Tensor:
-    """(n*group, Q, k) -> (n, group*Q, k): the copies of one sample become more pairs of the same sum."""
-    nq, q, k = t.shape
-    return t.reshape(nq // group, group * q, k)
+    """(n*group, k, Q) -> (n, k, group*Q): the copies of one sample become more pairs of the same sum."""
+    nq, k, q = t.shape
+    return t.reshape(nq // group, group, k, q).transpose(1, 2).reshape(nq // group, k, group * q)
+
+
+def _cat(ts: list[torch.Tensor], dim: int) -> torch.Tensor:
+    return ts[0] if len(ts) == 1 else torch.cat(ts, dim)
 
 
 def _conv_patches(mod: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Unfolded input patches, (n, L_out, C_in * prod(kernel))."""
+    """Unfolded input patches, (n, C_in * prod(kernel), L_out)."""
     if isinstance(mod, nn.Conv1d):
         x = x.unsqueeze(2)
         k, p, s, dl = (1, mod.kernel_size[0]), (0, mod.padding[0]), (1, mod.stride[0]), (1, mod.dilation[0])
     else:
         k, p, s, dl = mod.kernel_size, mod.padding, mod.stride, mod.dilation
-    return F.unfold(x, k, dilation=dl, padding=p, stride=s).transpose(1, 2)
+    return F.unfold(x, k, dilation=dl, padding=p, stride=s)
 
 
 class _Engine:
@@ -399,6 +408,17 @@ class _Engine:
                 f"batch ({self.n_rows}); REGrad needs per-sample inputs to every layer (no batch reshaping)")
         return t
 
+    def _channels_first(self, t: torch.Tensor, layer: Layer) -> torch.Tensor:
+        """A layer's input or output gradient as (rows, d, Q) (a view wherever possible)."""
+        t = self._batch_first(t, layer)
+        kind = layer.kind
+        if kind in ("conv", "batchnorm"):  # (n, C, *spatial): channels already come first
+            return t.reshape(len(t), t.shape[1], -1)
+        if kind == "layernorm":
+            nd = len(layer.module.normalized_shape)
+            return t.reshape(len(t), -1, math.prod(t.shape[t.dim() - nd:])).transpose(1, 2)
+        return t.reshape(len(t), -1, t.shape[-1]).transpose(1, 2)  # linear, embedding: (n, *, d)
+
     # --- per-layer state computed once per chunk ---------------------------------------------------------------
     def _prepare(self, i: int) -> Any:
         layer, calls = self.layers[i], self.rec.calls.get(i, [])
@@ -416,27 +436,25 @@ class _Engine:
             return calls
         xs = [self._batch_first(c["args"][0].detach(), layer) for c in calls]
         if kind == "linear":
-            a = torch.cat([x.reshape(len(x), -1, x.shape[-1]) for x in xs], 1)
+            a = _cat([self._channels_first(x, layer) for x in xs], 2)
         elif kind == "conv":
-            a = torch.cat([_conv_patches(mod, x) for x in xs], 1)
+            a = _cat([_conv_patches(mod, x) for x in xs], 2)
         elif kind == "batchnorm":
             sh = [1, -1] + [1] * (xs[0].dim() - 2)
-            xhat = [((x - mod.running_mean.view(sh)) / torch.sqrt(mod.running_var.view(sh) + mod.eps))
-                    for x in xs]
-            a = torch.cat([h.reshape(len(h), h.shape[1], -1).transpose(1, 2) for h in xhat], 1)
+            a = _cat([self._channels_first((x - mod.running_mean.view(sh)) /
+                                           torch.sqrt(mod.running_var.view(sh) + mod.eps), layer) for x in xs], 2)
         elif kind == "layernorm":
-            nd = len(mod.normalized_shape)
-            a = torch.cat([F.layer_norm(x, mod.normalized_shape, None, None, mod.eps).reshape(
-                len(x), -1, math.prod(x.shape[x.dim() - nd:])) for x in xs], 1)
+            a = _cat([self._channels_first(F.layer_norm(x, mod.normalized_shape, None, None, mod.eps), layer)
+                      for x in xs], 2)
         elif kind == "embedding":
-            a = torch.cat([x.reshape(len(x), -1) for x in xs], 1)
+            a = _cat([x.reshape(len(x), -1) for x in xs], 1)
             if fold:
                 a = a.reshape(len(a) // self.group, -1)
             eq = (a.unsqueeze(2) == a.unsqueeze(1))
             if mod.padding_idx is not None:
                 keep = a != mod.padding_idx
                 eq = eq & keep.unsqueeze(2) & keep.unsqueeze(1)
-            return eq.to(torch.get_default_dtype())
+            return eq.to(mod.weight.dtype)
         else:  # pragma: no cover - _fast_kind returns only the kinds above
             raise AssertionError(kind)
         if fold:
@@ -446,22 +464,9 @@ class _Engine:
         return a
 
     def _deltas(self, i: int, grads: list[torch.Tensor | None]) -> torch.Tensor:
-        """Output gradients of layer i's calls as (rows, Q, d_out), concatenated over calls."""
+        """Output gradients of layer i's calls as (rows, d_out, Q), concatenated over calls."""
         layer = self.layers[i]
-        ds = []
-        for c in self.rec.calls[i]:
-            g = self._batch_first(grads[c["probes"][0]], layer)
-            if layer.kind == "conv":
-                g = g.reshape(len(g), g.shape[1], -1).transpose(1, 2)
-            elif layer.kind == "batchnorm":
-                g = g.reshape(len(g), g.shape[1], -1).transpose(1, 2)
-            elif layer.kind == "layernorm":
-                nd = len(layer.module.normalized_shape)
-                g = g.reshape(len(g), -1, math.prod(g.shape[g.dim() - nd:]))
-            else:
-                g = g.reshape(len(g), -1, g.shape[-1])
-            ds.append(g)
-        d = torch.cat(ds, 1)
+        d = _cat([self._channels_first(grads[c["probes"][0]], layer) for c in self.rec.calls[i]], 2)
         if self.aggregate == "mean-grad" and self.group > 1:
             d = _fold(d, self.group) / self.group
         return d
@@ -474,9 +479,9 @@ class _Engine:
         if layer.kind in ("batchnorm", "layernorm"):
             s = torch.zeros(len(d), dtype=d.dtype, device=d.device)
             if "weight" in names:
-                s = s + (d * state).sum(1).pow(2).sum(1)
+                s = s + _sqsum((d * state).sum(2))
             if "bias" in names:
-                s = s + d.sum(1).pow(2).sum(1)
+                s = s + _sqsum(d.sum(2))
             return s
         if layer.kind == "embedding":
             return _gram_sqnorm(state, d)
@@ -612,11 +617,13 @@ def _check(class_weighting: str, aggregate: str, combine: str, n_perturbations: 
 
 def gradient_norms(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *, n_perturbations: int = 0,
                    sigma: float = DEFAULT_SIGMA, aggregate: str = DEFAULT_AGGREGATE, top_k: int | None = None,
-                   seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE) -> GradientNorms:
+                   seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
+                   last_layer_only: bool = False) -> GradientNorms:
     """Per-sample, per-class-rank, per-layer gradient norms of log p(k|x) (see :class:`GradientNorms`).
 
     inputs: a tensor ``(N, ...)`` or an iterable of batches (tensors, or ``(x, y)`` pairs as a DataLoader gives).
     top_k: only the k most probable classes of each sample (k backward passes instead of C).
+    last_layer_only: only the last layer (the backward passes then stop there: an approximation, nearly free).
     The model is left exactly as found: parameters, buffers, train/eval flags, ``requires_grad``, no ``.grad``.
     References: Wang & Ji, CVPR 2024 (arXiv 2404.10124).
     """
@@ -636,6 +643,8 @@ def gradient_norms(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *, n_
             for xb in _iter_batches(inputs, chunk):
                 if first:
                     layers = discover_layers(model, xb[:2])
+                    if last_layer_only:
+                        layers = layers[-1:]
                     with torch.no_grad():
                         n_cls = model(xb[:1]).shape[-1]
                     n_ranks = n_cls if top_k is None else min(top_k, n_cls)
@@ -669,7 +678,7 @@ def regrad_scores(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *,
                   layer_alpha: float = DEFAULT_LAYER_ALPHA, n_perturbations: int = DEFAULT_N_PERTURBATIONS,
                   sigma: float = DEFAULT_SIGMA, aggregate: Aggregate = DEFAULT_AGGREGATE,
                   combine: Combine = DEFAULT_COMBINE, top_k: int | None = None, seed: int = 0,
-                  batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+                  batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False) -> np.ndarray:
     """REGrad epistemic uncertainty U(x), ``(N,)`` float64; higher = more uncertain.
 
     model: any ``nn.Module`` mapping a batch to logits ``(n, C)``. inputs: tensor ``(N, ...)`` or iterable of
@@ -679,6 +688,7 @@ def regrad_scores(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *,
     gradients before the norm, "mean-norm" averages their norms. combine: "linear" sum_k c_k sum_l w_l ||g||, or
     "squared" sqrt(sum_k c_k sum_l w_l ||g||^2) (the second-order Bayesian form). top_k: keep the k most probable
     classes (weights renormalised). seed: noise seed. batch_size: rows (copies included) per chunk.
+    last_layer_only: the last layer's gradient alone (an approximation; the backward passes stop there).
 
     References: Wang & Ji, "Gradient-based Uncertainty Quantification for Pre-trained Classifiers", CVPR 2024
     (arXiv 2404.10124); Igoe et al. 2022 (arXiv 2205.10439) for class_weighting="expected".
@@ -687,7 +697,7 @@ def regrad_scores(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *,
     if class_weighting == "predicted":
         top_k = 1  # only the argmax class has a non-zero weight: one backward pass suffices
     gn = gradient_norms(model, inputs, n_perturbations=n_perturbations, sigma=sigma, aggregate=aggregate,
-                        top_k=top_k, seed=seed, batch_size=batch_size)
+                        top_k=top_k, seed=seed, batch_size=batch_size, last_layer_only=last_layer_only)
     if len(gn.norms) == 0:
         return np.zeros(0)
     return gn.score(class_weighting, layer_alpha, combine)
@@ -757,7 +767,7 @@ class REGrad(Strategy):
                  layer_alpha: float = DEFAULT_LAYER_ALPHA, n_perturbations: int = DEFAULT_N_PERTURBATIONS,
                  sigma: float = DEFAULT_SIGMA, aggregate: Aggregate = DEFAULT_AGGREGATE,
                  combine: Combine = DEFAULT_COMBINE, top_k: int | None = None, seed: int = 0,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False) -> None:
         _check(class_weighting, aggregate, combine, n_perturbations, sigma, top_k, batch_size)
         self.class_weighting = class_weighting
         self.layer_alpha = float(layer_alpha)
@@ -768,11 +778,13 @@ class REGrad(Strategy):
         self.top_k = top_k
         self.seed = int(seed)
         self.batch_size = int(batch_size)
+        self.last_layer_only = bool(last_layer_only)
 
     def scores(self, model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
         return regrad_scores(model, inputs, class_weighting=self.class_weighting, layer_alpha=self.layer_alpha,
                              n_perturbations=self.n_perturbations, sigma=self.sigma, aggregate=self.aggregate,
-                             combine=self.combine, top_k=self.top_k, seed=self.seed, batch_size=self.batch_size)
+                             combine=self.combine, top_k=self.top_k, seed=self.seed, batch_size=self.batch_size,
+                             last_layer_only=self.last_layer_only)
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         return top_n(self.scores(ctx.model, ctx.inputs), ctx.candidates, n)
@@ -790,9 +802,9 @@ class ExGrad(REGrad):
     def __init__(self, class_weighting: ClassWeighting = "expected", layer_alpha: float = 0.0,
                  n_perturbations: int = 0, sigma: float = 0.0, aggregate: Aggregate = "mean-grad",
                  combine: Combine = "linear", top_k: int | None = None, seed: int = 0,
-                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False) -> None:
         super().__init__(class_weighting, layer_alpha, n_perturbations, sigma, aggregate, combine, top_k, seed,
-                         batch_size)
+                         batch_size, last_layer_only)
 
 
 @register_strategy

@@ -247,6 +247,9 @@ def test_sigma_zero_with_copies_equals_no_copies_and_top_k_all_equals_full() -> 
     np.testing.assert_allclose(regrad_scores(model, x, n_perturbations=3, sigma=0.0), base, rtol=1e-10)
     np.testing.assert_allclose(regrad_scores(model, x, top_k=4), base, rtol=1e-10)
     assert not np.allclose(regrad_scores(model, x, top_k=2), base, rtol=1e-4)  # top-2 drops real terms
+    norms, probs = _naive("cnn", 0, 0.0, "mean-grad")
+    last = regrad_scores(model, x, class_weighting="expected", last_layer_only=True)
+    np.testing.assert_allclose(last, naive_score(norms[:, :, -1:], probs, "expected", 0.0), rtol=RTOL)
 
 
 def test_chunking_and_batch_iterables_do_not_change_scores() -> None:
