@@ -236,6 +236,46 @@ def winners(table: pd.DataFrame, at_labels: Sequence[int], targets: Sequence[flo
     return out
 
 
+def paired_comparison(per_run: pd.DataFrame, reference: str, metric: str = "aubc") -> pd.DataFrame:
+    """``reference`` against every other strategy of one protocol, seed by seed (finished runs only).
+
+    Seeds share the initial set and the test set, so the paired difference ``reference - other`` of ``metric``
+    removes most of the seed-to-seed spread. Columns: n_pairs, diff_mean, diff_se (standard error of the mean
+    difference; NaN for one pair), seeds_won, seeds_lost, verdict: "wins" / "loses" when the mean difference is
+    more than two standard errors from zero (with at least 3 pairs), otherwise "ties". Index: the other strategy.
+    """
+    done = per_run[~per_run["in_progress"]]
+    ref = done[done["strategy"] == reference].set_index("seed")[metric]
+    rows = []
+    for strat, g in done[done["strategy"] != reference].groupby("strategy"):
+        other = g.set_index("seed")[metric]
+        common = ref.index.intersection(other.index)
+        d = (ref.loc[common] - other.loc[common]).to_numpy(dtype=float)
+        n = len(d)
+        se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        mean = float(d.mean()) if n else float("nan")
+        verdict = "ties"
+        if n >= 3 and se == se and abs(mean) > 2 * se:
+            verdict = "wins" if mean > 0 else "loses"
+        rows.append(dict(strategy=strat, n_pairs=n, diff_mean=mean, diff_se=se, seeds_won=int((d > 0).sum()),
+                         seeds_lost=int((d < 0).sum()), verdict=verdict if n else "no common seed"))
+    cols = ["strategy", "n_pairs", "diff_mean", "diff_se", "seeds_won", "seeds_lost", "verdict"]
+    return pd.DataFrame(rows, columns=cols).set_index("strategy")
+
+
+def paired_markdown(cmp: pd.DataFrame, reference: str, metric: str = "AUBC") -> str:
+    lines = [f"{reference} against each strategy, seed by seed ({metric} of {reference} minus the other's; "
+             f"'wins'/'loses' when the mean paired difference is over two standard errors from 0 with >= 3 seeds):",
+             "", f"| other strategy | seeds paired | {metric} difference | seeds {reference} better / worse | "
+             f"verdict for {reference} |", "|---|---|---|---|---|"]
+    for strat, r in cmp.iterrows():
+        se = "" if r["diff_se"] != r["diff_se"] else f" ± {r['diff_se']:.3f}"
+        diff = "n/a" if r["diff_mean"] != r["diff_mean"] else f"{r['diff_mean']:+.3f}{se}"
+        lines.append(f"| {strat} | {int(r['n_pairs'])} | {diff} | {int(r['seeds_won'])} / {int(r['seeds_lost'])} | "
+                     f"{r['verdict']} |")
+    return "\n".join(lines)
+
+
 def summaries(store: Store, dataset: str | None = None, at_labels: Sequence[int] | None = None,
               targets: Sequence[float] = DEFAULT_TARGETS) -> list[ProtocolSummary]:
     """One :class:`ProtocolSummary` per protocol found in ``store`` (optionally one dataset's only)."""
@@ -403,7 +443,9 @@ def markdown_table(s: ProtocolSummary) -> str:
 
 
 def protocol_markdown(s: ProtocolSummary, curves_png: str | None = None, unc_png: str | None = None,
-                      command: str | None = None) -> str:
+                      command: str | None = None, reference: str | None = "regrad") -> str:
+    """One protocol's section: schedule, table, definitions, paired comparison against ``reference`` (when it
+    has finished runs), fewer-seed flags, runs in progress and the figures."""
     parts = [f"## {s.protocol}", "", describe_protocol(s.config), ""]
     if command:
         parts += ["Produced by:", "", "```", command, "```", ""]
@@ -414,6 +456,8 @@ def protocol_markdown(s: ProtocolSummary, curves_png: str | None = None, unc_png
               "('never': not reached within the budget). Bold: best in the column. "
               "†: fewer finished seeds than the best-covered strategy. Runs in progress are excluded from "
               "the statistics."]
+    if reference and reference in set(s.runs.loc[~s.runs["in_progress"], "strategy"]) and len(s.table) > 1:
+        parts += ["", paired_markdown(paired_comparison(s.runs, reference), reference)]
     flagged = [k for k, v in s.table["fewer_seeds"].items() if v] if "fewer_seeds" in s.table else []
     if flagged:
         parts += ["", f"Fewer seeds: {', '.join(flagged)}."]
@@ -429,7 +473,8 @@ def protocol_markdown(s: ProtocolSummary, curves_png: str | None = None, unc_png
 
 
 def write_report(store: Store, out: str | Path, dataset: str | None = None, at_labels: Sequence[int] | None = None,
-                 targets: Sequence[float] = DEFAULT_TARGETS, command: str | None = None) -> list[Path]:
+                 targets: Sequence[float] = DEFAULT_TARGETS, command: str | None = None,
+                 reference: str | None = "regrad") -> list[Path]:
     """Write, per protocol, ``<protocol>.md``, ``<protocol>-curves.png`` and ``<protocol>-uncertainty.png``
     under ``out``, and ``report.md`` linking them all. Returns the paths written."""
     out = Path(out)
@@ -448,9 +493,9 @@ def write_report(store: Store, out: str | Path, dataset: str | None = None, at_l
             written.append(upng)
         p = out / f"{s.protocol}.md"
         p.write_text(f"# Active-learning report: {s.protocol}\n\n"
-                     + protocol_markdown(s, png.name, upng.name if upng else None, command))
+                     + protocol_markdown(s, png.name, upng.name if upng else None, command, reference))
         written.append(p)
-        sections.append(protocol_markdown(s, png.name, upng.name if upng else None))
+        sections.append(protocol_markdown(s, png.name, upng.name if upng else None, reference=reference))
     index = out / "report.md"
     head = "# Active-learning report\n\n" + (f"Produced by `{command}`\n\n" if command else "")
     index.write_text(head + ("\n".join(sections) if sections else "The store holds no completed round yet.\n"))
@@ -467,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      "spread up to the budget)")
     p.add_argument("--targets", type=float, nargs="+", default=list(DEFAULT_TARGETS),
                    help="accuracies for the labels-to-reach columns (default 0.8 0.9 0.95)")
+    p.add_argument("--reference", default="regrad",
+                   help="strategy compared seed by seed against every other one (default regrad; '' for none)")
     args = p.parse_args(argv)
     if any(not 0 < t <= 1 for t in args.targets):
         print("error: --targets are accuracies in (0, 1], e.g. 0.9 0.95", file=sys.stderr)
@@ -478,7 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"first", file=sys.stderr)
             return 2
         cmd = "python -m al.report " + " ".join(sys.argv[1:] if argv is None else argv)
-        paths = write_report(store, args.out, args.dataset, args.at, args.targets, command=cmd)
+        paths = write_report(store, args.out, args.dataset, args.at, args.targets, command=cmd,
+                             reference=args.reference or None)
     except (StoreError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

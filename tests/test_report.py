@@ -89,6 +89,20 @@ def test_summarise_uses_finished_runs_flags_fewer_seeds_and_marks_winners():
     assert w["labels_to_0.9_median"] == {"a", "b"}  # both medians are 40
 
 
+def test_paired_comparison_counts_seeds_and_calls_a_clear_gap_a_win():
+    pr = pd.DataFrame({
+        "strategy": ["r"] * 3 + ["x"] * 3 + ["y"] * 3 + ["z"] * 2 + ["r"],
+        "seed": [0, 1, 2] * 3 + [0, 1, 3],
+        "in_progress": [False] * 11 + [True],
+        "aubc": [0.80, 0.82, 0.84, 0.70, 0.73, 0.75, 0.81, 0.81, 0.85, 0.90, 0.91, 0.0]})
+    c = report.paired_comparison(pr, "r")
+    assert c.loc["x", "n_pairs"] == 3 and c.loc["x", "diff_mean"] == pytest.approx(0.28 / 3)
+    assert c.loc["x", "verdict"] == "wins" and c.loc["x", "seeds_won"] == 3
+    assert c.loc["y", "verdict"] == "ties" and (c.loc["y", "seeds_won"], c.loc["y", "seeds_lost"]) == (1, 2)
+    assert c.loc["z", "n_pairs"] == 2 and c.loc["z", "verdict"] == "ties"  # too few pairs to call it
+    assert c.loc["z", "diff_mean"] == pytest.approx(-0.095)
+
+
 def test_default_label_counts_for_the_batchbald_protocol():
     assert report.default_at_labels(dict(init_size=20, budget=300, query_size=10)) == [100, 200, 300]
     assert report.default_at_labels(dict(init_size=100, budget=2000, query_size=100)) == [700, 1300, 2000]
