@@ -54,6 +54,23 @@ def crash_point(point: str, round_idx: int | None = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _with_installed_driver(url: sa.engine.URL) -> sa.engine.URL:
+    """A bare ``postgresql://`` URL with the PostgreSQL driver that is installed.
+
+    SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3, 2.0 to psycopg2; the project's extras install
+    psycopg2-binary. So a URL without an explicit driver gets psycopg 3 if importable, else psycopg2, and a
+    URL that names its driver (``postgresql+psycopg2://``) is left alone.
+    """
+    if url.drivername != "postgresql":
+        return url
+    import importlib.util
+
+    for module, driver in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return url.set(drivername=driver)
+    return url
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -188,7 +205,7 @@ class Store:
             self._install_sqlite_hooks(busy_timeout_s)
         else:
             try:
-                self.engine = sa.create_engine(url, pool_pre_ping=True)
+                self.engine = sa.create_engine(_with_installed_driver(parsed), pool_pre_ping=True)
             except Exception as e:  # noqa: BLE001 - missing driver, bad dialect
                 raise StoreError(f"cannot open store {url!r}: {e}. For PostgreSQL install the driver with "
                                  f"`pip install psycopg2-binary` (the project's dev extras include it)") from e
@@ -261,6 +278,11 @@ class Store:
             raise StoreError(f"store {self.url!r} holds al tables without a schema version row; refusing to touch it")
         try:
             with self._write() as s:
+                if self.engine.dialect.name == "postgresql":
+                    # Several processes opening a new database at once would race in CREATE TABLE (PostgreSQL's
+                    # DDL is transactional but not serialised); a transaction-scoped advisory lock makes them
+                    # take turns, and create_all's own existence check then sees the first one's tables.
+                    s.execute(sa.text("SELECT pg_advisory_xact_lock(7340531)"))
                 _Base.metadata.create_all(s.connection())
                 if s.get(_Meta, "schema_version") is None:
                     s.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))

@@ -133,7 +133,7 @@ def check_one_claim(results: list[subprocess.CompletedProcess]) -> None:
 @pytest.mark.parametrize("n", [2, 4])
 def test_processes_writing_different_runs_into_one_sqlite_file(tmp_path, n):
     url = f"sqlite:///{tmp_path / 's.db'}"
-    rounds = 30
+    rounds = 20
     results = launch("rounds", url, n, tmp_path / "barrier", f"run-IDX", str(rounds))
     check_rounds(url, n, rounds, results)
     import sqlite3
