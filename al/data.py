@@ -248,9 +248,20 @@ def _repeated_mnist(root: Path) -> Dataset:
     is the source image). The noise is drawn from a fixed seed, identical in every process. The test split is
     MNIST's, unchanged. Pool 180k images (564 MB as float32).
     """
-    base = load_dataset("mnist", root)
-    g = torch.Generator().manual_seed(20191208)  # fixed: the dataset must be the same in every process
-    copies = [base.train_x + REPEATED_MNIST_NOISE * torch.randn(base.train_x.shape, generator=g)
-              for _ in range(REPEATED_MNIST_COPIES)]
-    return Dataset("repeated-mnist", torch.cat(copies), base.train_y.repeat(REPEATED_MNIST_COPIES), base.test_x,
-                   base.test_y, base.n_classes, "cnn", base.classes, base.mean, base.std)
+    return repeat_with_noise(load_dataset("mnist", root), name="repeated-mnist")
+
+
+def repeat_with_noise(base: Dataset, copies: int = REPEATED_MNIST_COPIES, noise: float = REPEATED_MNIST_NOISE,
+                      seed: int = 20191208, name: str | None = None) -> Dataset:
+    """``copies`` noisy copies of every pool image of ``base`` (Repeated-MNIST's construction, any dataset).
+
+    Copy-major ids: id ``k * base.n_pool + i`` is copy k of base image i. noise: std of the Gaussian added to
+    the normalised pixels, drawn from ``seed`` (fixed, so every process builds the same pool). Test split
+    unchanged. References: Kirsch et al., "BatchBALD" (NeurIPS 2019), section 5.1.
+    """
+    if copies < 1 or noise < 0:
+        raise DataError(f"copies must be >= 1 and noise >= 0, got {copies} and {noise}")
+    g = torch.Generator().manual_seed(seed)
+    xs = [base.train_x + noise * torch.randn(base.train_x.shape, generator=g) for _ in range(copies)]
+    return Dataset(name or f"{base.name}-x{copies}", torch.cat(xs), base.train_y.repeat(copies), base.test_x,
+                   base.test_y, base.n_classes, base.default_model, base.classes, base.mean, base.std)
