@@ -52,13 +52,12 @@ def to_unit_image(dataset: "Dataset", sample_id: int) -> np.ndarray:
 def save_png(path: str | os.PathLike, img: np.ndarray, min_side: int = 112) -> None:
     """Save a [0, 1] image (H, W) or (H, W, 3) as PNG, enlarged by an integer factor (nearest neighbour)
     to at least ``min_side`` pixels so that an 8x8 or 28x28 sample is readable in any image viewer."""
-    from PIL import Image
+    import matplotlib.image  # no pyplot: works headless, and matplotlib is already a dependency
 
     k = max(1, math.ceil(min_side / min(img.shape[:2])))
-    big = np.repeat(np.repeat(img, k, axis=0), k, axis=1)
-    arr = np.clip(np.round(big * 255.0), 0, 255).astype(np.uint8)
+    big = np.clip(np.repeat(np.repeat(img, k, axis=0), k, axis=1), 0.0, 1.0)
     tmp = Path(f"{path}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
+    matplotlib.image.imsave(tmp, big, cmap="gray", vmin=0.0, vmax=1.0, format="png")
     os.replace(tmp, path)  # a reader never sees half a file
 
 

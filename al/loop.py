@@ -178,6 +178,7 @@ class Experiment:
         if st.status == "finished":
             return st
         self.store.claim(st.run_id)
+        beating = self._start_heartbeat(st.run_id)
         try:
             while True:
                 st = self.store.state(self.name)
@@ -201,6 +202,27 @@ class Experiment:
         except Exception as e:
             self.store.set_status(st.run_id, "stopped", f"{type(e).__name__}: {e}")
             raise
+        finally:
+            beating.set()
+
+    #: Seconds between heartbeats; a claim silent for 120 s (Store.claim's default) may be taken over.
+    heartbeat_s: float = 20.0
+
+    def _start_heartbeat(self, run_id: int) -> threading.Event:
+        """Refresh the claim's heartbeat from a daemon thread while the run is being written, so that a long
+        round (minutes of training) is never mistaken for a dead process by another host. Set the returned
+        event to stop it."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_s):
+                try:
+                    self.store.heartbeat(run_id)
+                except Exception:  # noqa: BLE001 - a missed beat only risks a takeover, which the store's fence reports
+                    return
+
+        threading.Thread(target=beat, name=f"al-heartbeat-{run_id}", daemon=True).start()
+        return stop
 
     def _done(self, st: RunState) -> bool:
         return len(st.labels) >= self.config.budget or len(st.labels) >= self.dataset.n_pool

@@ -210,6 +210,7 @@ class Store:
                 raise StoreError(f"cannot open store {url!r}: {e}. For PostgreSQL install the driver with "
                                  f"`pip install psycopg2-binary` (the project's dev extras include it)") from e
         self._writer = self.engine.execution_options(al_write=True)
+        self._claims: dict[int, str] = {}  # run_id -> this process's owner token, for the runs it claimed
         self._open()
 
     # --- opening ------------------------------------------------------------------------------------------------
@@ -356,13 +357,21 @@ class Store:
         return st
 
     def set_status(self, run_id: int, status: str, message: str | None = None) -> None:
+        """Set a run's status; any status but ``running`` also releases this process's claim on it.
+
+        A process whose claim was taken over leaves the run alone: its status belongs to the new owner."""
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {RUN_STATUSES}")
         with self._write() as s:
-            run = s.get(_Run, run_id)
+            run = s.get(_Run, run_id, with_for_update=True)
+            token = self._claims.get(run_id)
+            if token is not None and run.owner != token:
+                self._claims.pop(run_id, None)
+                return
             run.status, run.message, run.updated_at = status, message, _now()
             if status != "running":
                 run.owner = None
+                self._claims.pop(run_id, None)
 
     def claim(self, run_id: int, *, stale_after_s: float = 120.0) -> str:
         """Mark this process as the run's only writer; refuse if another live process holds it.
@@ -379,11 +388,30 @@ class Store:
                 raise StoreError(f"run {run.name!r} is being written by another process ({run.owner}); wait for it "
                                  f"to finish, or stop it first")
             run.owner, run.heartbeat, run.status, run.updated_at = token, _now(), "running", _now()
+        self._claims[run_id] = token
         return token
 
     def heartbeat(self, run_id: int) -> None:
+        """Tell other processes that the claimant is alive (a silent claim is taken over after its timeout)."""
         with self._write() as s:
-            s.get(_Run, run_id).heartbeat = _now()
+            self._fence(s, run_id).heartbeat = _now()
+
+    def _fence(self, s: Session, run_id: int) -> _Run:
+        """The run's row, locked; refuses if this process claimed the run and another has since taken it over.
+
+        Why: a claim can be taken over when its holder looks dead (a pid gone, a heartbeat silent too long, e.g.
+        a host paused for minutes). If the old holder then wakes up, its next write must fail instead of adding a
+        second copy of a round. Stores that never claimed the run (direct API use) are not fenced.
+        """
+        run = s.get(_Run, run_id, with_for_update=True)
+        if run is None:
+            raise StoreError(f"no run with id {run_id} in {self.url}")
+        token = self._claims.get(run_id)
+        if token is not None and run.owner != token:
+            raise StoreError(f"run {run.name!r} was taken over by {run.owner or 'another process'} while this "
+                             f"process ({token}) held it; this process stops writing to it. Nothing it wrote is "
+                             f"lost; check the run with `python -m al.bench` with the same settings")
+        return run
 
     @staticmethod
     def _owner_gone(owner: str, heartbeat: datetime | None, stale_after_s: float) -> bool:
@@ -405,6 +433,7 @@ class Store:
         ids = np.asarray(ids, dtype=np.int64)
         stats = score_summary(pool_scores) if pool_scores is not None else {}
         with self._write() as s:
+            self._fence(s, run_id)
             prev = s.execute(sa.select(_Round.state).where(_Round.run_id == run_id)
                              .order_by(_Round.round_idx.desc()).limit(1)).scalar_one_or_none()
             if prev not in (None, "complete"):
@@ -436,6 +465,7 @@ class Store:
     def record_labels(self, run_id: int, round_idx: int, labels: Mapping[int, int], oracle: str) -> int:
         """Add labels to the open round; it becomes ``labelled`` when none is pending. Returns #still pending."""
         with self._write() as s:
+            self._fence(s, run_id)
             rnd = s.execute(sa.select(_Round).where(_Round.run_id == run_id, _Round.round_idx == round_idx)
                             ).scalar_one_or_none()
             if rnd is None or rnd.state != "queried":
@@ -463,6 +493,7 @@ class Store:
                        store_seconds: float | None = None) -> None:
         """Close a ``labelled`` round with the test metrics of the model trained on its labelled set."""
         with self._write() as s:
+            self._fence(s, run_id)
             rnd = s.execute(sa.select(_Round).where(_Round.run_id == run_id, _Round.round_idx == round_idx)
                             ).scalar_one_or_none()
             if rnd is None or rnd.state != "labelled":

@@ -1,8 +1,9 @@
 """Several processes on one store at once: no "database is locked", no lost or duplicated row, one writer per run.
 
-The store-level workers are this file run as a script. They load ``al.store`` without ``al/__init__`` (which
-imports torch), so that they start in well under a second and their writes really overlap; each waits at a
-barrier (a file) until all are ready. tests/test_postgres.py runs the same workers against PostgreSQL.
+The store-level workers are processes forked from the test process (or this file run as a script, which loads
+``al.store`` without ``al/__init__`` and its torch import), so that they start at once and their writes really
+overlap; each waits at a barrier (a file) until all are ready. tests/test_postgres.py runs the same workers
+against PostgreSQL.
 """
 from __future__ import annotations
 
@@ -80,22 +81,47 @@ def worker_claim(url: str, run: str, barrier: str, idx: int) -> None:
         print(f"refused: {e}", flush=True)
 
 
+WORKERS = {"rounds": lambda url, run, rounds, barrier, idx: worker_rounds(url, run.replace("IDX", str(idx)),
+                                                                          int(rounds), barrier, idx),
+           "claim": lambda url, run, barrier, idx: worker_claim(url, run, barrier, idx)}
+
+
 def launch(kind: str, url: str, n: int, barrier: Path, *extra: str) -> list[subprocess.CompletedProcess]:
-    """Start n workers, open the barrier once all are ready, wait for all; returns their results."""
+    """Start n worker processes, open the barrier once all are ready, wait for all; returns their results.
+
+    Workers are forked from this process (al is already imported, so they start at once and really overlap);
+    ``python tests/test_concurrency.py <kind> ...`` runs the same worker as a fresh interpreter."""
     barrier.mkdir(parents=True, exist_ok=True)
-    procs = [subprocess.Popen([sys.executable, str(HERE / "test_concurrency.py"), kind, url, *extra, str(barrier),
-                               str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-             for i in range(n)]
+    pids = []
+    for i in range(n):
+        pid = os.fork()
+        if pid == 0:  # the child never returns into pytest
+            code = 1
+            try:
+                with open(barrier / f"out-{i}", "w") as out, open(barrier / f"err-{i}", "w") as err:
+                    sys.stdout, sys.stderr = out, err
+                    try:
+                        WORKERS[kind](url, *extra, str(barrier), i)
+                        code = 0
+                    except BaseException:  # noqa: BLE001
+                        import traceback
+
+                        traceback.print_exc(file=err)
+                    out.flush()
+                    err.flush()
+            finally:
+                os._exit(code)
+        pids.append(pid)
     t0 = time.monotonic()
-    while sum(1 for i in range(n) if (barrier / f"ready-{i}").exists()) < n:
-        if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() - t0 > 120:
-            break
-        time.sleep(0.01)
+    while sum(1 for i in range(n) if (barrier / f"ready-{i}").exists()) < n and time.monotonic() - t0 < 120:
+        time.sleep(0.005)
     (barrier / "go").touch()
     out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=300)
-        out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    for i, pid in enumerate(pids):
+        _, status = os.waitpid(pid, 0)
+        rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+        out.append(subprocess.CompletedProcess([kind, url, i], rc, (barrier / f"out-{i}").read_text(),
+                                               (barrier / f"err-{i}").read_text()))
     return out
 
 
@@ -148,6 +174,53 @@ def test_same_run_claimed_by_four_processes_at_once(tmp_path):
     check_one_claim(launch("claim", url, 4, tmp_path / "barrier", "the-run"))
 
 
+def test_same_run_started_twice_at_once(tmp_path, digits):
+    """Two processes start the same run at the same instant: one writes it, the other refuses before writing
+    anything; the store holds one copy, identical to a single run."""
+    from al.errors import StoreError
+    from al.loop import Experiment
+    from al.store import Store
+    from conftest import fast_config
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    pids = []
+    for i in range(2):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                exp = Experiment(fast_config(), url, dataset=digits)
+                (barrier / f"ready-{i}").touch()
+                _wait_for(barrier / "go")
+                try:
+                    exp.run()
+                    code = 0
+                except StoreError as e:
+                    code = 3 if "being written by another process" in str(e) else 1
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    t0 = time.monotonic()
+    while not all((barrier / f"ready-{i}").exists() for i in range(2)) and time.monotonic() - t0 < 60:
+        time.sleep(0.005)
+    (barrier / "go").touch()
+    codes = sorted(os.WEXITSTATUS(os.waitpid(pid, 0)[1]) for pid in pids)
+    # 3: refused. [0, 0] happens only if the second started after the first finished (it then found it finished).
+    assert codes in ([0, 3], [0, 0]), codes
+    ref = f"sqlite:///{tmp_path / 'ref.db'}"
+    Experiment(fast_config(), ref, dataset=digits).run()
+    a, b = Store(url), Store(ref)
+    run = "digits-entropy-seed0"
+    assert len(a.runs()) == 1 and a.state(run).status == "finished"
+    cols = ["sample_id", "round_idx", "label"]
+    assert a.labels(run)[cols].equals(b.labels(run)[cols])
+    assert a.curves()["accuracy"].tolist() == b.curves()["accuracy"].tolist()
+    assert a.curves()["round_idx"].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.slow  # two full CLI processes: ~15 s on 2 shared cores
 def test_same_cli_run_started_twice_at_once(tmp_path, digits):
     """Two `python -m al.bench` with the same settings at the same time: one runs it, the other refuses (or,
     if it came second, finds it finished); the store holds one copy, identical to a single run."""
@@ -176,6 +249,37 @@ def test_same_cli_run_started_twice_at_once(tmp_path, digits):
     assert len(a.runs()) == 1 and a.state(run).status == "finished"
     assert a.labels(run)[["sample_id", "round_idx", "label"]].equals(b.labels(run)[["sample_id", "round_idx", "label"]])
     assert a.curves()["accuracy"].tolist() == b.curves()["accuracy"].tolist()
+
+
+def test_a_process_whose_claim_was_taken_over_stops_writing(tmp_path):
+    """A claimant that looked dead (say, a host paused for minutes) and was taken over must not write again:
+    its next transition fails and its status update leaves the new owner's run alone."""
+    import sqlite3
+
+    import numpy as np
+
+    from al.errors import StoreError
+    from al.store import Store
+
+    path = tmp_path / "s.db"
+    old = Store(f"sqlite:///{path}")
+    st = old.open_run("r", {"seed": 0})
+    old.claim(st.run_id)
+    old.record_query(st.run_id, 0, np.array([1, 2]), None)
+    con = sqlite3.connect(path)  # another host takes the run over
+    con.execute("UPDATE al_runs SET owner = 'otherhost:4242', status = 'running'")
+    con.commit()
+    con.close()
+    for write in (lambda: old.record_labels(st.run_id, 0, {1: 0, 2: 1}, "x"), lambda: old.heartbeat(st.run_id)):
+        with pytest.raises(StoreError, match="was taken over by otherhost:4242"):
+            write()
+    old.set_status(st.run_id, "stopped", "the old owner gives up")
+    new = Store(f"sqlite:///{path}")
+    runs = new.runs()
+    assert runs["status"].tolist() == ["running"] and runs["message"].isna().all()
+    assert new.state("r").labels == {} and new.pending(st.run_id, 0).tolist() == [1, 2]
+    # an unclaimed Store (direct API use) is not fenced
+    assert new.record_labels(st.run_id, 0, {1: 0, 2: 1}, "x") == 0
 
 
 @pytest.mark.slow  # four full CLI runs: ~30 s on 2 shared cores
