@@ -394,6 +394,7 @@ class _Engine:
         self.aggregate = aggregate
         self.rec = _Recorder(layers)
         self.n_rows = 0
+        self._no_vmap: dict[int, bool] = {}
 
     def close(self) -> None:
         self.rec.remove()
@@ -490,6 +491,87 @@ class _Engine:
     # --- fallback: exact autograd, one module at a time, one sample at a time ----------------------------------
     def _fallback_sqnorms(self, i: int, calls: list[dict], deltas: list[list[torch.Tensor | None]],
                           n_rows: int) -> torch.Tensor:
+        """(n_units, R) squared norms; a unit is a sample (mean-grad, copies summed) or a row (mean-norm).
+
+        First choice: torch.func, vmap over units of a vjp of the module alone (batch-first modules only); if the
+        module cannot be vmapped, a plain loop over units with autograd (slow but works on anything).
+        """
+        layer = self.layers[i]
+        if not self._no_vmap.get(i) and not (isinstance(layer.module, nn.MultiheadAttention)
+                                             and not layer.module.batch_first):
+            try:
+                return self._fallback_vmap(i, calls, deltas, n_rows)
+            except Exception:  # noqa: BLE001 - any vmap limitation: the loop below is always exact
+                self._no_vmap[i] = True
+        return self._fallback_loop(i, calls, deltas, n_rows)
+
+    def _fallback_vmap(self, i: int, calls: list[dict], deltas: list[list[torch.Tensor | None]],
+                       n_rows: int) -> torch.Tensor:
+        from torch.func import functional_call, vjp, vmap
+
+        layer = self.layers[i]
+        mod = layer.module
+        names = [n for n, _ in layer.params]
+        pvals = tuple(p.detach() for _, p in layer.params)
+        group = self.group if self.aggregate == "mean-grad" else 1
+        n_units = n_rows // group
+        n_ranks = self.n_ranks
+        flat: list[Any] = []
+        specs = []
+        for c in calls:
+            a_idx = []
+            for a in c["args"]:
+                a_idx.append(len(flat))
+                flat.append(a)
+            k_idx = {}
+            for k, v in c["kwargs"].items():
+                k_idx[k] = len(flat)
+                flat.append(v)
+            specs.append((a_idx, k_idx))
+        batched = [isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n_rows for v in flat]
+        pids = [pid for c in calls for pid in c["probes"]]
+        dls = []
+        for pid in pids:
+            shape = self.rec.probes[pid].shape
+            ts = [deltas[r][pid] if deltas[r][pid] is not None else torch.zeros(shape) for r in range(n_ranks)]
+            t = torch.stack(ts, 1)  # (n_rows, R, ...)
+            dls.append(t.reshape(n_units, group, n_ranks, *shape[1:]).transpose(1, 2))
+        scale = 1.0 / group
+
+        def per_unit(flat_u: tuple, dls_u: tuple) -> torch.Tensor:
+            def f(*params: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                pd = dict(zip(names, params))
+                outs: list[torch.Tensor] = []
+                for a_idx, k_idx in specs:
+                    o = functional_call(mod, pd, tuple(flat_u[j] for j in a_idx),
+                                        {k: flat_u[j] for k, j in k_idx.items()})
+                    o = [o] if isinstance(o, torch.Tensor) else [t for t in o if t is not None]
+                    outs += [t for t in o if t.is_floating_point()]
+                return tuple(outs)
+
+            _, fn = vjp(f, *pvals)
+            gs = vmap(fn)(tuple(dls_u))
+            return sum(g.reshape(n_ranks, -1).pow(2).sum(1) for g in gs) * scale * scale
+
+        n_par = sum(p.numel() for p in pvals)
+        step = max(1, min(n_units, _BLOCK_ELEMENTS // 4 // max(1, n_ranks * n_par * group)))
+        in_dims = (tuple(0 if b else None for b in batched), tuple(0 for _ in dls))
+        vm = vmap(per_unit, in_dims=in_dims)
+        out = []
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        # The fused attention kernels have no vmap batching rule (vmap would loop over samples); the math
+        # backend is made of batched matmuls and is exact.
+        with sdpa_kernel([SDPBackend.MATH]):
+            for s0 in range(0, n_units, step):
+                s1 = min(n_units, s0 + step)
+                flat_c = tuple(v.detach()[s0 * group:s1 * group].reshape(s1 - s0, group, *v.shape[1:]) if b
+                               else v for v, b in zip(flat, batched))
+                out.append(vm(flat_c, tuple(d[s0:s1] for d in dls)))
+        return torch.cat(out).detach().double()
+
+    def _fallback_loop(self, i: int, calls: list[dict], deltas: list[list[torch.Tensor | None]],
+                       n_rows: int) -> torch.Tensor:
         """(n_units, R) squared norms; a unit is a sample (mean-grad, copies summed) or a row (mean-norm)."""
         layer = self.layers[i]
         mod = layer.module
