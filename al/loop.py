@@ -279,8 +279,15 @@ class Experiment:
         pending = self.store.pending(st.run_id, r)
         name = getattr(self.oracle, "name", "oracle")
         if hasattr(self.oracle, "begin_round"):
-            self.oracle.begin_round(RoundInfo(r, self.store.queried(st.run_id, r), dict(st.labels),
-                                              dict(st.label_round), self.dataset.n_classes))
+            info = RoundInfo(r, self.store.queried(st.run_id, r), dict(st.labels), dict(st.label_round),
+                             self.dataset.n_classes)
+            try:
+                self.oracle.begin_round(info)
+            except OracleError:
+                raise
+            except Exception as e:  # e.g. the hand-off folder became unwritable: a clear error, the query is kept
+                raise OracleError(f"the oracle {name!r} could not prepare round {r} ({type(e).__name__}: {e}); the "
+                                  f"query is saved, so fix the cause and run the same command again") from e
         # One-at-a-time oracles (a person at a terminal) get one id per call and each answer is stored at once.
         batches = [pending[k:k + 1] for k in range(len(pending))] if getattr(self.oracle, "one_at_a_time", False) \
             else [pending]

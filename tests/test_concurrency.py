@@ -91,6 +91,8 @@ def launch(kind: str, url: str, n: int, barrier: Path, *extra: str) -> list[subp
 
     Workers are forked from this process (al is already imported, so they start at once and really overlap);
     ``python tests/test_concurrency.py <kind> ...`` runs the same worker as a fresh interpreter."""
+    if not hasattr(os, "fork"):
+        pytest.skip("the concurrency workers are forked; this platform has no os.fork")
     barrier.mkdir(parents=True, exist_ok=True)
     pids = []
     for i in range(n):
@@ -182,6 +184,8 @@ def test_same_run_started_twice_at_once(tmp_path, digits):
     from al.store import Store
     from conftest import fast_config
 
+    if not hasattr(os, "fork"):
+        pytest.skip("needs os.fork")
     url = f"sqlite:///{tmp_path / 's.db'}"
     barrier = tmp_path / "barrier"
     barrier.mkdir()

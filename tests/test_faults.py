@@ -263,6 +263,19 @@ def test_csv_cli_exit_3_then_finishes(digits, tmp_path, capsys):
     assert len(Store(url).state(RUN).labels) == 40
 
 
+def test_csv_folder_made_unwritable_mid_run_is_a_clear_error(digits, tmp_path, monkeypatch):
+    url, folder, ids = start_round_0(digits, tmp_path)
+
+    def broken(self, info):
+        raise PermissionError(13, "Permission denied", str(folder / "queries-round-0.csv"))
+
+    monkeypatch.setattr(CsvOracle, "begin_round", broken)
+    with pytest.raises(OracleError, match="could not prepare round 0 .*Permission denied.*query is saved"):
+        csv_experiment(digits, url, folder).run()
+    st = Store(url).state(RUN)
+    assert st.status == "stopped" and st.last_round["state"] == "queried"
+
+
 def test_csv_oracle_needs_a_folder(tmp_path, capsys):
     assert main(["--dataset", "digits", "--budget", "40", "--oracle", "csv", "--store",
                  f"sqlite:///{tmp_path / 's.db'}"]) == 2
