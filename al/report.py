@@ -236,6 +236,57 @@ def winners(table: pd.DataFrame, at_labels: Sequence[int], targets: Sequence[flo
     return out
 
 
+def interim_table(curves: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
+    """A comparison that counts runs in progress: every strategy's curves cut at a common label count.
+
+    ``n_common`` is the smallest, over strategies, of the furthest label count any of its runs has reached;
+    each strategy is then summarised over its runs (finished or not) that reached ``n_common``:
+    ``aubc_to_common`` (the AUBC definition applied to the curve cut at ``n_common``) and ``acc_at_common``,
+    mean and std, with ``n_runs`` and ``n_in_progress`` among them. Returns (table, n_common); an empty
+    table and None when no strategy has two evaluated rounds. ``curves``: rows of one protocol."""
+    reach = curves.groupby("run")["n_labelled"].max()
+    strat_of = curves.groupby("run")["strategy"].first()
+    furthest = reach.groupby(strat_of).max()
+    first = curves.groupby("run")["n_labelled"].min()
+    furthest = furthest[furthest > first.groupby(strat_of).min()]
+    if furthest.empty:
+        return pd.DataFrame(), None
+    n_common = int(furthest.min())
+    rows = []
+    for strat, g in curves[curves["strategy"].isin(furthest.index)].groupby("strategy"):
+        vals_a, vals_acc, prog = [], [], 0
+        for run, rg in g.groupby("run"):
+            if rg["n_labelled"].max() < n_common:
+                continue
+            cut = rg[rg["n_labelled"] <= n_common]
+            vals_a.append(aubc(cut["n_labelled"], cut["accuracy"]))
+            vals_acc.append(accuracy_at(cut["n_labelled"], cut["accuracy"], n_common))
+            prog += bool(rg["in_progress"].iloc[0])
+        rows.append(dict(strategy=strat, n_runs=len(vals_a), n_in_progress=prog,
+                         aubc_to_common_mean=float(np.mean(vals_a)),
+                         aubc_to_common_std=float(np.std(vals_a, ddof=1)) if len(vals_a) > 1 else float("nan"),
+                         acc_at_common_mean=float(np.mean(vals_acc)),
+                         acc_at_common_std=float(np.std(vals_acc, ddof=1)) if len(vals_acc) > 1 else float("nan")))
+    t = pd.DataFrame(rows).set_index("strategy").sort_values("aubc_to_common_mean", ascending=False)
+    return t, n_common
+
+
+def interim_markdown(t: pd.DataFrame, n_common: int) -> str:
+    sd = lambda v: "" if v != v else f" ± {v:.3f}"  # noqa: E731
+    best_a, best_c = t["aubc_to_common_mean"].max(), t["acc_at_common_mean"].max()
+    lines = [f"Interim comparison counting runs in progress: every curve cut at {n_common} labels, the furthest "
+             f"point every strategy has reached (AUBC over the cut curve; mean ± std over the runs that reached "
+             f"it). Not a substitute for the table above: short curves weigh the early rounds only.", "",
+             f"| strategy | runs (of which in progress) | AUBC up to {n_common} | acc @ {n_common} |", "|---|---|---|---|"]
+    for strat, r in t.iterrows():
+        a = f"{r['aubc_to_common_mean']:.3f}{sd(r['aubc_to_common_std'])}"
+        c = f"{r['acc_at_common_mean']:.3f}{sd(r['acc_at_common_std'])}"
+        lines.append(f"| {strat} | {int(r['n_runs'])} ({int(r['n_in_progress'])}) | "
+                     f"{'**' + a + '**' if r['aubc_to_common_mean'] == best_a else a} | "
+                     f"{'**' + c + '**' if r['acc_at_common_mean'] == best_c else c} |")
+    return "\n".join(lines)
+
+
 def paired_comparison(per_run: pd.DataFrame, reference: str, metric: str = "aubc") -> pd.DataFrame:
     """``reference`` against every other strategy of one protocol, seed by seed (finished runs only).
 
@@ -443,7 +494,8 @@ def markdown_table(s: ProtocolSummary) -> str:
 
 
 def protocol_markdown(s: ProtocolSummary, curves_png: str | None = None, unc_png: str | None = None,
-                      command: str | None = None, reference: str | None = "regrad") -> str:
+                      command: str | None = None, reference: str | None = "regrad",
+                      curves: pd.DataFrame | None = None) -> str:
     """One protocol's section: schedule, table, definitions, paired comparison against ``reference`` (when it
     has finished runs), fewer-seed flags, runs in progress and the figures."""
     parts = [f"## {s.protocol}", "", describe_protocol(s.config), ""]
@@ -465,6 +517,10 @@ def protocol_markdown(s: ProtocolSummary, curves_png: str | None = None, unc_png
     if len(prog):
         parts += ["", f"Runs in progress ({len(prog)}):", ""]
         parts += [f"- {r.run}: {r.n_rounds} rounds done, {r.final_labels} labels so far" for r in prog.itertuples()]
+        if curves is not None:
+            it, n_common = interim_table(curves)
+            if n_common is not None and len(it) > 1:
+                parts += ["", interim_markdown(it, n_common)]
     if curves_png:
         parts += ["", f"![learning curves]({curves_png})"]
     if unc_png:
@@ -493,9 +549,10 @@ def write_report(store: Store, out: str | Path, dataset: str | None = None, at_l
             written.append(upng)
         p = out / f"{s.protocol}.md"
         p.write_text(f"# Active-learning report: {s.protocol}\n\n"
-                     + protocol_markdown(s, png.name, upng.name if upng else None, command, reference))
+                     + protocol_markdown(s, png.name, upng.name if upng else None, command, reference, cur))
         written.append(p)
-        sections.append(protocol_markdown(s, png.name, upng.name if upng else None, reference=reference))
+        sections.append(protocol_markdown(s, png.name, upng.name if upng else None, reference=reference,
+                                          curves=cur))
     index = out / "report.md"
     head = "# Active-learning report\n\n" + (f"Produced by `{command}`\n\n" if command else "")
     index.write_text(head + ("\n".join(sections) if sections else "The store holds no completed round yet.\n"))

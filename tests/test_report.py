@@ -103,6 +103,21 @@ def test_paired_comparison_counts_seeds_and_calls_a_clear_gap_a_win():
     assert c.loc["z", "diff_mean"] == pytest.approx(-0.095)
 
 
+def test_interim_table_cuts_every_curve_at_the_common_reach():
+    def rows(run, strat, prog, accs, start=20, step=10):
+        return [dict(run=run, strategy=strat, in_progress=prog, n_labelled=start + i * step, accuracy=a)
+                for i, a in enumerate(accs)]
+    cur = pd.DataFrame(rows("a0", "a", False, [0.5, 0.6, 0.7, 0.8]) + rows("a1", "a", True, [0.5, 0.7])
+                       + rows("b0", "b", True, [0.5, 0.9, 0.9]) + rows("c0", "c", True, [0.5]))
+    t, n = report.interim_table(cur)
+    assert n == 40  # b reached 40 at most; c has a single round and cannot be compared yet
+    assert set(t.index) == {"a", "b"}
+    assert t.loc["a", "n_runs"] == 1 and t.loc["a", "n_in_progress"] == 0  # a1 stopped at 30 < 40
+    assert t.loc["a", "aubc_to_common_mean"] == pytest.approx(report.aubc([20, 30, 40], [0.5, 0.6, 0.7]))
+    assert t.loc["b", "acc_at_common_mean"] == pytest.approx(0.9) and t.loc["b", "n_in_progress"] == 1
+    assert "cut at 40 labels" in report.interim_markdown(t, n)
+
+
 def test_default_label_counts_for_the_batchbald_protocol():
     assert report.default_at_labels(dict(init_size=20, budget=300, query_size=10)) == [100, 200, 300]
     assert report.default_at_labels(dict(init_size=100, budget=2000, query_size=100)) == [700, 1300, 2000]
@@ -204,6 +219,7 @@ def test_write_report_makes_pngs_and_markdown(tiny_store, tmp_path):
     assert "python -m al.report --store X" in md
     assert "retrained from scratch" in md and "whole unlabelled pool" in md
     assert "digits-entropy-seed2: 2 rounds done, 40 labels so far" in md
+    assert "Interim comparison" in md and "cut at 80 labels" in md
     line = next(x for x in md.splitlines() if x.startswith("| margin"))
     assert "1 †" in line
     line = next(x for x in md.splitlines() if x.startswith("| entropy"))
