@@ -286,6 +286,30 @@ def test_a_process_whose_claim_was_taken_over_stops_writing(tmp_path):
     assert new.record_labels(st.run_id, 0, {1: 0, 2: 1}, "x") == 0
 
 
+def test_heartbeat_thread_beats_during_a_run_and_stops_after(digits, tmp_path):
+    """The claimant's heartbeat is written from a second thread while the loop writes from the first: no lock
+    error, the run is unchanged, and the thread stops with the run."""
+    import threading
+
+    from al.loop import Experiment
+    from al.store import Store
+    from conftest import fast_config
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    beats = []
+    real = store.heartbeat
+    store.heartbeat = lambda run_id: (beats.append(time.monotonic()), real(run_id))
+    exp = Experiment(fast_config(budget=100), store, dataset=digits)
+    exp.heartbeat_s = 0.01
+    assert exp.run().status == "finished"
+    assert len(beats) >= 3
+    time.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("al-heartbeat")]
+    n = len(beats)
+    time.sleep(0.1)
+    assert len(beats) == n
+
+
 @pytest.mark.slow  # four full CLI runs: ~30 s on 2 shared cores
 def test_cli_runs_in_parallel_same_seed_same_result(tmp_path):
     """Four CLI processes on one SQLite file; two share a seed (under different run names) and must agree
