@@ -271,3 +271,20 @@ def test_pool_subset_picks_map_back_to_global_ids(digits, store_url, strategy):
             # the picks are the top of a 100-sample subset, not of the whole pool: some better ids were skipped
             unl = np.setdiff1d(np.arange(digits.n_pool), first_round[first_round < r].index.to_numpy())
             assert pixel[ids].min() < np.sort(pixel[unl])[-15]
+
+
+# --- Repeated-MNIST construction ------------------------------------------------------------------------------
+def test_repeat_with_noise_has_stable_copy_major_ids(digits):
+    from al.data import DATASETS, repeat_with_noise
+
+    assert "repeated-mnist" in DATASETS.names()
+    rep = repeat_with_noise(digits, copies=3, noise=0.1)
+    n = digits.n_pool
+    assert rep.n_pool == 3 * n
+    for k in range(3):
+        assert torch.equal(rep.train_y[k * n:(k + 1) * n], digits.train_y)  # id k*n + i is a copy of image i
+        diff = rep.train_x[k * n:(k + 1) * n] - digits.train_x
+        assert 0.09 < float(diff.std()) < 0.11 and abs(float(diff.mean())) < 0.01
+    assert not torch.equal(rep.train_x[:n], rep.train_x[n:2 * n])  # each copy has its own noise
+    assert torch.equal(rep.train_x, repeat_with_noise(digits).train_x)  # the same pool in every process
+    assert torch.equal(rep.test_x, digits.test_x) and torch.equal(rep.test_y, digits.test_y)
