@@ -114,35 +114,44 @@ def main() -> None:
     layer_names = norms_cache[NOISE[0]][0].layers
 
     # ---- chosen setting and baselines on Fashion-MNIST and notMNIST -----------------------------------------
-    def regrad_on(x, w, a, c, m, sigma, agg):
-        return gradient_norms(model, x, n_perturbations=m, sigma=sigma, aggregate=agg, seed=args.seed).score(w, a, c)
+    nm_cache: dict = {}
 
-    gi0, _ = norms_cache[(0, 0.0, "mean-grad")]
+    def regrad_on(which: str, w: str, a: float, c: str, m: int, sigma: float, agg: str) -> np.ndarray:
+        """REGrad scores of the in set, Fashion (from the grid's cache) or notMNIST (computed once per noise)."""
+        key = (m, sigma, agg)
+        if which == "in":
+            return norms_cache[key][0].score(w, a, c)
+        if which == "Fashion-MNIST":
+            return norms_cache[key][1].score(w, a, c)
+        if key not in nm_cache:
+            nm_cache[key] = gradient_norms(model, x_nm, n_perturbations=m, sigma=sigma, aggregate=agg,
+                                           seed=args.seed)
+        return nm_cache[key].score(w, a, c)
+
+    gi0, go0 = norms_cache[(0, 0.0, "mean-grad")]
     probs_in = gi0.probs
     mc_in = learner.mc_predict_proba(x_in, 20, seed=args.seed)
-
-    def baselines(x: torch.Tensor) -> dict[str, np.ndarray]:
-        p = learner.predict_proba(x)
-        return {"MSP (1 - max p)": 1 - p.max(1), "entropy": entropy_score(p),
-                "MC-dropout mutual information (T=20)": mutual_information(learner.mc_predict_proba(x, 20,
-                                                                                                     seed=args.seed)),
-                "GradNorm (negated)": -gradnorm_scores(model, x),
-                "ExGrad (expected, alpha 0, M 0)": gradient_norms(model, x).score("expected", 0.0, "linear")}
-
-    base_in = {"MSP (1 - max p)": 1 - probs_in.max(1), "entropy": entropy_score(probs_in),
-               "MC-dropout mutual information (T=20)": mutual_information(mc_in),
-               "GradNorm (negated)": -gradnorm_scores(model, x_in),
-               "ExGrad (expected, alpha 0, M 0)": gi0.score("expected", 0.0, "linear")}
     chosen = (best["weighting"], best["alpha"], best["combine"], best["M"], best["sigma"], best["aggregate"])
-    base_in["REGrad, chosen setting"] = regrad_on(x_in, *chosen)
-    base_in["REGrad, issue's reading (root, alpha 3, M 4, sigma 0.1, mean-grad, linear)"] = \
-        regrad_on(x_in, "root", 3.0, "linear", 4, 0.1, "mean-grad")
+    issue = ("root", 3.0, "linear", 4, 0.1, "mean-grad")
+    named = {"REGrad, chosen setting": chosen,
+             "REGrad, issue's reading (root, alpha 3, M 4, sigma 0.1, mean-grad, linear)": issue,
+             "REGrad, root, alpha 0, M 0, linear": ("root", 0.0, "linear", 0, 0.0, "mean-grad")}
+
+    def baselines(which: str, x: torch.Tensor) -> dict[str, np.ndarray]:
+        p = learner.predict_proba(x)
+        mc = mc_in if which == "in" else learner.mc_predict_proba(x, 20, seed=args.seed)
+        out = {"MSP (1 - max p)": 1 - p.max(1), "entropy": entropy_score(p),
+               "MC-dropout mutual information (T=20)": mutual_information(mc),
+               "GradNorm (negated)": -gradnorm_scores(model, x),
+               "ExGrad (expected, alpha 0, M 0)": regrad_on(which, "expected", 0.0, "linear", 0, 0.0, "mean-grad")}
+        for k, v in named.items():
+            out[k] = regrad_on(which, *v)
+        return out
+
+    base_in = baselines("in", x_in)
     table = []
     for name, x_out in (("Fashion-MNIST", x_fa), ("notMNIST", x_nm)):
-        b_out = baselines(x_out)
-        b_out["REGrad, chosen setting"] = regrad_on(x_out, *chosen)
-        b_out["REGrad, issue's reading (root, alpha 3, M 4, sigma 0.1, mean-grad, linear)"] = \
-            regrad_on(x_out, "root", 3.0, "linear", 4, 0.1, "mean-grad")
+        b_out = baselines(name, x_out)
         for k in base_in:
             table.append((name, k) + metrics(base_in[k], b_out[k]))
 
