@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from typing import Sequence
 
 from .errors import ALError, ConfigError, DataError, LabelsPending, OracleError, StoreError
@@ -100,8 +101,21 @@ def _print_round(rep: RoundReport) -> None:
           flush=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' hook
+    from .oracle import RefusedAnswersWarning
+
+    if issubclass(category, RefusedAnswersWarning):  # meant for the person labelling: no source location
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _default_show_warning(message, category, filename, lineno, file, line)
+
+
+_default_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         from strategies import STRATEGIES
 

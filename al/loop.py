@@ -22,7 +22,7 @@ import torch
 from .data import Dataset, load_dataset
 from .errors import ConfigError, LabelsPending, OracleError
 from .learner import TorchLearner
-from .oracle import LabellingStopped, Oracle, RoundInfo, make_oracle, validate_answers
+from .oracle import LabellingStopped, Oracle, RefusedAnswersWarning, RoundInfo, make_oracle, validate_answers
 from .seeding import round_rng, torch_seed
 from .store import RunState, Store, crash_point
 from .strategy import Context, Strategy
@@ -315,7 +315,7 @@ class Experiment:
                                 f"{' (labelling stopped by the user)' if stopped else ''}; {hint}{problems}",
                                 awaited=left)
         if refused:  # every queried sample has a label, so the run goes on; the bad rows are still reported
-            warnings.warn(f"round {r} is fully labelled, but{problems}", stacklevel=2)
+            warnings.warn(f"round {r} is fully labelled, but{problems}", RefusedAnswersWarning, stacklevel=2)
 
     def _ask(self, ids: np.ndarray, r: int) -> Any:
         """``oracle.label(ids)``, bounded by ``oracle_timeout`` when one is set; failures become OracleError."""

@@ -61,6 +61,11 @@ class Answers(dict):
         self.refused: list[str] = list(refused)
 
 
+class RefusedAnswersWarning(UserWarning):
+    """Some answer rows were refused although every queried sample of the round got a label, so the run goes on;
+    the refused rows are named in the message."""
+
+
 class LabellingStopped(Exception):
     """Raised by an interactive oracle when the person quits; what was answered before is kept."""
 

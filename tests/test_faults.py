@@ -240,6 +240,19 @@ def test_csv_conflicting_relabel_and_earlier_round_answers_refused(digits, tmp_p
     assert late not in st.labels and st.labels[ids1[0]] == truth(digits, ids1[0])
 
 
+def test_csv_bad_row_beside_a_complete_round_is_reported_and_the_run_goes_on(digits, tmp_path, capsys):
+    folder, url = tmp_path / "lab", f"sqlite:///{tmp_path / 's.db'}"
+    args = ["--dataset", "digits", "--budget", "40", "--init-size", "20", "--query-size", "20", "--epochs", "5",
+            "--min-steps", "30", "--no-progress", "--store", url, "--oracle", "csv", "--oracle-dir", str(folder)]
+    assert main(args) == 3
+    append(folder, 0, [f"{i},{truth(digits, i)}" for i in queried_ids(folder, 0)] + ["77777,1"])
+    assert main(args) == 3  # round 0 complete, round 1 waiting
+    err = capsys.readouterr().err
+    assert "warning: round 0 is fully labelled, but\n1 answer row(s) refused" in err
+    assert "answers-round-0.csv line 22: id 77777 was not queried in round 0" in err
+    assert Store(url).state(RUN).rounds[0]["state"] == "complete"
+
+
 def test_csv_rows_already_taken_are_not_reported_again(digits, tmp_path):
     url, folder, ids = start_round_0(digits, tmp_path)
     append(folder, 0, [f"{i},{truth(digits, i)}" for i in ids[:10]])
