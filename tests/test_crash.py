@@ -124,25 +124,36 @@ def kill_at_random_times(url: str, budget: int, n_kills: int, seed: int) -> int:
     """Start the CLI, SIGKILL it after a random delay, repeat n_kills times, then let it finish.
     Returns how many kills landed while the run was writing (after the store had its first row)."""
     rng = np.random.default_rng(seed)
+    sqlite = url.startswith("sqlite:///")
     path = Path(url.removeprefix("sqlite:///"))
     landed = 0
+
+    def started() -> bool:  # past its imports: the store exists (SQLite) or holds the run (PostgreSQL)
+        if sqlite:
+            return path.exists()
+        s = Store(url)
+        try:
+            return len(s.runs()) > 0
+        finally:
+            s.close()
+
     for _ in range(n_kills):
         p = subprocess.Popen(cli(url, budget), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        # wait until the process is past its imports (the store file appears), then a random part of a run
         t0 = time.monotonic()
-        while not path.exists() and p.poll() is None and time.monotonic() - t0 < 60:
+        while not started() and p.poll() is None and time.monotonic() - t0 < 60:
             time.sleep(0.05)
-        time.sleep(float(rng.uniform(0.0, 1.5)))
+        time.sleep(float(rng.uniform(0.0, 1.5)))  # then a random part of a run
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             landed += 1
         p.wait()
         p.stderr.close()
-        if path.exists():
+        if sqlite and path.exists():
             integrity_ok(path)
     r = subprocess.run(cli(url, budget), env=cli_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    integrity_ok(path)
+    if sqlite:
+        integrity_ok(path)
     return landed
 
 

@@ -89,6 +89,24 @@ def test_experiment_with_a_crash_inside_a_commit_on_postgres(pg_url, digits, tmp
     np.testing.assert_allclose(a.curves()["accuracy"], b.curves()["accuracy"], rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow  # several CLI processes: ~40 s on 2 shared cores
+def test_cli_killed_at_random_times_on_postgres(pg_url, digits, tmp_path):
+    """The CLI on PostgreSQL, SIGKILLed at random times and resumed: the same run as on SQLite uninterrupted."""
+    from al.loop import Experiment
+    from al.store import Store
+    from conftest import fast_config
+    from test_crash import kill_at_random_times
+
+    ref = f"sqlite:///{tmp_path / 'ref.db'}"
+    Experiment(fast_config(budget=100), ref, dataset=digits).run()
+    assert kill_at_random_times(pg_url, 100, n_kills=5, seed=3) >= 2
+    a, b = Store(pg_url), Store(ref)
+    run = "digits-entropy-seed0"
+    cols = ["sample_id", "round_idx", "label"]
+    assert a.labels(run)[cols].equals(b.labels(run)[cols])
+    np.testing.assert_allclose(a.curves()["accuracy"], b.curves()["accuracy"], rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("n", [4])
 def test_processes_writing_different_runs_on_postgres(pg_url, tmp_path, n):
     from test_concurrency import check_rounds, launch
