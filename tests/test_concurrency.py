@@ -76,9 +76,16 @@ def worker_claim(url: str, run: str, barrier: str, idx: int) -> None:
     try:
         s.claim(st.run_id)
         print("claimed", flush=True)
-        time.sleep(1.0)
+        claimed = True
     except store.StoreError as e:
         print(f"refused: {e}", flush=True)
+        claimed = False
+    Path(barrier, f"tried-{idx}").touch()
+    if claimed:  # stay alive (a dead claimant may be taken over) until every worker has tried
+        t0 = time.monotonic()
+        while (len(list(Path(barrier).glob("tried-*"))) < len(list(Path(barrier).glob("ready-*")))
+               and time.monotonic() - t0 < 60):
+            time.sleep(0.01)
 
 
 WORKERS = {"rounds": lambda url, run, rounds, barrier, idx: worker_rounds(url, run.replace("IDX", str(idx)),

@@ -28,9 +28,15 @@ CFG = dict(budget=100)  # 5 rounds of 20 labels: 0 (random) .. 4
 @pytest.fixture(scope="module")
 def reference(digits, tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('ref') / 'ref.db'}"
+    t0 = time.perf_counter()
     Experiment(fast_config(**CFG), url, dataset=digits).run()
+    REF_SECONDS.append(time.perf_counter() - t0)
     s = Store(url)
     return s.labels(RUN), s.curves(), s.queries(RUN)
+
+
+#: how long the reference run's loop took in this process: the span over which random kills are drawn
+REF_SECONDS: list[float] = []
 
 
 def assert_same_as_reference(url: str, reference) -> None:
@@ -120,9 +126,12 @@ def cli_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
 
 
-def kill_at_random_times(url: str, budget: int, n_kills: int, seed: int) -> int:
+def kill_at_random_times(url: str, budget: int, n_kills: int, seed: int, run_seconds: float = 1.5) -> int:
     """Start the CLI, SIGKILL it after a random delay, repeat n_kills times, then let it finish.
-    Returns how many kills landed while the run was writing (after the store had its first row)."""
+
+    The delay, counted from when the process is past its imports, is drawn uniformly over ``run_seconds`` (about
+    how long the run's loop takes here, so that kills spread over its rounds on a fast or a slow machine).
+    Returns how many kills landed while the process was still running."""
     rng = np.random.default_rng(seed)
     sqlite = url.startswith("sqlite:///")
     path = Path(url.removeprefix("sqlite:///"))
@@ -142,7 +151,7 @@ def kill_at_random_times(url: str, budget: int, n_kills: int, seed: int) -> int:
         t0 = time.monotonic()
         while not started() and p.poll() is None and time.monotonic() - t0 < 60:
             time.sleep(0.05)
-        time.sleep(float(rng.uniform(0.0, 1.5)))  # then a random part of a run
+        time.sleep(float(rng.uniform(0.0, run_seconds)))  # then a random part of a run
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             landed += 1
@@ -159,13 +168,14 @@ def kill_at_random_times(url: str, budget: int, n_kills: int, seed: int) -> int:
 
 def test_cli_killed_at_random_times_then_resumed_equals_uninterrupted(tmp_path, reference):
     url = f"sqlite:///{tmp_path / 's.db'}"
-    assert kill_at_random_times(url, 100, n_kills=2, seed=1) >= 1  # at least one kill hit a running loop
+    landed = kill_at_random_times(url, 100, n_kills=2, seed=1, run_seconds=REF_SECONDS[-1])
+    assert landed >= 1  # at least one kill hit a running process
     assert_same_as_reference(url, reference)
 
 
 @pytest.mark.slow
 def test_cli_killed_many_times(tmp_path, reference):
     url = f"sqlite:///{tmp_path / 's.db'}"
-    landed = kill_at_random_times(url, 100, n_kills=10, seed=2)
+    landed = kill_at_random_times(url, 100, n_kills=10, seed=2, run_seconds=REF_SECONDS[-1])
     assert landed >= 5
     assert_same_as_reference(url, reference)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+import time
 
 import numpy as np
 import pytest
@@ -98,8 +99,9 @@ def test_cli_killed_at_random_times_on_postgres(pg_url, digits, tmp_path):
     from test_crash import kill_at_random_times
 
     ref = f"sqlite:///{tmp_path / 'ref.db'}"
+    t0 = time.perf_counter()
     Experiment(fast_config(budget=100), ref, dataset=digits).run()
-    assert kill_at_random_times(pg_url, 100, n_kills=5, seed=3) >= 2
+    assert kill_at_random_times(pg_url, 100, n_kills=5, seed=3, run_seconds=time.perf_counter() - t0) >= 2
     a, b = Store(pg_url), Store(ref)
     run = "digits-entropy-seed0"
     cols = ["sample_id", "round_idx", "label"]
