@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .data import DATASETS
 
         configs = _configs(args)
+        if args.oracle_dir and args.oracle != "csv":
+            # Without this, a person who forgot --oracle csv would get a simulated run instead of their labels.
+            raise ConfigError(f"--oracle-dir is only used by --oracle csv, but --oracle is {args.oracle!r}; add "
+                              f"--oracle csv to label through files, or drop --oracle-dir")
         # Names are checked before anything is loaded or written.
         STRATEGIES.get(args.strategy)
         DATASETS.get(args.dataset)

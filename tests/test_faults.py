@@ -289,10 +289,15 @@ def test_csv_folder_made_unwritable_mid_run_is_a_clear_error(digits, tmp_path, m
     assert st.status == "stopped" and st.last_round["state"] == "queried"
 
 
-def test_csv_oracle_needs_a_folder(tmp_path, capsys):
-    assert main(["--dataset", "digits", "--budget", "40", "--oracle", "csv", "--store",
-                 f"sqlite:///{tmp_path / 's.db'}"]) == 2
-    assert "--oracle csv needs --oracle-dir" in capsys.readouterr().err
+@pytest.mark.parametrize("extra,msg", [
+    (["--oracle", "csv"], "--oracle csv needs --oracle-dir"),
+    (["--oracle-dir", "somewhere"], "--oracle-dir is only used by --oracle csv"),
+    (["--oracle-timeout", "0"], "--oracle-timeout must be a positive"),
+    (["--oracle", "csvv"], "unknown oracle 'csvv'"),
+])
+def test_bad_oracle_settings_exit_2_nothing_written(tmp_path, capsys, extra, msg):
+    assert main(["--dataset", "digits", "--budget", "40", "--store", f"sqlite:///{tmp_path / 's.db'}"] + extra) == 2
+    assert msg in capsys.readouterr().err
     assert not (tmp_path / "s.db").exists()
 
 
