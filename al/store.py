@@ -259,6 +259,11 @@ class Store:
             insp = sa.inspect(self.engine)
             tables = set(insp.get_table_names())
         except exc.DatabaseError as e:
+            if not self.is_sqlite:  # a server: say so, in one line, without echoing the password
+                shown = self.engine.url.render_as_string(hide_password=True)
+                reason = " ".join(str(getattr(e, "orig", e)).split())
+                raise StoreError(f"cannot connect to store {shown}: {reason}. Check that the server is running "
+                                 f"and that the URL's user, password, host, port and database are right") from e
             raise StoreError(f"cannot open store {self.url!r}: {e.orig if hasattr(e, 'orig') else e}. "
                              f"The file was left untouched; check it or pass another --store") from e
         except exc.SQLAlchemyError as e:
