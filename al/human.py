@@ -25,6 +25,7 @@ good answers are stored at once, and the bad ones are still in the file, named i
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import sys
@@ -120,12 +121,16 @@ class CsvOracle:
                 save_png(png, to_unit_image(self.dataset, int(sid)))
             s = "" if score is None or (isinstance(score, float) and math.isnan(score)) else repr(float(score))
             rows.append([int(sid), int(rank), s, png.relative_to(self.dir).as_posix()])
-        tmp = self.queries_path(r).with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "rank", "score", "image"])
-            w.writerows(rows)
-        os.replace(tmp, self.queries_path(r))
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["id", "rank", "score", "image"])
+        w.writerows(rows)
+        path = self.queries_path(r)
+        # Rewritten only when missing or different: the person may have it open (a spreadsheet can lock it).
+        if not path.exists() or path.read_text() != buf.getvalue():
+            tmp = path.with_suffix(".csv.tmp")
+            tmp.write_text(buf.getvalue())
+            os.replace(tmp, path)
         ans = self.answers_path(r)
         if not ans.exists():
             with open(ans, "x", newline="") as f:  # "x": never truncate a file a person may have just created

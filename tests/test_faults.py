@@ -255,6 +255,8 @@ def test_csv_bad_row_beside_a_complete_round_is_reported_and_the_run_goes_on(dig
 
 def test_csv_rows_already_taken_are_not_reported_again(digits, tmp_path):
     url, folder, ids = start_round_0(digits, tmp_path)
+    q = folder / "queries-round-0.csv"
+    os.utime(q, (1, 1))  # the queries file is left alone when unchanged (it may be open in a spreadsheet)
     append(folder, 0, [f"{i},{truth(digits, i)}" for i in ids[:10]])
     with pytest.raises(LabelsPending) as e1:
         csv_experiment(digits, url, folder).run()
@@ -262,6 +264,7 @@ def test_csv_rows_already_taken_are_not_reported_again(digits, tmp_path):
         csv_experiment(digits, url, folder).run()
     assert "10 of 20" in str(e1.value) and "10 of 20" in str(e2.value)
     assert "refused" not in str(e2.value)
+    assert q.stat().st_mtime == 1
 
 
 def test_csv_cli_exit_3_then_finishes(digits, tmp_path, capsys):
