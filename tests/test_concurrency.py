@@ -169,7 +169,7 @@ def check_one_claim(results: list[subprocess.CompletedProcess]) -> None:
 def test_processes_writing_different_runs_into_one_sqlite_file(tmp_path, n):
     url = f"sqlite:///{tmp_path / 's.db'}"
     rounds = 20
-    results = launch("rounds", url, n, tmp_path / "barrier", f"run-IDX", str(rounds))
+    results = launch("rounds", url, n, tmp_path / "barrier", "run-IDX", str(rounds))
     check_rounds(url, n, rounds, results)
     import sqlite3
 

@@ -234,7 +234,7 @@ def test_csv_conflicting_relabel_and_earlier_round_answers_refused(digits, tmp_p
     assert f"id {ids0[2]} was queried in round 0, not in round 1" in msg
     # a second, different label for a round-0 sample: both its rows are named
     assert f"answers-round-0.csv line 2, 22: round 0 is closed and the store does not hold id {ids0[0]}" in msg
-    assert f"answers-round-0.csv line 23: round 0 is closed" in msg and "move the row to answers-round-1.csv" in msg
+    assert "answers-round-0.csv line 23: round 0 is closed" in msg and "move the row to answers-round-1.csv" in msg
     st = Store(url).state(RUN)
     assert {i: st.labels[i] for i in ids0} == {i: truth(digits, i) for i in ids0}  # nothing relabelled
     assert late not in st.labels and st.labels[ids1[0]] == truth(digits, ids1[0])
@@ -273,7 +273,7 @@ def test_csv_cli_exit_3_then_finishes(digits, tmp_path, capsys):
             "--min-steps", "30", "--no-progress", "--store", url, "--oracle", "csv", "--oracle-dir", str(folder)]
     for r in range(2):
         assert main(args) == 3
-        assert f"20 of 20 queried samples still await" in capsys.readouterr().err
+        assert "20 of 20 queried samples still await" in capsys.readouterr().err
         append(folder, r, [f"{i},{truth(digits, i)}" for i in queried_ids(folder, r)])
     assert main(args) == 0
     assert len(Store(url).state(RUN).labels) == 40

@@ -142,6 +142,6 @@ def test_unreachable_server_is_a_clear_error(capsys):
     assert main(["--dataset", "digits", "--budget", "40", "--store",
                  f"postgresql://al:secret@127.0.0.1:{port}/x"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: cannot connect to store postgresql+") and f"127.0.0.1:{port}/x" in err
+    assert err.startswith("error: cannot connect to store postgresql+") and f"127.0.0.1:{port}/x" in err
     assert "Connection refused" in err and "Check that the server is running" in err
     assert "secret" not in err and "\n" not in err
