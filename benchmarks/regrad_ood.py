@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import time
 import warnings
@@ -44,9 +45,8 @@ except ImportError:  # pragma: no cover
     MI_SOURCE = "local"
 
 WEIGHTINGS = ["root", "expected", "predicted", "uniform"]
-ALPHAS = [0.0, 1.0, 2.0, 3.0, 5.0, 10.0]
+ALPHAS = [-10.0, -5.0, -3.0, -1.0, 0.0, 1.0, 2.0, 3.0, 5.0, 10.0]  # negative = shallow layers weigh more
 COMBINES = ["linear", "squared"]
-NOISE = [(0, 0.0, "mean-grad")] + [(4, s, a) for s in (0.05, 0.1, 0.2, 0.5) for a in ("mean-grad", "mean-norm")]
 
 
 def metrics(s_in: np.ndarray, s_out: np.ndarray) -> tuple[float, float]:
@@ -61,12 +61,21 @@ def sample(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return x[torch.from_numpy(idx)]
 
 
-def train(model, ds, n_train: int, epochs: int, seed: int) -> TorchLearner:
+def train(model, ds, n_train: int, epochs: int, seed: int, tag: str) -> TorchLearner:
     x = sample(ds.train_x, n_train, seed)
     y = sample(ds.train_y, n_train, seed)
     learner = TorchLearner(model, 10, (1, 28, 28), epochs=epochs, min_steps=0, batch_size=128, seed=seed)
     t = time.perf_counter()
-    learner.fit(x, y)
+    # the trained weights are cached (deterministic given the seed) so that a rerun of the scoring is cheap
+    cache = Path(os.environ.get("AL_CACHE_DIR", "/tmp")) / f"regrad_ood_{tag}_{n_train}_{epochs}_{seed}.pt"
+    if cache.exists():
+        learner.reset(seed)
+        learner.module_.load_state_dict(torch.load(cache))
+        learner.module_.eval()
+    else:
+        learner.fit(x, y)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(learner.module_.state_dict(), cache)
     acc = learner.evaluate(ds.test_x, ds.test_y)["accuracy"]
     print(f"trained {model if isinstance(model, str) else 'patch-transformer'} on {n_train} in "
           f"{time.perf_counter() - t:.0f}s, test accuracy {acc:.4f}", flush=True)
@@ -81,6 +90,8 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=2000, help="in and out samples per set")
     ap.add_argument("--n-eval-transformer", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--m", type=int, default=4, help="perturbations per input in the grid")
+    ap.add_argument("--sigmas", default="0.05,0.2,0.5", help="noise scales (normalised input units) in the grid")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "regrad_ood.md"))
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -94,7 +105,9 @@ def main() -> None:
     x_nm = sample(load_test_images("notmnist")[0], args.n_eval, args.seed + 3)
     lines: list[str] = []
 
-    learner = train("cnn", ds, args.n_train, args.epochs, args.seed)
+    NOISE = [(0, 0.0, "mean-grad")] + [(args.m, float(s), a) for s in args.sigmas.split(",")
+                                       for a in ("mean-grad", "mean-norm")]
+    learner = train("cnn", ds, args.n_train, args.epochs, args.seed, "cnn")
     model = learner.module_
 
     # ---- the grid on Fashion-MNIST --------------------------------------------------------------------------
@@ -110,7 +123,11 @@ def main() -> None:
             au, ap_ = metrics(gi.score(w, a, c), go.score(w, a, c))
             rows.append(dict(weighting=w, alpha=a, combine=c, M=m, sigma=sigma, aggregate=agg, auroc=au, aupr=ap_))
     rows.sort(key=lambda r: -r["auroc"])
-    best = rows[0]
+    # The defaults: the best Fashion AUROC, except that any setting within TIE of it that costs fewer backward
+    # passes wins (cost = (M + 1) x classes backpropagated; "predicted" needs 1 class, the others all 10).
+    tie = 0.001
+    near = [r for r in rows if r["auroc"] >= rows[0]["auroc"] - tie]
+    best = min(near, key=lambda r: ((r["M"] + 1) * (1 if r["weighting"] == "predicted" else 10), -r["auroc"]))
     layer_names = norms_cache[NOISE[0]][0].layers
 
     # ---- chosen setting and baselines on Fashion-MNIST and notMNIST -----------------------------------------
@@ -132,9 +149,9 @@ def main() -> None:
     probs_in = gi0.probs
     mc_in = learner.mc_predict_proba(x_in, 20, seed=args.seed)
     chosen = (best["weighting"], best["alpha"], best["combine"], best["M"], best["sigma"], best["aggregate"])
-    issue = ("root", 3.0, "linear", 4, 0.1, "mean-grad")
+    issue = ("root", 3.0, "linear", args.m, 0.2, "mean-grad")
     named = {"REGrad, chosen setting": chosen,
-             "REGrad, issue's reading (root, alpha 3, M 4, sigma 0.1, mean-grad, linear)": issue,
+             f"REGrad, issue's reading (root, alpha 3, M {args.m}, sigma 0.2, mean-grad, linear)": issue,
              "REGrad, root, alpha 0, M 0, linear": ("root", 0.0, "linear", 0, 0.0, "mean-grad")}
 
     def baselines(which: str, x: torch.Tensor) -> dict[str, np.ndarray]:
@@ -165,7 +182,7 @@ def main() -> None:
 
     # ---- the layer_alpha sweep on a patch transformer ------------------------------------------------------
     tf = train(lambda n_classes, input_shape: PatchTransformer(n_classes, input_shape), ds, args.n_train,
-               args.epochs, args.seed)
+               args.epochs, args.seed, "patch-transformer")
     n_t = args.n_eval_transformer
     t = time.perf_counter()
     ti = gradient_norms(tf.module_, x_in[:n_t])
@@ -200,7 +217,8 @@ def main() -> None:
           "## Chosen setting and baselines", "",
           "| OOD set | method | AUROC | AUPR |", "| --- | --- | --- | --- |"]
     L += [f"| {a} | {b} | {c:.4f} | {d:.4f} |" for a, b, c, d in table]
-    L += ["", f"Chosen by Fashion-MNIST AUROC: class_weighting={best['weighting']!r}, layer_alpha={best['alpha']}, "
+    L += ["", f"Chosen by Fashion-MNIST AUROC (best {rows[0]['auroc']:.4f}; the cheapest setting within {tie} of "
+          f"it): class_weighting={best['weighting']!r}, layer_alpha={best['alpha']}, "
           f"combine={best['combine']!r}, n_perturbations={best['M']}, sigma={best['sigma']}, "
           f"aggregate={best['aggregate']!r}.", "",
           "## Per layer (root class weighting, M = 0): which layer's gradient separates the sets", "",

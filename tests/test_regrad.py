@@ -365,3 +365,14 @@ def test_bad_settings_are_refused_with_the_valid_choices() -> None:
         regrad_scores(mlp(), _inputs("mlp"), sigma=-1)
     with pytest.raises(ConfigError, match="no parameter"):
         build_strategy("regrad", alpha=2)
+
+
+def test_every_keyword_of_regrad_scores_is_a_strategy_setting() -> None:
+    import inspect
+
+    kw = {k for k in inspect.signature(regrad_scores).parameters if k not in ("model", "inputs")}
+    settings = dict(class_weighting="expected", layer_alpha=2.5, n_perturbations=3, sigma=0.2,
+                    aggregate="mean-norm", combine="squared", top_k=4, seed=7, batch_size=64, last_layer_only=True)
+    assert set(settings) == kw
+    for name in ("regrad", "exgrad"):
+        assert build_strategy(name, **settings).params() == settings
