@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     command = "AL_DATA_DIR=../shared/data .venv/bin/python benchmarks/strategy_cost.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
 
+    load0 = os.getloadavg()[0]
     ds = load_dataset("mnist")
     rng = np.random.default_rng(0)
     order = rng.permutation(ds.n_pool)
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         "# Strategy selection cost on the full MNIST pool", "", "Produced by:", "", "```", command.strip(), "```", "",
         f"Default CNN trained on {len(labelled)} random labels ({args.train_steps} Adam steps, {train_s:.0f} s, "
         f"test accuracy {acc:.3f}); candidates: the other {len(cand)} pool images. torch threads: "
-        f"{torch.get_num_threads()}; 2 CPU cores shared with other jobs, so compare ratios, not seconds.",
+        f"{torch.get_num_threads()}; 2 CPU cores shared with other jobs, so compare ratios, not seconds. "
+        f"Load average at start / end: {load0:.1f} / {os.getloadavg()[0]:.1f}.",
         "", "Memory: 'traced' = tracemalloc peak (Python + NumPy, not torch); 'RSS' = sampled peak process RSS "
         "minus RSS before the call (includes torch; approximate). Both in MiB.",
         "", "## Model passes the context provides (once per round, shared by all strategies)", "",
