@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                  ("fashion-mnist", fa, [("mnist", "MNIST")])]
     for name, ds, outs in ood_cases:
         learner, secs = train_model(name, large, args.seed, epochs_for(large), args.min_steps)
-        trained[f"{name} {large}"] = secs
+        trained[f"{name} {large}"] = max(secs, trained.get(f"{name} {large}", 0.0))
         x_in, y_in = subset(ds.test_x, ds.test_y, args.n_ood, args.seed)
         s_in, probs_in = uncertainty_scores(learner, x_in, args.mc_samples, args.seed, timings)
         n_scored += len(x_in)
@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                                     for d in args.rotations]
     for n in args.sizes:
         learner, secs = train_model("mnist", n, args.seed, epochs_for(n), args.min_steps)
-        trained[f"mnist {n}"] = secs
+        # the largest model was already trained (or loaded) for OOD detection: keep that time
+        trained[f"mnist {n}"] = max(secs, trained.get(f"mnist {n}", 0.0))
         for sname, xs in sets:
             scores, probs = uncertainty_scores(learner, xs, args.mc_samples, args.seed, timings)
             n_scored += len(xs)
