@@ -226,14 +226,15 @@ def test_direct_and_gram_forms_agree_with_the_naive_loop(monkeypatch, rule: str,
     m, sigma = (0, 0.0) if name == "tokens" else (2, 0.3)
     model, x = MODELS[name](), _inputs(name)
     norms, probs = _naive(name, m, sigma, "mean-grad")
-    got = regrad_scores(model, x, class_weighting="uniform", n_perturbations=m, sigma=sigma)
+    got = regrad_scores(model, x, class_weighting="uniform", layer_alpha=0.0, n_perturbations=m, sigma=sigma,
+                        aggregate="mean-grad")
     np.testing.assert_allclose(got, naive_score(norms, probs, "uniform", 0.0), rtol=RTOL)
 
 
 def test_per_layer_norms_match_the_naive_loop_class_by_class() -> None:
     model, x = cnn_bn(), _inputs("cnn")
     norms, probs = _naive("cnn", 2, 0.3, "mean-grad")
-    fast = gradient_norms(model, x, n_perturbations=2, sigma=0.3, batch_size=5)  # chunks of 1 sample + 2 copies
+    fast = gradient_norms(model, x, n_perturbations=2, sigma=0.3, aggregate="mean-grad", batch_size=5)  # chunks of 1 sample + 2 copies
     by_class = np.zeros_like(norms)
     for r in range(fast.classes.shape[1]):
         by_class[np.arange(len(x)), fast.classes[:, r]] = fast.norms[:, r]
@@ -243,10 +244,11 @@ def test_per_layer_norms_match_the_naive_loop_class_by_class() -> None:
 
 def test_sigma_zero_with_copies_equals_no_copies_and_top_k_all_equals_full() -> None:
     model, x = cnn_bn(), _inputs("cnn")
-    base = regrad_scores(model, x, n_perturbations=0)
-    np.testing.assert_allclose(regrad_scores(model, x, n_perturbations=3, sigma=0.0), base, rtol=1e-10)
-    np.testing.assert_allclose(regrad_scores(model, x, top_k=4), base, rtol=1e-10)
-    assert not np.allclose(regrad_scores(model, x, top_k=2), base, rtol=1e-4)  # top-2 drops real terms
+    kw = dict(class_weighting="root", layer_alpha=1.0)
+    base = regrad_scores(model, x, n_perturbations=0, **kw)
+    np.testing.assert_allclose(regrad_scores(model, x, n_perturbations=3, sigma=0.0, **kw), base, rtol=1e-10)
+    np.testing.assert_allclose(regrad_scores(model, x, top_k=4, **kw), base, rtol=1e-10)
+    assert not np.allclose(regrad_scores(model, x, top_k=2, **kw), base, rtol=1e-4)  # top-2 drops real terms
     norms, probs = _naive("cnn", 0, 0.0, "mean-grad")
     last = regrad_scores(model, x, class_weighting="expected", last_layer_only=True)
     np.testing.assert_allclose(last, naive_score(norms[:, :, -1:], probs, "expected", 0.0), rtol=RTOL)
@@ -293,7 +295,7 @@ def test_fallback_leaves_no_grad_and_transformer_matches_naive() -> None:
     assert {"fallback", "linear", "layernorm"} <= kinds
     groups = [[p for _, p in L.params] for L in layers]
     norms, probs = naive_norms(model, x, groups, 0, 0.0, "mean-grad")
-    got = regrad_scores(model, x, layer_alpha=3.0)
+    got = regrad_scores(model, x, class_weighting="root", layer_alpha=3.0)
     np.testing.assert_allclose(got, naive_score(norms, probs, "root", 3.0), rtol=RTOL)
     assert all(p.grad is None for p in model.parameters())
 
