@@ -22,7 +22,7 @@ test-all: $(VENV)/.installed
 	$(PY) -m pytest -q -m ''
 
 bench: $(VENV)/.installed
-	$(PY) -m al.bench --strategy entropy --budget 2000
+	$(PY) -m al.bench --strategy regrad --budget 2000
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
