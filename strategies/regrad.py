@@ -630,8 +630,7 @@ class _Engine:
         n_rows, n_cls = logits.shape
         self.n_rows = n_rows
         g = self.group
-        probs_all = torch.softmax(logits.detach().double(), 1)
-        probs = probs_all[::g]
+        probs = torch.softmax(logits.detach()[::g].double(), 1)  # the clean copy of each sample
         if classes is None:
             order = torch.argsort(probs, dim=1, descending=True, stable=True)[:, :self.n_ranks]
         else:
