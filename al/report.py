@@ -293,7 +293,8 @@ def paired_comparison(per_run: pd.DataFrame, reference: str, metric: str = "aubc
     Seeds share the initial set and the test set, so the paired difference ``reference - other`` of ``metric``
     removes most of the seed-to-seed spread. Columns: n_pairs, diff_mean, diff_se (standard error of the mean
     difference; NaN for one pair), seeds_won, seeds_lost, verdict: "wins" / "loses" when the mean difference is
-    more than two standard errors from zero (with at least 3 pairs), otherwise "ties". Index: the other strategy.
+    more than two standard errors from zero, otherwise "ties"; "too few seeds" under 3 pairs. Index: the other
+    strategy.
     """
     done = per_run[~per_run["in_progress"]]
     ref = done[done["strategy"] == reference].set_index("seed")[metric]
@@ -305,7 +306,7 @@ def paired_comparison(per_run: pd.DataFrame, reference: str, metric: str = "aubc
         n = len(d)
         se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
         mean = float(d.mean()) if n else float("nan")
-        verdict = "ties"
+        verdict = "ties" if n >= 3 else "too few seeds"
         if n >= 3 and se == se and abs(mean) > 2 * se:
             verdict = "wins" if mean > 0 else "loses"
         rows.append(dict(strategy=strat, n_pairs=n, diff_mean=mean, diff_se=se, seeds_won=int((d > 0).sum()),
@@ -519,7 +520,8 @@ def protocol_markdown(s: ProtocolSummary, curves_png: str | None = None, unc_png
         parts += [f"- {r.run}: {r.n_rounds} rounds done, {r.final_labels} labels so far" for r in prog.itertuples()]
         if curves is not None:
             it, n_common = interim_table(curves)
-            if n_common is not None and len(it) > 1:
+            # Only worth showing when it counts at least one run the main table leaves out.
+            if n_common is not None and len(it) > 1 and it["n_in_progress"].sum() > 0:
                 parts += ["", interim_markdown(it, n_common)]
     if curves_png:
         parts += ["", f"![learning curves]({curves_png})"]
