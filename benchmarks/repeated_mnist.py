@@ -162,7 +162,8 @@ def diagnose(args: argparse.Namespace) -> str:
     learner.fit(ds.train_x[init], y[init])
     out = ["", "## Diagnostic: near-copies in one BatchBALD batch", "",
            f"Model `{args.model}` trained on 2 labels per class (seed 0); one query of 10 from the {ds.n_pool} pool.",
-           "", "| T | strategy | source images of the 10 picks | in-batch copies | gains (nats) | mean E_w H[y given w] of picks |",
+           "", "| T | strategy | source images of the 10 picks | in-batch copies | gains (nats) "
+           "| mean E_w H[y given w] of picks |",
            "| --- | --- | --- | --- | --- | --- |"]
     for T in (args.mc_samples, 100):
         mc = learner.mc_predict_proba(ds.train_x, T, seed=1)

@@ -96,11 +96,11 @@ def batchbald_select(mc_probs: np.ndarray, n: int, rng: np.random.Generator, *, 
     with w_m the configuration's probability (exact: all C^b configurations while C^b <= ``max_exact_configs``)
     or its share of the draws (beyond: ``num_samples`` configurations drawn from the batch's joint predictive,
     extended by ancestral sampling as the batch grows; identical draws are merged into one column with a
-    count, so M is the number of *distinct* draws). Normalising each column keeps the products of b probabilities from
-    underflowing however large the batch, and makes a copy of an already-picked sample score
-    H[y | batch] ~ 0 on deterministic-per-sample models instead of a difference of two large rounded numbers.
-    Memory: O(T*M + M*chunk*C) beside the input; distances are computed in candidate chunks of at most
-    ``chunk_bytes`` bytes.
+    count, so M is the number of *distinct* draws). Normalising each column keeps the products of b
+    probabilities from underflowing however large the batch, and makes a copy of an already-picked sample
+    score H[y | batch] ~ 0 on deterministic-per-sample models instead of a difference of two large rounded
+    numbers. Memory: O(T*M + M*chunk*C) beside the input; the (M, chunk, C) joint probabilities are computed
+    in candidate chunks of at most ``chunk_bytes`` bytes.
 
     Exact copies of a picked candidate (identical MC rows, i.e. the same input under the same model) are passed
     over while any other candidate remains: a labeller gives the same answer for the same input, so their true
@@ -202,7 +202,9 @@ def batchbald_select(mc_probs: np.ndarray, n: int, rng: np.random.Generator, *, 
 @register_strategy
 class BatchBALD(Strategy):
     """Greedy BatchBALD on the round's MC-dropout samples: each pick maximises the information the whole batch
-    carries about the weights, so near-copies of a picked sample add little and are passed over.
+    carries about the weights. A near-copy of a picked sample adds little when the model is confident for each
+    weight sample; when it is not, the two labels count as independent noisy draws and the copy keeps a real
+    gain (see benchmarks/results/repeated_mnist.md).
 
     max_exact_configs: joint entropies are exact while the batch has at most this many label configurations
     (C^b, e.g. 3 picks for 10 classes at the default). num_samples: configurations drawn beyond that.

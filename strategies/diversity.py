@@ -36,9 +36,9 @@ def kcenter_greedy(embeddings: np.ndarray, centres: np.ndarray, n: int, *, ids: 
     ids: (N,) used to break distance ties (smaller id first); default ``arange(N)``.
     Returns (positions (n,) int64 into the N axis, distance of each pick to its nearest centre when picked).
 
-    Memory O(N*d): a float64 copy of the embeddings, one running squared min-distance vector of length N; the initial distances to the L centres
-    are computed in blocks of at most ``chunk_bytes`` bytes, and each pick costs one matrix-vector product. No
-    N x N (or N x L) matrix is ever built. With no initial centre, the first pick is drawn uniformly with
+    Memory O(N*d): a float64 copy of the embeddings, one running squared min-distance vector of length N;
+    the initial distances to the L centres are computed in blocks of at most ``chunk_bytes`` bytes, and each
+    pick costs one matrix-vector product. No N x N (or N x L) matrix is ever built. With no initial centre, the first pick is drawn uniformly with
     ``rng`` (required then).
 
     A picked candidate is never picked again, even when all that is left are exact copies of centres (distance
