@@ -9,12 +9,17 @@ Arthur & Vassilvitskii, "k-means++: The Advantages of Careful Seeding" (SODA 200
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from al.errors import ConfigError
+from al.errors import ConfigError, IncompatibleStrategyError
 from al.strategy import Context, Selection, Strategy
 
 from . import register_strategy
+
+if TYPE_CHECKING:
+    from al.learner import TorchLearner
 
 
 def _as_2d(x: np.ndarray, what: str, d: int | None = None) -> np.ndarray:
@@ -167,6 +172,29 @@ class BADGE(Strategy):
     name = "badge"
     needs = frozenset({"probs", "embeddings"})
     scores_are_uncertainty = False
+
+    def check_learner(self, learner: "TorchLearner") -> None:
+        """Refuse models whose output is not the last nn.Linear's output (the gradient formula needs it)."""
+        super().check_learner(learner)
+        import torch
+
+        from al.learner import eval_mode
+
+        net, head = learner._check_fitted(), learner.last_linear()
+        seen: list[torch.Tensor] = []
+        hook = head.register_forward_hook(lambda m, inp, out: seen.append(out.detach()))
+        try:
+            with torch.no_grad(), eval_mode(net):
+                out = net(torch.randn((2, *learner.input_shape), generator=torch.Generator().manual_seed(0)))
+        except (RuntimeError, TypeError, IndexError, ValueError):
+            return  # the model takes other inputs (token ids...): it cannot be probed with random floats here
+        finally:
+            hook.remove()
+        if not seen or seen[-1].shape != out.shape or not torch.allclose(seen[-1], out, atol=1e-5):
+            raise IncompatibleStrategyError(
+                "badge builds gradient embeddings from the input of the model's last nn.Linear and the softmax of "
+                "the model's output, which must be that Linear's output; this model transforms it further. Make "
+                "the last nn.Linear the final layer (logits out), or use coreset")
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         g = gradient_embeddings(ctx.probs, ctx.embeddings)

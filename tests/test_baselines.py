@@ -240,6 +240,17 @@ def test_badge_returns_unique_ids_on_repeated_points():
     assert len({tuple(r) for r in g[pos]}) == 4
 
 
+def test_badge_refuses_a_model_whose_output_is_not_the_last_linear():
+    bad = TorchLearner(lambda n_classes, input_shape: nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Dropout(0.1),
+                                                                     nn.Tanh()), 10, (1, 8, 8)).reset()
+    with pytest.raises(IncompatibleStrategyError, match="last nn.Linear"):
+        build_strategy("badge").check_learner(bad)
+    good = TorchLearner("mlp", 10, (1, 8, 8)).reset()
+    modes = [m.training for m in good.module_.modules()]
+    build_strategy("badge").check_learner(good)
+    assert [m.training for m in good.module_.modules()] == modes  # the check leaves the model's modes alone
+
+
 # --- pool subset: picks map back to the right global ids ------------------------------------------------------
 class PixelSum(Strategy):
     """Scores each candidate by the sum of its own input: a score tied to the id, so a mix-up shows."""
