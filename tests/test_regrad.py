@@ -378,3 +378,12 @@ def test_every_keyword_of_regrad_scores_is_a_strategy_setting() -> None:
     assert set(settings) == kw
     for name in ("regrad", "exgrad"):
         assert build_strategy(name, **settings).params() == settings
+
+
+def test_works_under_no_grad_on_numpy_and_empty_inputs() -> None:
+    model, x = mlp(), _inputs("mlp")
+    want = regrad_scores(model, x, class_weighting="root")
+    with torch.no_grad():
+        np.testing.assert_allclose(regrad_scores(model, x, class_weighting="root"), want, rtol=1e-6)
+    np.testing.assert_allclose(regrad_scores(model, x.numpy(), class_weighting="root"), want, rtol=1e-6)
+    assert regrad_scores(model, x[:0]).shape == (0,)
