@@ -12,6 +12,7 @@ the last invocation, and the file says so).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -31,7 +32,10 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "mnist_default.md"))
     args = p.parse_args()
     (ROOT / ".bench").mkdir(exist_ok=True)
-    walls: dict[str, tuple[float, bool]] = {}
+    # Wall times of earlier invocations are kept beside the report, so strategies can be run one at a time.
+    walls_file = Path(args.out).with_suffix(".walls.json")
+    walls: dict[str, tuple[float, bool]] = (
+        {k: tuple(v) for k, v in json.loads(walls_file.read_text()).items()} if walls_file.exists() else {})
     for strat in args.strategies:
         name = f"mnist-{strat}-seed{args.seed}"
         fresh = name not in set(Store(args.store).runs()["run"])
@@ -40,14 +44,17 @@ def main() -> None:
                "--store", args.store, "--no-progress"]
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, env={**os.environ})
-        walls[strat] = (time.perf_counter() - t0, fresh)
+        if fresh or strat not in walls:
+            walls[strat] = (time.perf_counter() - t0, fresh)
+        walls_file.write_text(json.dumps(walls, indent=1))
     write_report(Store(args.store), walls, args)
 
 
 def write_report(store: Store, walls: dict[str, tuple[float, bool]], args: argparse.Namespace) -> None:
     c = store.curves()
     lines = ["# MNIST, default protocol (`python -m al.bench --budget 2000`)", "",
-             f"Command: `python benchmarks/mnist_default.py --strategies {' '.join(args.strategies)}`", "",
+             f"Command: `python benchmarks/mnist_default.py --strategies {' '.join(walls)}` (strategies may be run "
+             "one invocation at a time; wall times are kept in the `.walls.json` file beside this one)", "",
              "Protocol: 100 random initial labels, query size 100, budget 2000 (20 rounds), pool subset 10000 "
              "scored per round, default CNN retrained from scratch each round (Adam 1e-3, batch 64, 30 epochs and "
              "at least 300 steps), seed 0. Machine: 2 CPU cores, no GPU.", "",
