@@ -19,7 +19,8 @@ import pytest
 
 from al.bench import main
 from al.errors import LabelsPending, OracleError
-from al.human import CsvOracle, PromptOracle, render_blocks
+from al import CsvOracle, PromptOracle  # the public names a user imports
+from al.human import render_blocks
 from al.loop import Experiment
 from al.oracle import CallbackOracle
 from al.store import SCHEMA_VERSION, Store
