@@ -27,6 +27,10 @@ per-sample gradients where that is cheaper:
 * Anything else that owns trainable parameters (nn.MultiheadAttention, GroupNorm, a module using its own
   nn.Parameter in forward, ...) goes through an exact autograd fallback that re-runs that module alone per sample.
 
+``perturb="params"`` puts the noise on the weights instead of the input (the Bayesian reading: average over
+theta_m ~ N(theta, diag(sigma * std(theta_tensor))^2)); each perturbed model is scored by the same engine with
+M = 0 and the per-layer norms are averaged (``mean-norm`` only). See :func:`gradient_norms`.
+
 References: Wang & Ji, "Gradient-based Uncertainty Quantification for Pre-trained Classifiers" (REGrad), CVPR
 2024, arXiv 2404.10124; Igoe et al., "How Useful are Gradients for OOD Detection?" (ExGrad), arXiv 2205.10439;
 Huang, Geng & Li, "On the Importance of Gradients for Detecting Distributional Shifts in the Wild" (GradNorm),
@@ -53,10 +57,12 @@ from . import register_strategy
 ClassWeighting = Literal["root", "expected", "predicted", "uniform"]
 Aggregate = Literal["mean-grad", "mean-norm"]
 Combine = Literal["linear", "squared"]
+Perturb = Literal["input", "params"]
 
 CLASS_WEIGHTINGS = ("root", "expected", "predicted", "uniform")
 AGGREGATES = ("mean-grad", "mean-norm")
 COMBINES = ("linear", "squared")
+PERTURBS = ("input", "params")
 
 # Defaults, chosen by benchmarks/regrad_ood.py on MNIST vs Fashion-MNIST (see benchmarks/results/regrad_ood.md):
 # the best Fashion AUROC was root / alpha -10 / M 4 / sigma 0.5 / mean-norm (0.9750); "predicted" / alpha -10 /
@@ -69,6 +75,7 @@ DEFAULT_N_PERTURBATIONS = 0
 DEFAULT_SIGMA = 0.5
 DEFAULT_AGGREGATE: Aggregate = "mean-norm"
 DEFAULT_COMBINE: Combine = "linear"
+DEFAULT_PERTURB: Perturb = "input"
 DEFAULT_BATCH_SIZE = 256
 
 # Intermediate tensors (direct per-sample gradients, Gram matrices) are computed in row blocks of at most this
@@ -94,6 +101,31 @@ def perturbation_noise(sample_shape: Sequence[int], indices: Iterable[int], n_pe
         out[j] = np.random.default_rng([int(seed), int(i)]).standard_normal((n_perturbations, *sample_shape),
                                                                               dtype=np.float32)
     return torch.from_numpy(out).to(dtype)
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The parameters that ``perturb="params"`` perturbs: every ``requires_grad`` parameter of ``model``, in
+    ``named_parameters()`` order (shared parameters once). Frozen parameters are left alone."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def parameter_noise(shapes: Sequence[Sequence[int]], n_perturbations: int, seed: int = 0,
+                    dtype: torch.dtype = torch.float32) -> list[list[torch.Tensor]]:
+    """Standard-normal parameter noise: ``noise[m][j]`` has ``shapes[j]`` (m = 0..n_perturbations-1 stands for
+    the perturbed models 1..M; model 0 is the clean one).
+
+    Tensor ``j`` of model ``m`` has its own generator seeded by ``(seed, m, j)``, so the draw depends only on the
+    seed and the parameter list, never on how the inputs are batched. Unscaled: :func:`gradient_norms` multiplies
+    tensor j by ``sigma * std(theta_j)``.
+    """
+    return [[torch.from_numpy(np.random.default_rng([int(seed), m, j]).standard_normal(tuple(sh), dtype=np.float32))
+             .to(dtype) for j, sh in enumerate(shapes)] for m in range(n_perturbations)]
+
+
+def parameter_scales(params: Sequence[torch.Tensor]) -> list[float]:
+    """std of each tensor's entries (population std, 0 for a single entry): the unit of ``sigma`` under
+    ``perturb="params"``."""
+    return [float(p.detach().double().std(correction=0)) if p.numel() > 1 else 0.0 for p in params]
 
 
 def layer_weights(n_layers: int, alpha: float) -> np.ndarray:
@@ -217,8 +249,9 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
 class GradientNorms:
     """Per-sample, per-class-rank, per-layer gradient norms, the raw material of every REGrad-family score.
 
-    norms: (N, R, L) float64, ||gbar_{k,l}|| (``mean-grad``) or mean_m ||g_{k,l}(x_m)|| (``mean-norm``) for the
-    class k of rank r (``classes[:, r]``, the r-th most probable class of the clean input).
+    norms: (N, R, L) float64, ||gbar_{k,l}|| (``mean-grad``) or mean_m ||g_{k,l}(x_m)|| (``mean-norm``; with
+    ``perturb="params"`` the mean is over the perturbed weights theta_m instead) for the class k of rank r
+    (``classes[:, r]``, the r-th most probable class of the clean input under the clean model).
     probs: (N, C) float64 clean-input probabilities. classes: (N, R) int64. layers: L layer names.
     """
 
@@ -683,7 +716,7 @@ def _iter_batches(inputs: torch.Tensor | Iterable[Any], batch_size: int) -> Iter
 
 
 def _check(class_weighting: str, aggregate: str, combine: str, n_perturbations: int, sigma: float,
-           top_k: int | None, batch_size: int) -> None:
+           top_k: int | None, batch_size: int, perturb: str = DEFAULT_PERTURB) -> None:
     if class_weighting not in CLASS_WEIGHTINGS:
         raise ConfigError(f"class_weighting must be one of {CLASS_WEIGHTINGS}, got {class_weighting!r}")
     if aggregate not in AGGREGATES:
@@ -692,8 +725,17 @@ def _check(class_weighting: str, aggregate: str, combine: str, n_perturbations: 
         raise ConfigError(f"combine must be one of {COMBINES}, got {combine!r}")
     if n_perturbations < 0:
         raise ConfigError(f"n_perturbations must be >= 0, got {n_perturbations}")
+    if perturb not in PERTURBS:
+        raise ConfigError(f"perturb must be one of {PERTURBS} (noise on the inputs or on the trainable "
+                          f"parameters), got {perturb!r}")
     if sigma < 0:
-        raise ConfigError(f"sigma (noise std in the normalised input space) must be >= 0, got {sigma}")
+        unit = ("relative to each parameter tensor's std" if perturb == "params"
+                else "in the normalised input space")
+        raise ConfigError(f"sigma (noise std {unit}) must be >= 0, got {sigma}")
+    if perturb == "params" and aggregate == "mean-grad" and n_perturbations > 0 and sigma > 0:
+        raise ConfigError('perturb="params" supports aggregate="mean-norm" only (the average of the per-layer '
+                          'gradient norms over the perturbed models); use aggregate="mean-norm", or '
+                          'perturb="input" for "mean-grad"')
     if top_k is not None and top_k < 1:
         raise ConfigError(f"top_k must be None (all classes) or >= 1, got {top_k}")
     if batch_size < 1:
@@ -703,26 +745,58 @@ def _check(class_weighting: str, aggregate: str, combine: str, n_perturbations: 
 def gradient_norms(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *, n_perturbations: int = 0,
                    sigma: float = DEFAULT_SIGMA, aggregate: str = DEFAULT_AGGREGATE, top_k: int | None = None,
                    seed: int = 0, batch_size: int = DEFAULT_BATCH_SIZE,
-                   last_layer_only: bool = False) -> GradientNorms:
+                   last_layer_only: bool = False, perturb: str = DEFAULT_PERTURB) -> GradientNorms:
     """Per-sample, per-class-rank, per-layer gradient norms of log p(k|x) (see :class:`GradientNorms`).
 
     inputs: a tensor ``(N, ...)`` or an iterable of batches (tensors, or ``(x, y)`` pairs as a DataLoader gives).
     top_k: only the k most probable classes of each sample (k backward passes instead of C).
     last_layer_only: only the last layer (the backward passes then stop there: an approximation, nearly free).
+    perturb: where the M = ``n_perturbations`` perturbations go.
+
+    * ``"input"`` (default): x_m = x + sigma * eps_m, sigma in the model's (normalised) input units; the M + 1
+      copies are folded into the batch.
+    * ``"params"``: theta_m = theta + sigma * std(theta_j) * eps_{m,j} for every trainable parameter tensor theta_j
+      (``requires_grad``; buffers such as BatchNorm running statistics are not touched), eps standard normal from
+      :func:`parameter_noise`. sigma is therefore RELATIVE to each tensor's own spread (population std of its
+      entries; a single-entry tensor gets no noise): tensors differ in scale by orders of magnitude (conv weights vs
+      BatchNorm gains vs biases), so one absolute sigma would wreck some layers and leave others untouched; and with
+      a relative unit, a rescaling that leaves the network's function unchanged (one ReLU layer scaled up by c, the
+      next down by c) leaves every perturbed model's function unchanged too. The noise is drawn once per m before
+      any batch, so it depends on ``seed`` alone, not on batching. For each batch and each m the noise is added in
+      place (under ``torch.no_grad``), the norms are computed at the perturbed weights exactly as with M = 0, and
+      the original parameters are copied back (in a ``finally``: bit-identical even if scoring raises). The class
+      ranking, hence the class weights, always comes from the clean model (m = 0). Only ``aggregate="mean-norm"``
+      (mean over m = 0..M of each per-layer norm) is supported: ``"mean-grad"`` would need the per-sample gradients
+      of different models summed before the norm, which this engine does not do, so it is refused with a ConfigError
+      (only when the noise is used, i.e. M > 0 and sigma > 0). Cost: M + 1 forward/backward sweeps per batch of
+      ``batch_size`` samples (the same as input noise); extra memory: M copies of the parameters' noise plus one
+      clean copy.
+
     The model is left exactly as found: parameters, buffers, train/eval flags, ``requires_grad``, no ``.grad``.
     References: Wang & Ji, CVPR 2024 (arXiv 2404.10124).
     """
-    _check(DEFAULT_CLASS_WEIGHTING, aggregate, DEFAULT_COMBINE, n_perturbations, sigma, top_k, batch_size)
+    _check(DEFAULT_CLASS_WEIGHTING, aggregate, DEFAULT_COMBINE, n_perturbations, sigma, top_k, batch_size, perturb)
     if torch.is_inference_mode_enabled():
         raise ConfigError("REGrad needs autograd; call it outside torch.inference_mode()")
     m = n_perturbations if sigma > 0 else 0  # sigma = 0: every copy equals x, so the copies change nothing
-    group = m + 1
+    on_params = perturb == "params" and m > 0
+    group = 1 if on_params else m + 1
     chunk = max(1, batch_size // group)
     first = True
     engine: _Engine | None = None
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     start = 0
     grad_flags = [(p, p.grad) for p in model.parameters()]
+    perturbed: list[nn.Parameter] = []
+    clean: list[torch.Tensor] = []
+    noise: list[list[torch.Tensor]] = []
+    if on_params:
+        perturbed = [p for _, p in trainable_parameters(model)]
+        with torch.no_grad():
+            clean = [p.detach().clone() for p in perturbed]
+        scales = parameter_scales(clean)
+        noise = [[(sigma * sc * e).to(device=p.device, dtype=p.dtype) for e, sc, p in zip(eps_m, scales, clean)]
+                 for eps_m in parameter_noise([p.shape for p in clean], m, seed)]
     try:
         with eval_mode(model), torch.enable_grad():
             for xb in _iter_batches(inputs, chunk):
@@ -735,6 +809,25 @@ def gradient_norms(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *, n_
                     n_ranks = n_cls if top_k is None else min(top_k, n_cls)
                     engine = _Engine(model, layers, n_ranks, group, aggregate)
                     first = False
+                if on_params:
+                    sq, probs, classes = engine.run(xb, None)  # the clean model ranks the classes
+                    norms = np.sqrt(np.clip(sq, 0, None))
+                    ranks = torch.from_numpy(classes)
+                    for noise_m in noise:
+                        with torch.no_grad():
+                            for p, c, e in zip(perturbed, clean, noise_m):
+                                p.copy_(c).add_(e)
+                        try:
+                            sq_m, _, _ = engine.run(xb, ranks)
+                        finally:
+                            with torch.no_grad():
+                                for p, c in zip(perturbed, clean):
+                                    p.copy_(c)
+                        norms = norms + np.sqrt(np.clip(sq_m, 0, None))
+                    norms = norms / (m + 1)
+                    parts.append((norms, probs, classes))
+                    start += len(xb)
+                    continue
                 if m:
                     eps = perturbation_noise(xb.shape[1:], range(start, start + len(xb)), m, seed, xb.dtype)
                     rows = torch.cat([xb.unsqueeze(1), xb.unsqueeze(1) + sigma * eps], 1)
@@ -750,6 +843,9 @@ def gradient_norms(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *, n_
     finally:
         if engine is not None:
             engine.close()
+        with torch.no_grad():  # already restored after every perturbed run; this guards any other exit path
+            for p, c in zip(perturbed, clean):
+                p.copy_(c)
         for p, g in grad_flags:  # autograd.grad never accumulates, but a fallback module might
             p.grad = g
     if engine is None:
@@ -763,7 +859,8 @@ def regrad_scores(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *,
                   layer_alpha: float = DEFAULT_LAYER_ALPHA, n_perturbations: int = DEFAULT_N_PERTURBATIONS,
                   sigma: float = DEFAULT_SIGMA, aggregate: Aggregate = DEFAULT_AGGREGATE,
                   combine: Combine = DEFAULT_COMBINE, top_k: int | None = None, seed: int = 0,
-                  batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False) -> np.ndarray:
+                  batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False,
+                  perturb: Perturb = DEFAULT_PERTURB) -> np.ndarray:
     """REGrad epistemic uncertainty U(x), ``(N,)`` float64; higher = more uncertain.
 
     model: any ``nn.Module`` mapping a batch to logits ``(n, C)``. inputs: tensor ``(N, ...)`` or iterable of
@@ -774,15 +871,19 @@ def regrad_scores(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *,
     "squared" sqrt(sum_k c_k sum_l w_l ||g||^2) (the second-order Bayesian form). top_k: keep the k most probable
     classes (weights renormalised). seed: noise seed. batch_size: rows (copies included) per chunk.
     last_layer_only: the last layer's gradient alone (an approximation; the backward passes stop there).
+    perturb: "input" (default, x_m as above) or "params": theta_m = theta + sigma * std(theta_j) * eps per
+    trainable parameter tensor theta_j, sigma relative to each tensor's own std, ``aggregate="mean-norm"`` only
+    (details in :func:`gradient_norms`).
 
     References: Wang & Ji, "Gradient-based Uncertainty Quantification for Pre-trained Classifiers", CVPR 2024
     (arXiv 2404.10124); Igoe et al. 2022 (arXiv 2205.10439) for class_weighting="expected".
     """
-    _check(class_weighting, aggregate, combine, n_perturbations, sigma, top_k, batch_size)
+    _check(class_weighting, aggregate, combine, n_perturbations, sigma, top_k, batch_size, perturb)
     if class_weighting == "predicted":
         top_k = 1  # only the argmax class has a non-zero weight: one backward pass suffices
     gn = gradient_norms(model, inputs, n_perturbations=n_perturbations, sigma=sigma, aggregate=aggregate,
-                        top_k=top_k, seed=seed, batch_size=batch_size, last_layer_only=last_layer_only)
+                        top_k=top_k, seed=seed, batch_size=batch_size, last_layer_only=last_layer_only,
+                        perturb=perturb)
     if len(gn.norms) == 0:
         return np.zeros(0)
     return gn.score(class_weighting, layer_alpha, combine)
@@ -852,8 +953,9 @@ class REGrad(Strategy):
                  layer_alpha: float = DEFAULT_LAYER_ALPHA, n_perturbations: int = DEFAULT_N_PERTURBATIONS,
                  sigma: float = DEFAULT_SIGMA, aggregate: Aggregate = DEFAULT_AGGREGATE,
                  combine: Combine = DEFAULT_COMBINE, top_k: int | None = None, seed: int = 0,
-                 batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False) -> None:
-        _check(class_weighting, aggregate, combine, n_perturbations, sigma, top_k, batch_size)
+                 batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False,
+                 perturb: Perturb = DEFAULT_PERTURB) -> None:
+        _check(class_weighting, aggregate, combine, n_perturbations, sigma, top_k, batch_size, perturb)
         self.class_weighting = class_weighting
         self.layer_alpha = float(layer_alpha)
         self.n_perturbations = int(n_perturbations)
@@ -864,12 +966,13 @@ class REGrad(Strategy):
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.last_layer_only = bool(last_layer_only)
+        self.perturb = perturb
 
     def scores(self, model: nn.Module, inputs: torch.Tensor) -> np.ndarray:
         return regrad_scores(model, inputs, class_weighting=self.class_weighting, layer_alpha=self.layer_alpha,
                              n_perturbations=self.n_perturbations, sigma=self.sigma, aggregate=self.aggregate,
                              combine=self.combine, top_k=self.top_k, seed=self.seed, batch_size=self.batch_size,
-                             last_layer_only=self.last_layer_only)
+                             last_layer_only=self.last_layer_only, perturb=self.perturb)
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         return top_n(self.scores(ctx.model, ctx.inputs), ctx.candidates, n)
@@ -887,9 +990,10 @@ class ExGrad(REGrad):
     def __init__(self, class_weighting: ClassWeighting = "expected", layer_alpha: float = 0.0,
                  n_perturbations: int = 0, sigma: float = 0.0, aggregate: Aggregate = "mean-grad",
                  combine: Combine = "linear", top_k: int | None = None, seed: int = 0,
-                 batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False) -> None:
+                 batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False,
+                 perturb: Perturb = DEFAULT_PERTURB) -> None:
         super().__init__(class_weighting, layer_alpha, n_perturbations, sigma, aggregate, combine, top_k, seed,
-                         batch_size, last_layer_only)
+                         batch_size, last_layer_only, perturb)
 
 
 @register_strategy
