@@ -374,7 +374,8 @@ def test_every_keyword_of_regrad_scores_is_a_strategy_setting() -> None:
 
     kw = {k for k in inspect.signature(regrad_scores).parameters if k not in ("model", "inputs")}
     settings = dict(class_weighting="expected", layer_alpha=2.5, n_perturbations=3, sigma=0.2,
-                    aggregate="mean-norm", combine="squared", top_k=4, seed=7, batch_size=64, last_layer_only=True)
+                    aggregate="mean-norm", combine="squared", top_k=4, seed=7, batch_size=64, last_layer_only=True,
+                    perturb="params")
     assert set(settings) == kw
     for name in ("regrad", "exgrad"):
         assert build_strategy(name, **settings).params() == settings
