@@ -4,6 +4,8 @@
 
 Scores, each oriented so that HIGHER = MORE UNCERTAIN:
   regrad    REGrad with the library defaults (strategies.regrad), Wang & Ji, CVPR 2024
+  regrad-root  REGrad with square-root class weighting and uniform layer weights, no perturbation (the
+            defaults before the OOD ablation chose "predicted" and layer_alpha -10): shows what that choice costs
   exgrad    expected gradient norm sum_k p_k ||grad log p_k||, Igoe et al. 2022
   gradnorm  minus GradNorm (GradNorm is higher in-distribution), Huang, Geng & Li, NeurIPS 2021
   msp       1 - max_k p_k, Hendrycks & Gimpel, ICLR 2017
@@ -43,7 +45,7 @@ if str(ROOT) not in sys.path:
 from al.data import load_dataset, load_test_images  # noqa: E402
 from al.learner import TorchLearner  # noqa: E402
 
-SCORES = ("regrad", "exgrad", "gradnorm", "msp", "entropy", "mi")
+SCORES = ("regrad", "regrad-root", "exgrad", "gradnorm", "msp", "entropy", "mi")
 
 
 # --- metrics (plain functions of arrays) --------------------------------------------------------------------------
@@ -123,10 +125,13 @@ def uncertainty_scores(learner: TorchLearner, x: torch.Tensor, mc_samples: int =
         t0 = time.perf_counter()
         gn = rg.gradient_norms(model, x)
         out["regrad"] = gn.score()  # the library's default class weighting, layer weights and combination
+        out["regrad-root"] = gn.score("root", 0.0, "linear")
         out["exgrad"] = gn.score("expected", 0.0, "linear")
         t["regrad"] = t.get("regrad", 0.0) + time.perf_counter() - t0
     else:
         timed("regrad", lambda: rg.regrad_scores(model, x))
+        timed("regrad-root", lambda: rg.regrad_scores(model, x, class_weighting="root", layer_alpha=0.0,
+                                                      n_perturbations=0))
         timed("exgrad", lambda: rg.regrad_scores(model, x, class_weighting="expected", layer_alpha=0.0,
                                                  n_perturbations=0))
     timed("gradnorm", lambda: -rg.gradnorm_scores(model, x))
@@ -314,7 +319,7 @@ def write_markdown(path: Path, command: str, args: argparse.Namespace, ood_rows:
         f"decimal are within noise. Every score is oriented so that higher = more uncertain (GradNorm negated).", "",
         f"Total {total_s:.0f} s on this machine ({n_scored} inputs scored); scoring time by score, all sets "
         f"together: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) +
-        (" (regrad and exgrad share one gradient pass)" if "exgrad" not in timings else "") + ".", "",
+        (" (regrad, regrad-root and exgrad share one gradient pass)" if "exgrad" not in timings else "") + ".", "",
         "## OOD detection", "",
         f"The {large}-label model of each in-distribution set; OOD inputs normalised with the in-distribution "
         "statistics. Bold: best per pair.", "",
