@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for exp in experiments:
         t0 = time.perf_counter()
         try:
-            before = store.open_run(exp.name, exp.config_record()).status
+            before = exp.open_run().status
         except StoreError as e:  # a changed config under the same name: bad usage, nothing written
             print(f"error: {e}", file=sys.stderr)
             return 2

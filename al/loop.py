@@ -168,13 +168,18 @@ class Experiment:
         d["strategy_params"] = {k: _jsonable(v) for k, v in self.strategy.params().items()}
         return d
 
+    def open_run(self) -> RunState:
+        """This experiment's run in the store, created if new; refused if stored with other settings."""
+        return self.store.open_run(self.name, self.config_record(),
+                                   absent_means={"strategy_params": self.strategy.params_added})
+
     # --- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> RunState:
         """Run to the budget (or pool exhaustion), continuing whatever the store holds. Returns the final state.
 
         Raises LabelsPending when the oracle answered only part of a query (the run is left ``waiting``).
         """
-        st = self.store.open_run(self.name, self.config_record())
+        st = self.open_run()
         if st.status == "finished":
             return st
         self.store.claim(st.run_id)

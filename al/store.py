@@ -185,6 +185,15 @@ def _canonical(config: Mapping[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def _with_absent(stored: dict[str, Any], absent_means: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """``stored`` with each setting of ``absent_means`` filled in where its sub-dict lacks it."""
+    out = dict(stored)
+    for key, added in absent_means.items():
+        if isinstance(out.get(key), dict) and added:
+            out[key] = {**added, **out[key]}
+    return out
+
+
 class Store:
     """Typed access to runs, rounds, queries and labels over any SQLAlchemy URL.
 
@@ -316,8 +325,14 @@ class Store:
         self.close()
 
     # --- runs ---------------------------------------------------------------------------------------------------
-    def open_run(self, name: str, config: Mapping[str, Any]) -> RunState:
+    def open_run(self, name: str, config: Mapping[str, Any], *,
+                 absent_means: Mapping[str, Mapping[str, Any]] | None = None) -> RunState:
         """The run named ``name``, created with ``config`` if new.
+
+        ``absent_means`` maps a key of ``config`` whose value is a dict (such as ``strategy_params``) to settings
+        that were added to the code later, each with the value that a stored config lacking it ran with: the
+        stored config is compared as if it held them, so a run recorded before a setting existed still
+        continues when the setting keeps its old behaviour. The stored record itself is left as written.
 
         Raises ConfigMismatchError if it exists with a different config.
         """
@@ -336,7 +351,9 @@ class Store:
                         continue  # another process created it between our read and write: read it again
                     break
                 if run.config != text:
-                    raise ConfigMismatchError(self._mismatch_message(name, json.loads(run.config), dict(config)))
+                    stored = _with_absent(json.loads(run.config), absent_means or {})
+                    if _canonical(stored) != text:
+                        raise ConfigMismatchError(self._mismatch_message(name, stored, dict(config)))
                 break
         return self.state(name)
 

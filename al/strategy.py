@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -133,6 +133,10 @@ class Strategy:
     needs: ClassVar[frozenset[str]] = frozenset()
     #: True when ``pool_scores`` are uncertainties (higher = more uncertain) worth summarising per round.
     scores_are_uncertainty: ClassVar[bool] = True
+    #: Settings added to the strategy after runs may already have been recorded without them, each with the value
+    #: such a run used. A run whose stored ``strategy_params`` lack one of these keys continues under the new code
+    #: when the current value equals this one (the store refuses any other change of settings on resume).
+    params_added: ClassVar[Mapping[str, Any]] = {}
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         raise NotImplementedError

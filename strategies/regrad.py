@@ -948,6 +948,8 @@ class REGrad(Strategy):
 
     name = "regrad"
     needs = frozenset({"model", "inputs"})
+    #: runs recorded before the parameter-noise option existed perturbed the inputs
+    params_added = {"perturb": "input"}
 
     def __init__(self, class_weighting: ClassWeighting = DEFAULT_CLASS_WEIGHTING,
                  layer_alpha: float = DEFAULT_LAYER_ALPHA, n_perturbations: int = DEFAULT_N_PERTURBATIONS,

@@ -1,10 +1,13 @@
 """The loop: budget stop, pool exhaustion, ids never repeated, resume, determinism."""
+import json
+
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import torch
 
 from al.data import Dataset
-from al.errors import ConfigError
+from al.errors import ConfigError, ConfigMismatchError
 from al.loop import Experiment
 from al.store import Store
 from conftest import fast_config
@@ -168,3 +171,39 @@ def test_balanced_init(digits, store_url):
     st = exp.run()
     ys = [st.labels[i] for i in st.labelled_ids()]
     assert sorted(ys) == sorted(list(range(10)) * 2)
+
+
+def test_run_recorded_before_a_strategy_setting_existed_resumes(digits, tmp_path):
+    """A REGrad run stored without ``perturb`` (older code) continues; asking for other noise is refused."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cfg = fast_config(strategy="regrad")
+    exp = Experiment(cfg, url, dataset=digits)
+    with pytest.raises(Exception, match="stop here"):
+        Experiment(cfg, url, dataset=digits, oracle=_failing_after(digits, 1)).run()
+    with Store(url).engine.begin() as conn:  # rewrite the record as the older code wrote it
+        (text,) = conn.execute(sa.text("SELECT config FROM al_runs WHERE name = :n"), {"n": exp.name}).one()
+        old = json.loads(text)
+        del old["strategy_params"]["perturb"]
+        conn.execute(sa.text("UPDATE al_runs SET config = :c WHERE name = :n"),
+                     {"c": json.dumps(old, sort_keys=True, separators=(",", ":")), "n": exp.name})
+    with pytest.raises(ConfigMismatchError, match="perturb"):
+        Experiment(fast_config(strategy="regrad", strategy_kwargs={"perturb": "params", "aggregate": "mean-norm"}),
+                   url, dataset=digits, name=exp.name).run()
+    st = Experiment(cfg, url, dataset=digits).run()
+    assert st.status == "finished" and len(st.labels) == cfg.budget
+    assert "perturb" not in Store(url).state(exp.name).config["strategy_params"]
+
+
+def _failing_after(digits: Dataset, n_ok: int):
+    calls = {"n": 0}
+
+    class Oracle:
+        name = "ground-truth"
+
+        def label(self, ids):
+            calls["n"] += 1
+            if calls["n"] > n_ok:
+                raise RuntimeError("stop here")
+            return {int(i): int(digits.train_y[i]) for i in ids}
+
+    return Oracle()

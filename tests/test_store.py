@@ -118,3 +118,19 @@ def test_score_summary():
     s = score_summary(np.array([1.0, 2.0, 3.0, np.nan]))
     assert s["mean"] == 2.0 and s["median"] == 2.0 and s["min"] == 1.0 and s["max"] == 3.0
     assert score_summary(np.array([]))["mean"] is None
+
+
+def test_setting_added_later_keeps_old_runs_resumable_only_at_its_old_value(store_url):
+    s = Store(store_url)
+    old = {**CFG, "strategy_params": {"sigma": 0.5}}  # recorded before the strategy had "perturb"
+    a = s.open_run("r", old)
+    added = {"strategy_params": {"perturb": "input"}}
+    now = {**CFG, "strategy_params": {"sigma": 0.5, "perturb": "input"}}
+    assert s.open_run("r", now, absent_means=added).run_id == a.run_id
+    with pytest.raises(ConfigMismatchError, match="strategy_params"):
+        s.open_run("r", now)  # without the declaration the new key is a change
+    with pytest.raises(ConfigMismatchError, match="'perturb': 'input'.*'perturb': 'params'"):
+        s.open_run("r", {**CFG, "strategy_params": {"sigma": 0.5, "perturb": "params"}}, absent_means=added)
+    with pytest.raises(ConfigMismatchError, match="'sigma': 0.5.*'sigma': 0.2"):
+        s.open_run("r", {**CFG, "strategy_params": {"sigma": 0.2, "perturb": "input"}}, absent_means=added)
+    assert s.state("r").config == old  # the stored record is left as written
