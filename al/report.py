@@ -578,10 +578,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: --targets are accuracies in (0, 1], e.g. 0.9 0.95", file=sys.stderr)
         return 2
     try:
-        store = Store(args.store)
-        if store.runs().empty:
+        store = Store(args.store, must_exist=True)
+        runs = store.runs()
+        if runs.empty:
             print(f"error: store {args.store} holds no runs; run `python -m al.bench ... --store {args.store}` "
                   f"first", file=sys.stderr)
+            return 2
+        if args.dataset and args.dataset not in set(runs["dataset"]):
+            print(f"error: store {args.store} holds no runs on dataset {args.dataset!r}; it has "
+                  f"{', '.join(sorted(set(runs['dataset'])))}", file=sys.stderr)
             return 2
         cmd = "python -m al.report " + " ".join(sys.argv[1:] if argv is None else argv)
         paths = write_report(store, args.out, args.dataset, args.at, args.targets, command=cmd,

@@ -200,7 +200,8 @@ class Store:
     ``Store("sqlite:///al-runs.db")`` (the default) or ``Store("postgresql://user@host/db")``.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, busy_timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, busy_timeout_s: float = 60.0, must_exist: bool = False) -> None:
+        """``must_exist``: refuse an SQLite URL whose file is missing instead of creating it (for readers)."""
         self.url = url
         try:
             parsed = sa.engine.make_url(url)
@@ -209,6 +210,9 @@ class Store:
                              f"postgresql://user@localhost/al") from e
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
+            if must_exist and parsed.database not in (None, "", ":memory:") and not os.path.exists(parsed.database):
+                raise StoreError(f"no store file at {os.path.abspath(parsed.database)}; check the path in {url!r} "
+                                 f"(sqlite:///relative/path.db or sqlite:////absolute/path.db)")
             self._check_sqlite_path(parsed.database)
             self.engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s})
             self._install_sqlite_hooks(busy_timeout_s)

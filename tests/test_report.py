@@ -235,8 +235,20 @@ def test_cli_writes_report_and_refuses_an_empty_store(tiny_store, tmp_path, caps
                         "--at", "40", "80", "--targets", "0.5"]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
     assert "acc @ 40" in md and "labels to 50%" in md
+    Store(f"sqlite:///{tmp_path / 'empty.db'}").close()
     assert report.main(["--store", f"sqlite:///{tmp_path / 'empty.db'}", "--out", str(tmp_path / "e")]) == 2
     assert "holds no runs" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_missing_store_file_without_creating_it_and_an_absent_dataset(tiny_store, tmp_path, capsys):
+    missing = tmp_path / "typo.db"
+    assert report.main(["--store", f"sqlite:///{missing}", "--out", str(tmp_path / "m")]) == 2
+    assert "no store file at" in capsys.readouterr().err
+    assert not missing.exists() and not (tmp_path / "m").exists()
+    assert report.main(["--store", tiny_store, "--dataset", "mnist", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "no runs on dataset 'mnist'" in err and "digits" in err
+    assert not (tmp_path / "d").exists()
     assert report.main(["--store", tiny_store, "--targets", "90"]) == 2
 
 
