@@ -89,6 +89,10 @@ class ExperimentConfig:
                 raise ConfigError(f"--{k.replace('_', '-')} must be at least 1, got {v}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be 0 or positive (it seeds NumPy and torch), got {self.seed}")
+        if self.min_steps is not None and self.min_steps < 0:
+            raise ConfigError(f"--min-steps must be 0 or positive, got {self.min_steps}")
         if n_pool is not None:
             if self.budget > n_pool:
                 raise ConfigError(f"--budget {self.budget} exceeds the pool of {n_pool} samples in {self.dataset!r}; "

@@ -45,6 +45,9 @@ def test_several_seeds(tmp_path):
     (["--store", "sqlite:////nonexistent/dir/x.db"], "does not exist"),
     (["--oracle", "noisy:lots"], "needs a number"),
     (["--model", "no_such_module:f"], "cannot import model factory"),
+    (["--seed", "-1"], "--seed must be 0 or positive"),
+    (["--min-steps", "-5"], "--min-steps must be 0 or positive"),
+    (["--strategy", "regrad", "--strategy-kwargs", '{"class_weighting": "rot"}'], "class_weighting must be one of"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, msg):
     args = DIGITS + ["--store", f"sqlite:///{tmp_path / 'X.db'}"] + extra
