@@ -117,10 +117,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
     return loader(resolve_root(data_dir))
 
 
-def _missing(name: str, folder: str, root: Path, err: Exception) -> DataError:
+def _missing(name: str, folder: str, root: Path, err: Exception, files: str | None = None) -> DataError:
+    """``files``: what the user should put under ``<root>``; default torchvision's ``<folder>/raw/*.gz`` layout."""
+    where = root / folder if files else root / folder / "raw"
+    files = files or f"the torchvision raw files in <root>/{folder}/raw/"
     return DataError(
-        f"dataset {name!r} is not available: looked for {root / folder / 'raw'} and the download failed "
-        f"({type(err).__name__}: {err}). Fix: put the torchvision raw files in <root>/{folder}/raw/ and pass "
+        f"dataset {name!r} is not available: looked for {where} and the download failed "
+        f"({type(err).__name__}: {err}). Fix: put {files} and pass "
         f"--data-dir <root> (or set AL_DATA_DIR), or run once on a machine with internet access."
     )
 
@@ -167,7 +170,9 @@ def _cifar10(root: Path) -> Dataset:
         tr = torchvision.datasets.CIFAR10(str(root), train=True, download=True)
         te = torchvision.datasets.CIFAR10(str(root), train=False, download=True)
     except Exception as e:  # noqa: BLE001
-        raise _missing("cifar10", "cifar-10-batches-py", root, e) from e
+        raise _missing("cifar10", "cifar-10-batches-py", root, e,
+                       files="cifar-10-python.tar.gz (from https://www.cs.toronto.edu/~kriz/cifar.html) in <root>/, "
+                             "or its unpacked folder as <root>/cifar-10-batches-py/,") from e
 
     def conv(a: np.ndarray) -> torch.Tensor:
         return _normalise(torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(), mean, std)

@@ -53,6 +53,21 @@ def test_missing_dataset_error_names_folders_and_fixes(tmp_path, monkeypatch):
     assert str(tmp_path / "MNIST" / "raw") in msg and "--data-dir" in msg and "AL_DATA_DIR" in msg
 
 
+def test_missing_cifar10_error_names_its_own_layout(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*a, **k):
+        raise RuntimeError("Error downloading cifar-10-python.tar.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DataError) as e:
+        data.load_dataset("cifar10", tmp_path)
+    msg = str(e.value)
+    # CIFAR-10 has no raw/ folder of .gz files: the fix names the archive and its unpacked folder
+    assert str(tmp_path / "cifar-10-batches-py") in msg and "raw" not in msg
+    assert "cifar-10-python.tar.gz" in msg and "--data-dir" in msg
+
+
 def test_unknown_dataset_suggests():
     with pytest.raises(data.UnknownNameError if hasattr(data, "UnknownNameError") else Exception,
                        match="did you mean 'mnist'"):
