@@ -100,7 +100,7 @@ def run_job(job: Job, store: Any, dataset: Any, log: Any = print) -> str:
 
     try:
         exp = Experiment(cfg, store, name=job.name, dataset=dataset, on_round=on_round)
-        if store.open_run(job.name, exp.config_record()).status == "finished":
+        if exp.open_run().status == "finished":
             return "finished"
         exp.run()
     except ConfigMismatchError as e:
@@ -144,10 +144,28 @@ def _parse_until(until: str | None) -> float | None:
         return None
     import datetime as dt
 
-    h, m = map(int, until.split(":"))
+    from al.errors import ConfigError
+
+    try:
+        h, m = map(int, until.split(":"))
+        if not (0 <= h < 24 and 0 <= m < 60):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--until takes a UTC time as HH:MM, e.g. 08:30; got {until!r}") from None
     now = dt.datetime.now(dt.timezone.utc)
     t = now.replace(hour=h, minute=m, second=0, microsecond=0)
     return t.timestamp()
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except Exception:  # noqa: BLE001 - Store reports a bad URL
+        return False
+    db = parsed.database
+    return parsed.get_backend_name() == "sqlite" and db not in (None, "", ":memory:") and not os.path.exists(db)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,12 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         protos = [load_protocol(f) for f in args.protocols]
-        store = Store(args.store)
+        deadline = _parse_until(args.until)
+        store = None if args.list and _missing_sqlite_file(args.store) else Store(args.store)
     except ALError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.list:
-        states = {r.run: r.status for r in store.runs().itertuples()}
+    if args.list:  # a store that does not exist yet is listed as empty, not created
+        states = {} if store is None else {r.run: r.status for r in store.runs().itertuples()}
         for proto in protos:
             for j in jobs_of(proto, args.strategies, args.seeds):
                 print(f"{j.name:40s} {states.get(j.name, 'not started')}")
@@ -188,7 +207,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     datasets: dict[str, Any] = {}
     jobs = [j for proto in protos for j in jobs_of(proto, args.strategies, args.seeds)]
     print(f"{len(jobs)} jobs in {', '.join(p['name'] for p in protos)}", flush=True)
-    deadline = _parse_until(args.until)
     while True:
         # Rescanned after every job: a strategy merged meanwhile is picked up at its seed-major place.
         _import_new_strategy_modules()
@@ -204,7 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if deadline and time.time() > deadline:
             break
         if job.config["dataset"] not in datasets:
-            datasets[job.config["dataset"]] = load_dataset(job.config["dataset"], args.data_dir)
+            try:
+                datasets[job.config["dataset"]] = load_dataset(job.config["dataset"], args.data_dir)
+            except ALError as e:  # missing data, unknown dataset: nothing of this job was written
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         print(f"{job.name}: start or continue", flush=True)
         outcome[job.name] = run_job(job, store, datasets[job.config["dataset"]], log=lambda m: print(m, flush=True))
         if outcome[job.name] != "finished":
