@@ -159,6 +159,9 @@ def main() -> None:
                   pert: str = "input") -> np.ndarray:
         """REGrad scores of the in set, Fashion (from the grid's cache) or notMNIST (computed once per noise)."""
         key = (m, sigma, agg, pert)
+        if which != "notMNIST" and key not in norms_cache:  # a named setting outside the grid (--sigmas)
+            norms_cache[key] = tuple(gradient_norms(model, x, n_perturbations=m, sigma=sigma, aggregate=agg,
+                                                    seed=args.seed, perturb=pert) for x in (x_in, x_fa))
         if which == "in":
             return norms_cache[key][0].score(w, a, c)
         if which == "Fashion-MNIST":
