@@ -50,6 +50,29 @@ def eval_mode(model: nn.Module, *, dropout: bool = False) -> Iterator[nn.Module]
             m.training = flag
 
 
+#: Largest trunk output (bytes) that MC-dropout keeps in memory to share between its passes.
+MC_TRUNK_BYTES = 1 << 30
+
+
+def deterministic_trunk(model: nn.Module) -> int:
+    """How many leading children of a plain ``nn.Sequential`` can run once for all MC-dropout passes.
+
+    A child qualifies while it and everything inside it are torch.nn's own modules other than dropout and RReLU:
+    in eval mode those are deterministic and draw nothing from the RNG, so their output is the same in every
+    pass and the dropout masks drawn after them are unchanged. A user's own module, or any model that is not a
+    plain Sequential, gets 0 (every pass runs the whole model).
+    """
+    if type(model) is not nn.Sequential:
+        return 0
+    k = 0
+    for child in model:
+        if any(isinstance(m, (nn.modules.dropout._DropoutNd, nn.RReLU))
+               or not type(m).__module__.startswith("torch.nn.") for m in child.modules()):
+            break
+        k += 1
+    return k if k < len(model) else 0
+
+
 def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     for i in range(0, len(x), batch_size):
         yield x[i:i + batch_size]
@@ -183,9 +206,16 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         out = np.empty((n_samples, len(x), self.n_classes))
         # Fork the global RNG so MC sampling is seeded here and does not disturb the caller's RNG stream.
         with torch.random.fork_rng(devices=[]), eval_mode(net, dropout=True):
+            # The deterministic layers before the first dropout run once; only the rest repeats per pass (for the
+            # cnn that is ~8% of a forward pass). Same masks in the same order, so the same result as whole passes.
+            k, head, inputs = deterministic_trunk(net), net, list(batches(x, self.eval_batch_size))
+            if k:
+                trunk = [net[:k](b) for b in inputs]
+                if sum(f.numel() * f.element_size() for f in trunk) <= MC_TRUNK_BYTES:
+                    head, inputs = net[k:], trunk
             torch.manual_seed(seed)
             for t in self._progress(range(n_samples), "mc-dropout", len(x) >= self.eval_batch_size):
-                out[t] = torch.cat([torch.softmax(net(b).double(), 1) for b in batches(x, self.eval_batch_size)])
+                out[t] = torch.cat([torch.softmax(head(b).double(), 1) for b in inputs])
         return out
 
     def last_linear(self) -> nn.Linear:

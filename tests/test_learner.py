@@ -115,3 +115,42 @@ def test_eval_mode_restores_flags():
 
 def test_models_registry_lists_builtins():
     assert {"cnn", "lenet5", "mlp", "resnet18", "patch-transformer"} <= set(MODELS.names())
+
+
+class Scaled(nn.Module):
+    """A user's own module: MC-dropout cannot know it is deterministic, so it must run in every pass."""
+
+    def forward(self, x):
+        return 2 * x
+
+
+def _mc_whole_passes(est: TorchLearner, x: torch.Tensor, n: int, seed: int) -> np.ndarray:
+    """Reference: every pass runs the whole model, batch by batch, from one seeded RNG stream."""
+    net = est.module_
+    out = np.empty((n, len(x), est.n_classes))
+    with torch.no_grad(), torch.random.fork_rng(devices=[]), eval_mode(net, dropout=True):
+        torch.manual_seed(seed)
+        for t in range(n):
+            out[t] = torch.cat([torch.softmax(net(x[i:i + est.eval_batch_size]).double(), 1)
+                                for i in range(0, len(x), est.eval_batch_size)])
+    return out
+
+
+@pytest.mark.parametrize("build,shape,trunk", [
+    ("cnn", (1, 28, 28), 7),       # conv stack + Flatten run once: only the dense tail repeats
+    ("mlp", (1, 8, 8), 3),         # Flatten, Linear, ReLU
+    (lambda n_classes, input_shape: nn.Sequential(nn.Flatten(), Scaled(), nn.Linear(64, 32), nn.Dropout(0.5),
+                                                  nn.Linear(32, n_classes)), (1, 8, 8), 1),
+    (lambda n_classes, input_shape: BNDropNet(), (1, 8, 8), 0),   # not a Sequential: whole passes
+])
+def test_mc_dropout_shares_the_deterministic_trunk_and_matches_whole_passes(build, shape, trunk):
+    from al.learner import deterministic_trunk
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(70, *shape, generator=g)
+    y = torch.arange(70) % 10
+    est = TorchLearner(build, 10, shape, epochs=1, min_steps=3, eval_batch_size=32).fit(x, y)
+    assert deterministic_trunk(est.module_) == trunk
+    mc = est.mc_predict_proba(x, n_samples=5, seed=3)
+    np.testing.assert_array_equal(mc, _mc_whole_passes(est, x, 5, 3))  # same masks, same order: identical
+    assert not np.allclose(mc[0], mc[1])
