@@ -210,8 +210,13 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
             # cnn that is ~8% of a forward pass). Same masks in the same order, so the same result as whole passes.
             k, head, inputs = deterministic_trunk(net), net, list(batches(x, self.eval_batch_size))
             if k:
-                trunk = [net[:k](b) for b in inputs]
-                if sum(f.numel() * f.element_size() for f in trunk) <= MC_TRUNK_BYTES:
+                trunk_net, trunk, size = net[:k], [], 0
+                for b in inputs:  # stop as soon as the shared output would exceed the memory bound
+                    trunk.append(trunk_net(b))
+                    size += trunk[-1].numel() * trunk[-1].element_size()
+                    if size > MC_TRUNK_BYTES:
+                        break
+                else:
                     head, inputs = net[k:], trunk
             torch.manual_seed(seed)
             for t in self._progress(range(n_samples), "mc-dropout", len(x) >= self.eval_batch_size):

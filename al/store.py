@@ -185,6 +185,19 @@ def _canonical(config: Mapping[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def sqlite_file_missing(url: str) -> str | None:
+    """The absolute path of the file an SQLite ``url`` names when that file does not exist, else None (also for
+    other backends, in-memory databases and unparsable URLs, which ``Store`` itself reports)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except exc.ArgumentError:
+        return None
+    db = parsed.database
+    if parsed.get_backend_name() != "sqlite" or db in (None, "", ":memory:") or os.path.exists(db):
+        return None
+    return os.path.abspath(db)
+
+
 def _with_absent(stored: dict[str, Any], absent_means: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """``stored`` with each setting of ``absent_means`` filled in where its sub-dict lacks it."""
     out = dict(stored)
@@ -210,8 +223,9 @@ class Store:
                              f"postgresql://user@localhost/al") from e
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
-            if must_exist and parsed.database not in (None, "", ":memory:") and not os.path.exists(parsed.database):
-                raise StoreError(f"no store file at {os.path.abspath(parsed.database)}; check the path in {url!r} "
+            missing = sqlite_file_missing(url) if must_exist else None
+            if missing:
+                raise StoreError(f"no store file at {missing}; check the path in {url!r} "
                                  f"(sqlite:///relative/path.db or sqlite:////absolute/path.db)")
             self._check_sqlite_path(parsed.database)
             self.engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s})

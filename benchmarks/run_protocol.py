@@ -157,17 +157,6 @@ def _parse_until(until: str | None) -> float | None:
     return t.timestamp()
 
 
-def _missing_sqlite_file(url: str) -> bool:
-    import sqlalchemy as sa
-
-    try:
-        parsed = sa.engine.make_url(url)
-    except Exception:  # noqa: BLE001 - Store reports a bad URL
-        return False
-    db = parsed.database
-    return parsed.get_backend_name() == "sqlite" and db not in (None, "", ":memory:") and not os.path.exists(db)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/run_protocol.py", description=__doc__.splitlines()[0])
     p.add_argument("protocols", nargs="+", help="protocol JSON files, run in the order given")
@@ -186,14 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from al.data import load_dataset
     from al.errors import ALError
-    from al.store import Store
+    from al.store import Store, sqlite_file_missing
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         protos = [load_protocol(f) for f in args.protocols]
         deadline = _parse_until(args.until)
-        store = None if args.list and _missing_sqlite_file(args.store) else Store(args.store)
+        store = None if args.list and sqlite_file_missing(args.store) else Store(args.store)
     except ALError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
