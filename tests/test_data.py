@@ -40,32 +40,24 @@ def test_read_only_root_is_mirrored_not_written(tmp_path, monkeypatch):
         raw.chmod(0o755)
 
 
-def test_missing_dataset_error_names_folders_and_fixes(tmp_path, monkeypatch):
-    import torchvision
-
-    def offline(*a, **k):
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
-
-    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
-    with pytest.raises(DataError) as e:
-        data.load_dataset("mnist", tmp_path)
-    msg = str(e.value)
-    assert str(tmp_path / "MNIST" / "raw") in msg and "--data-dir" in msg and "AL_DATA_DIR" in msg
-
-
-def test_missing_cifar10_error_names_its_own_layout(tmp_path, monkeypatch):
-    import torchvision
-
-    def offline(*a, **k):
-        raise RuntimeError("Error downloading cifar-10-python.tar.gz")
-
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
-    with pytest.raises(DataError) as e:
-        data.load_dataset("cifar10", tmp_path)
-    msg = str(e.value)
+@pytest.mark.parametrize("name,tv_class,folder,extra", [
+    ("mnist", "MNIST", ("MNIST", "raw"), ["AL_DATA_DIR"]),
     # CIFAR-10 has no raw/ folder of .gz files: the fix names the archive and its unpacked folder
-    assert str(tmp_path / "cifar-10-batches-py") in msg and "raw" not in msg
-    assert "cifar-10-python.tar.gz" in msg and "--data-dir" in msg
+    ("cifar10", "CIFAR10", ("cifar-10-batches-py",), ["cifar-10-python.tar.gz"]),
+])
+def test_missing_dataset_error_names_folders_and_fixes(tmp_path, monkeypatch, name, tv_class, folder, extra):
+    import torchvision
+
+    def offline(*a, **k):
+        raise RuntimeError("Error downloading")
+
+    monkeypatch.setattr(torchvision.datasets, tv_class, offline)
+    with pytest.raises(DataError) as e:
+        data.load_dataset(name, tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path.joinpath(*folder)) in msg and "--data-dir" in msg and all(s in msg for s in extra)
+    if "raw" not in folder:
+        assert "raw" not in msg
 
 
 def test_unknown_dataset_suggests():

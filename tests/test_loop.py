@@ -11,6 +11,7 @@ from al.errors import ConfigError, ConfigMismatchError
 from al.loop import Experiment
 from al.store import Store
 from conftest import fast_config
+from factories import failing_after
 
 
 def tiny(digits: Dataset, n_pool: int) -> Dataset:
@@ -179,7 +180,7 @@ def test_run_recorded_before_a_strategy_setting_existed_resumes(digits, tmp_path
     cfg = fast_config(strategy="regrad")
     exp = Experiment(cfg, url, dataset=digits)
     with pytest.raises(Exception, match="stop here"):
-        Experiment(cfg, url, dataset=digits, oracle=_failing_after(digits, 1)).run()
+        Experiment(cfg, url, dataset=digits, oracle=failing_after(digits.train_y, 1)).run()
     with Store(url).engine.begin() as conn:  # rewrite the record as the older code wrote it
         (text,) = conn.execute(sa.text("SELECT config FROM al_runs WHERE name = :n"), {"n": exp.name}).one()
         old = json.loads(text)
@@ -193,17 +194,3 @@ def test_run_recorded_before_a_strategy_setting_existed_resumes(digits, tmp_path
     assert st.status == "finished" and len(st.labels) == cfg.budget
     assert "perturb" not in Store(url).state(exp.name).config["strategy_params"]
 
-
-def _failing_after(digits: Dataset, n_ok: int):
-    calls = {"n": 0}
-
-    class Oracle:
-        name = "ground-truth"
-
-        def label(self, ids):
-            calls["n"] += 1
-            if calls["n"] > n_ok:
-                raise RuntimeError("stop here")
-            return {int(i): int(digits.train_y[i]) for i in ids}
-
-    return Oracle()

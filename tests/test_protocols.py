@@ -11,6 +11,7 @@ import pytest
 from al.errors import ConfigError, OracleError
 from al.loop import Experiment, ExperimentConfig
 from al.store import Store
+from factories import failing_after
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("run_protocol", ROOT / "benchmarks" / "run_protocol.py")
@@ -58,25 +59,12 @@ def test_shipped_protocols_load_and_name_their_jobs_seed_major():
     assert [j.name for j in jobs] == ["tiny-entropy-seed1"]
 
 
-def test_runs_every_job_then_resumes_a_stopped_one_and_skips_finished(proto_file, tmp_path, capsys):
+def test_runs_every_job_then_resumes_a_stopped_one_and_skips_finished(proto_file, tmp_path, capsys, digits):
     url = f"sqlite:///{tmp_path / 'p.db'}"
     # A run of the protocol stopped after its first round (its oracle failed), as a killed session leaves it.
     cfg = ExperimentConfig(**TINY["config"], strategy="entropy", seed=1)
-    calls = {"n": 0}
-
-    class Flaky:
-        name = "ground-truth"
-
-        def label(self, ids):
-            calls["n"] += 1
-            if calls["n"] > 1:
-                raise RuntimeError("session ended")
-            from al.data import load_dataset
-            y = load_dataset("digits").train_y
-            return {int(i): int(y[i]) for i in ids}
-
     with pytest.raises(OracleError, match="session ended"):
-        Experiment(cfg, url, name="tiny-entropy-seed1", oracle=Flaky()).run()
+        Experiment(cfg, url, name="tiny-entropy-seed1", oracle=failing_after(digits.train_y, 1, "session ended")).run()
     assert Store(url).state("tiny-entropy-seed1").status == "stopped"
 
     assert rp.main([str(proto_file), "--store", url]) == 0
