@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from strategies import STRATEGIES
+    from .registry import STRATEGIES
 
     from .data import DATASETS
 
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.showwarning = _show_warning
     try:
-        from strategies import STRATEGIES
+        from .registry import STRATEGIES
 
         from .data import DATASETS
 

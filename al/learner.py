@@ -73,6 +73,21 @@ def deterministic_trunk(model: nn.Module) -> int:
     return k if k < len(model) else 0
 
 
+def last_linear(model: nn.Module, what: str = "this strategy") -> nn.Linear:
+    """The model's last ``nn.Linear`` in module order: the classifier head whose input is the penultimate feature.
+
+    Attention's ``out_proj`` (a ``NonDynamicallyQuantizableLinear``) is skipped: ``nn.MultiheadAttention`` applies
+    its weight functionally, so hooks on it never fire and it is never the head.
+    """
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear):
+            last = m
+    if last is None:
+        raise IncompatibleStrategyError(f"{what} needs a model whose last layer is nn.Linear")
+    return last
+
+
 def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     for i in range(0, len(x), batch_size):
         yield x[i:i + batch_size]
@@ -118,10 +133,15 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
     def is_fitted(self) -> bool:
         return hasattr(self, "module_")
 
-    def _check_fitted(self) -> nn.Module:
+    @property
+    def network(self) -> nn.Module:
+        """The trained (or freshly reset) ``nn.Module``; a ConfigError before ``fit()`` or ``reset()``."""
         if not self.is_fitted:
             raise ConfigError("the learner has no model yet: call fit() (or reset()) first")
         return self.module_
+
+    def _check_fitted(self) -> nn.Module:
+        return self.network
 
     # --- training -----------------------------------------------------------------------------------------------
     def fit(self, X: ArrayLike, y: ArrayLike, seed: int | None = None) -> "TorchLearner":
@@ -224,13 +244,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         return out
 
     def last_linear(self) -> nn.Linear:
-        last = None
-        for m in self._check_fitted().modules():
-            if isinstance(m, nn.Linear):
-                last = m
-        if last is None:
-            raise IncompatibleStrategyError("embeddings need a model whose last layer is nn.Linear")
-        return last
+        return last_linear(self._check_fitted(), "embeddings")
 
     @torch.no_grad()
     def embed(self, X: ArrayLike) -> np.ndarray:

@@ -22,6 +22,7 @@ import torch
 from .data import Dataset, load_dataset
 from .errors import ConfigError, LabelsPending, OracleError
 from .learner import TorchLearner
+from .registry import build_strategy
 from .oracle import LabellingStopped, Oracle, RefusedAnswersWarning, RoundInfo, make_oracle, validate_answers
 from .seeding import round_rng, torch_seed
 from .store import RunState, Store, crash_point
@@ -130,8 +131,6 @@ class Experiment:
                  strategy: Strategy | None = None, data_dir: str | None = None, progress: bool = False,
                  on_round: Callable[[RoundReport], None] | None = None, oracle_dir: str | None = None,
                  oracle_timeout: float | None = None) -> None:
-        from strategies import build_strategy
-
         config.check()
         if oracle_timeout is not None and not oracle_timeout > 0:
             raise ConfigError(f"--oracle-timeout must be a positive number of seconds, got {oracle_timeout}")

@@ -6,10 +6,14 @@ Third-party objects register through an entry-point group (``al.strategies`` for
 from __future__ import annotations
 
 import difflib
+import inspect
 from importlib import metadata
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar
 
-from .errors import DuplicateNameError, UnknownNameError
+from .errors import ConfigError, DuplicateNameError, UnknownNameError
+
+if TYPE_CHECKING:
+    from .strategy import Strategy
 
 T = TypeVar("T")
 
@@ -68,10 +72,63 @@ class Registry(Generic[T]):
             return
         self._entry_points_loaded = True
         for ep in metadata.entry_points(group=self.entry_point_group):
-            if self._normalise(ep.name) not in self._items:
-                self.register(ep.name, ep.load())
+            obj = ep.load()
+            key = self._normalise(ep.name)
+            if key in self._items and self._items[key] is not obj:
+                # Silently keeping either one would run a strategy the user did not ask for.
+                dist = getattr(ep, "dist", None)
+                by = f"package {dist.name!r}" if dist is not None else "an installed package"
+                raise DuplicateNameError(
+                    f"{self.kind} {ep.name!r} from {by} (entry point {ep.value!r}, group {self.entry_point_group!r}) "
+                    f"collides with the {self.kind} already registered by {_describe(self._items[key])}; rename "
+                    f"the entry point in that package or uninstall it"
+                )
+            self.register(ep.name, obj)
 
 
 def _describe(obj: object) -> str:
     mod = getattr(obj, "__module__", "?")
     return f"{mod}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The strategy registry. Built-in strategies are declared in pyproject.toml's ``al.strategies`` entry-point group,
+# exactly as a third party declares its own, so the framework never imports the ``strategies`` package by name.
+# --------------------------------------------------------------------------------------------------------------
+STRATEGIES: "Registry[type[Strategy]]" = Registry("strategy", entry_point_group="al.strategies")
+S = TypeVar("S", bound="type[Strategy]")
+
+
+def register_strategy(cls: S) -> S:
+    """Register a :class:`~al.strategy.Strategy` subclass under its ``name`` (usable as a decorator)."""
+    if not getattr(cls, "name", ""):
+        raise ConfigError(f"{cls.__qualname__} needs a class attribute `name` to be registered")
+    STRATEGIES.register(cls.name, cls)
+    return cls
+
+
+def strategy_parameters(cls: type) -> list[str]:
+    """The keyword settings a strategy class accepts: its constructor's named parameters."""
+    if cls.__init__ is object.__init__:
+        return []
+    params = inspect.signature(cls.__init__).parameters
+    return [k for k, p in params.items() if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+def build_strategy(name: str, **kwargs: Any) -> "Strategy":
+    """Instantiate a registered strategy, checking ``kwargs`` against its constructor."""
+    cls = STRATEGIES.get(name)
+    accepted = strategy_parameters(cls)
+    takes_any = cls.__init__ is not object.__init__ and any(
+        p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+    if not takes_any:
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise ConfigError(f"strategy {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                              f"it accepts: {', '.join(accepted) or 'no parameters'}")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad --strategy-kwargs for {name!r}: {e}") from e

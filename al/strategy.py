@@ -112,7 +112,7 @@ class Context:
 
     @property
     def model(self) -> torch.nn.Module:
-        return self._need("model")._check_fitted()
+        return self._need("model").network
 
     @property
     def n_classes(self) -> int:

@@ -17,7 +17,6 @@ import numpy as np
 from al.errors import ConfigError
 from al.strategy import Context, Selection, Strategy, top_n
 
-from . import register_strategy
 
 #: Probabilities are clipped below at this before taking logs, so that 0 * log 0 contributes 0, not NaN.
 _TINY = 1e-300
@@ -63,7 +62,6 @@ def mutual_information(mc_probs: np.ndarray) -> np.ndarray:
     return np.maximum(predictive - expected, 0.0)
 
 
-@register_strategy
 class BALD(Strategy):
     """Top-n mutual information between the label and the weights, from MC dropout.
 
@@ -199,7 +197,6 @@ def batchbald_select(mc_probs: np.ndarray, n: int, rng: np.random.Generator, *, 
     return np.asarray(picked, dtype=np.int64), np.asarray(gains_out)
 
 
-@register_strategy
 class BatchBALD(Strategy):
     """Greedy BatchBALD on the round's MC-dropout samples: each pick maximises the information the whole batch
     carries about the weights. A near-copy of a picked sample adds little when the model is confident for each

@@ -16,7 +16,6 @@ import numpy as np
 from al.errors import ConfigError, IncompatibleStrategyError
 from al.strategy import Context, Selection, Strategy
 
-from . import register_strategy
 
 if TYPE_CHECKING:
     from al.learner import TorchLearner
@@ -140,7 +139,6 @@ def kmeans_pp_unique(x: np.ndarray, n: int, rng: np.random.Generator,
     return np.asarray(picks, dtype=np.int64)
 
 
-@register_strategy
 class CoreSet(Strategy):
     """Greedy k-center on penultimate-layer embeddings with the labelled set as initial centres.
 
@@ -158,7 +156,6 @@ class CoreSet(Strategy):
         return Selection(ctx.candidates[pos], dist)
 
 
-@register_strategy
 class BADGE(Strategy):
     """k-means++ seeding on last-layer gradient embeddings with the predicted label.
 
@@ -180,7 +177,7 @@ class BADGE(Strategy):
 
         from al.learner import eval_mode
 
-        net, head = learner._check_fitted(), learner.last_linear()
+        net, head = learner.network, learner.last_linear()
         seen: list[torch.Tensor] = []
         hook = head.register_forward_hook(lambda m, inp, out: seen.append(out.detach()))
         try:

@@ -49,10 +49,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from al.errors import ConfigError, IncompatibleStrategyError
-from al.learner import eval_mode
+from al.learner import eval_mode, last_linear
 from al.strategy import Context, Selection, Strategy, top_n
 
-from . import register_strategy
 
 ClassWeighting = Literal["root", "expected", "predicted", "uniform"]
 Aggregate = Literal["mean-grad", "mean-norm"]
@@ -892,16 +891,6 @@ def regrad_scores(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *,
 # --------------------------------------------------------------------------------------------------------------
 # GradNorm
 # --------------------------------------------------------------------------------------------------------------
-def last_linear(model: nn.Module) -> nn.Linear:
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear) and not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear):
-            last = m
-    if last is None:
-        raise IncompatibleStrategyError("GradNorm needs a model whose last layer is nn.Linear")
-    return last
-
-
 @torch.no_grad()
 def gradnorm_scores(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *, temperature: float = 1.0,
                     batch_size: int = 1024) -> np.ndarray:
@@ -915,7 +904,7 @@ def gradnorm_scores(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *, t
     """
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
-    head = last_linear(model)
+    head = last_linear(model, "GradNorm")
     feats: list[torch.Tensor] = []
     h = head.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach()))
     out = []
@@ -939,7 +928,6 @@ def gradnorm_scores(model: nn.Module, inputs: torch.Tensor | Iterable[Any], *, t
 # --------------------------------------------------------------------------------------------------------------
 # strategies
 # --------------------------------------------------------------------------------------------------------------
-@register_strategy
 class REGrad(Strategy):
     """Acquire the highest REGrad epistemic uncertainty. Every keyword of :func:`regrad_scores` is a setting.
 
@@ -980,7 +968,6 @@ class REGrad(Strategy):
         return top_n(self.scores(ctx.model, ctx.inputs), ctx.candidates, n)
 
 
-@register_strategy
 class ExGrad(REGrad):
     """Expected gradient norm: REGrad with class_weighting="expected", uniform layers, no perturbation.
 
@@ -998,7 +985,6 @@ class ExGrad(REGrad):
                          batch_size, last_layer_only, perturb)
 
 
-@register_strategy
 class GradNorm(Strategy):
     """Acquire the LOWEST GradNorm (least familiar). ``pool_scores`` hold -GradNorm, so that, as for every other
     uncertainty strategy, higher means more uncertain.
@@ -1018,7 +1004,7 @@ class GradNorm(Strategy):
     def check_learner(self, learner: Any) -> None:
         super().check_learner(learner)
         if getattr(learner, "is_fitted", False):
-            last_linear(learner.module_)
+            last_linear(learner.network, "GradNorm")
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         s = gradnorm_scores(ctx.model, ctx.inputs, temperature=self.temperature, batch_size=self.batch_size)

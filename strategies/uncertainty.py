@@ -9,8 +9,6 @@ import numpy as np
 
 from al.strategy import Context, Selection, Strategy, top_n
 
-from . import register_strategy
-
 
 def entropy_score(probs: np.ndarray) -> np.ndarray:
     """Predictive entropy -sum_k p_k log p_k (nats). probs: (n, C) -> (n,)."""
@@ -31,7 +29,6 @@ def least_confidence_score(probs: np.ndarray) -> np.ndarray:
     return 1.0 - np.asarray(probs, dtype=np.float64).max(axis=1)
 
 
-@register_strategy
 class RandomSampling(Strategy):
     """Uniform sampling without replacement from the candidates."""
 
@@ -55,7 +52,6 @@ class _ProbabilityScore(Strategy):
         return top_n(self.score(ctx.probs), ctx.candidates, n)
 
 
-@register_strategy
 class EntropySampling(_ProbabilityScore):
     """Highest predictive entropy. References: Shannon (1948); Settles (2009)."""
 
@@ -63,7 +59,6 @@ class EntropySampling(_ProbabilityScore):
     score = staticmethod(entropy_score)
 
 
-@register_strategy
 class MarginSampling(_ProbabilityScore):
     """Smallest top-1 minus top-2 probability. References: Scheffer et al. (2001)."""
 
@@ -71,7 +66,6 @@ class MarginSampling(_ProbabilityScore):
     score = staticmethod(margin_score)
 
 
-@register_strategy
 class LeastConfidenceSampling(_ProbabilityScore):
     """Lowest top-1 probability. References: Lewis & Gale (1994)."""
 

@@ -65,3 +65,41 @@ def test_readme_custom_strategy_example_runs(digits, store_url):
         assert st.config["strategy_params"] == {"power": 2.0}
     finally:
         STRATEGIES.unregister("top-two-ratio")
+
+
+def test_builtins_come_through_the_entry_point_group_like_a_third_party():
+    """Every built-in strategy is declared in pyproject.toml's ``al.strategies`` group under its own name."""
+    from importlib import metadata
+
+    eps = {ep.name: ep for ep in metadata.entry_points(group="al.strategies")}
+    for name in STRATEGIES.names():
+        cls = STRATEGIES.get(name)
+        if cls.__module__.startswith("strategies."):
+            assert name in eps, f"built-in {name!r} is not declared in the al.strategies entry-point group"
+            assert eps[name].load() is cls and cls.name == name
+
+
+def test_al_never_imports_the_strategies_package(tmp_path):
+    """Importing the framework (and building its CLI parser) imports nothing from ``strategies`` by name."""
+    import subprocess
+    import sys
+
+    code = ("import sys, al, al.bench, al.loop, al.report, al.interop.modal; "
+            "print(sorted(m for m in sys.modules if m == 'strategies' or m.startswith('strategies.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_entry_point_colliding_with_a_builtin_is_an_error(tmp_path, monkeypatch):
+    """A third-party package declaring ``entropy`` for its own class is refused by name, not silently ignored."""
+    pkg = tmp_path / "clashing_strategy.py"
+    pkg.write_text("from al.strategy import Strategy\n\nclass Clash(Strategy):\n    name = 'entropy'\n")
+    dist = tmp_path / "clashing_strategy-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: clashing-strategy\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[al.strategies]\nentropy = clashing_strategy:Clash\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fresh: Registry[object] = Registry("strategy", entry_point_group="al.strategies")
+    with pytest.raises(DuplicateNameError, match="'entropy'.*collides") as e:
+        fresh.names()
+    assert "clashing" in str(e.value) and "rename the entry point" in str(e.value)

@@ -82,7 +82,7 @@ class ModalQueryStrategy:
 
     def __init__(self, strategy: str | Strategy, *, mc_samples: int = 20, seed: int = 0,
                  **strategy_kwargs: Any) -> None:
-        from strategies import build_strategy
+        from ..registry import build_strategy
 
         if isinstance(strategy, Strategy):
             if strategy_kwargs:
