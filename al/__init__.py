@@ -2,11 +2,10 @@
 from .data import DATASETS, Dataset, load_dataset
 from .errors import (ALError, ConfigError, ConfigMismatchError, DataError, IncompatibleStrategyError, LabelsPending,
                      OracleError, StoreError, UnknownNameError)
-from .human import CsvOracle, PromptOracle
 from .learner import TorchLearner
 from .loop import Experiment, ExperimentConfig
 from .models import MODELS, build_model
-from .oracle import CallbackOracle, GroundTruthOracle, NoisyOracle, Oracle
+from .oracles import CallbackOracle, CsvOracle, GroundTruthOracle, NoisyOracle, Oracle, PromptOracle, as_oracle
 from .store import Store
 from .strategy import Context, Selection, Strategy
 
@@ -14,4 +13,4 @@ __version__ = "0.1.0"
 __all__ = ["ALError", "CallbackOracle", "ConfigError", "ConfigMismatchError", "Context", "DATASETS", "DataError",
            "CsvOracle", "Dataset", "Experiment", "ExperimentConfig", "GroundTruthOracle", "IncompatibleStrategyError",
            "LabelsPending", "MODELS", "NoisyOracle", "Oracle", "OracleError", "PromptOracle", "Selection", "Store", "StoreError",
-           "Strategy", "TorchLearner", "UnknownNameError", "build_model", "load_dataset"]
+           "Strategy", "TorchLearner", "UnknownNameError", "as_oracle", "build_model", "load_dataset"]

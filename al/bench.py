@@ -102,7 +102,7 @@ def _print_round(rep: RoundReport) -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' hook
-    from .oracle import RefusedAnswersWarning
+    from .oracles import RefusedAnswersWarning
 
     if issubclass(category, RefusedAnswersWarning):  # meant for the person labelling: no source location
         print(f"warning: {message}", file=sys.stderr)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -20,10 +19,11 @@ import numpy as np
 import torch
 
 from .data import Dataset, load_dataset
-from .errors import ConfigError, LabelsPending, OracleError
+from .errors import ConfigError, LabelsPending
+from .labelling import LabellingSession
 from .learner import TorchLearner
+from .oracles import Oracle, as_oracle, make_oracle
 from .registry import build_strategy
-from .oracle import LabellingStopped, Oracle, RefusedAnswersWarning, RoundInfo, make_oracle, validate_answers
 from .seeding import round_rng, torch_seed
 from .store import RunState, Store, crash_point
 from .strategy import Context, Strategy
@@ -150,8 +150,9 @@ class Experiment:
         self.strategy.check_learner(self.learner)
         del self.learner.module_  # checked; each round builds (or fine-tunes) its own model
         labels = self.dataset.train_y.numpy()
-        self.oracle = oracle if oracle is not None else make_oracle(c.oracle, labels, self.dataset.n_classes, c.seed,
-                                                                    dataset=self.dataset, oracle_dir=oracle_dir)
+        # A user's object or function is wrapped once here, so that the loop only ever sees Oracle instances.
+        self.oracle = as_oracle(oracle) if oracle is not None else make_oracle(
+            c.oracle, labels, self.dataset.n_classes, c.seed, dataset=self.dataset, oracle_dir=oracle_dir)
         # The store is opened last: nothing is written until every setting has been checked.
         self.store = store if isinstance(store, Store) else Store(store)
         self._model_round: int | None = None
@@ -284,78 +285,13 @@ class Experiment:
         return np.array(out[:n], dtype=np.int64)
 
     def _label(self, st: RunState, r: int) -> None:
-        pending = self.store.pending(st.run_id, r)
-        name = getattr(self.oracle, "name", "oracle")
-        if hasattr(self.oracle, "begin_round"):
-            info = RoundInfo(r, self.store.queried(st.run_id, r), dict(st.labels), dict(st.label_round),
-                             self.dataset.n_classes)
-            try:
-                self.oracle.begin_round(info)
-            except OracleError:
-                raise
-            except Exception as e:  # e.g. the hand-off folder became unwritable: a clear error, the query is kept
-                raise OracleError(f"the oracle {name!r} could not prepare round {r} ({type(e).__name__}: {e}); the "
-                                  f"query is saved, so fix the cause and run the same command again") from e
-        # One-at-a-time oracles (a person at a terminal) get one id per call and each answer is stored at once.
-        batches = [pending[k:k + 1] for k in range(len(pending))] if getattr(self.oracle, "one_at_a_time", False) \
-            else [pending]
-        left, refused, stopped = len(pending), [], False
-        for ids in batches:
-            try:
-                raw = self._ask(ids, r)
-            except LabellingStopped:
-                stopped = True
-                break
-            refused += getattr(raw, "refused", [])
-            answers = validate_answers(raw, ids, self.dataset.n_classes, st.labels)
-            if answers or len(batches) == 1:
-                t0 = time.perf_counter()
-                left = self.store.record_labels(st.run_id, r, answers, name)
-                self._store_s += time.perf_counter() - t0
+        """Ask the oracle for round ``r``'s pending labels (see :class:`al.labelling.LabellingSession`)."""
+        session = LabellingSession(self.oracle, self.store, n_classes=self.dataset.n_classes,
+                                   timeout=self.oracle_timeout)
+        outcome = session.label_round(st, r)
+        self._store_s += outcome.store_seconds
         crash_point("after-labels", r)
-        problems = (f"\n{len(refused)} answer row(s) refused (nothing of them was stored):\n  "
-                    + "\n  ".join(refused[:50]) + ("\n  ..." if len(refused) > 50 else "")) if refused else ""
-        if left:
-            how = getattr(self.oracle, "how_to_answer", None)
-            hint = how(r) if how is not None else "answer them and run the same command again to continue"
-            n_queried = st.last_round["n_queried"] if st.last_round is not None else len(pending)
-            raise LabelsPending(f"round {r}: {left} of {n_queried} queried samples still await a label"
-                                f"{' (labelling stopped by the user)' if stopped else ''}; {hint}{problems}",
-                                awaited=left)
-        if refused:  # every queried sample has a label, so the run goes on; the bad rows are still reported
-            warnings.warn(f"round {r} is fully labelled, but{problems}", RefusedAnswersWarning, stacklevel=2)
-
-    def _ask(self, ids: np.ndarray, r: int) -> Any:
-        """``oracle.label(ids)``, bounded by ``oracle_timeout`` when one is set; failures become OracleError."""
-        name = getattr(self.oracle, "name", "?")
-        box: dict[str, Any] = {}
-
-        def call() -> None:
-            try:
-                box["answer"] = self.oracle.label(ids)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
-                box["error"] = e
-
-        if self.oracle_timeout is None:
-            call()
-        else:
-            # A thread, not a subprocess: the oracle may hold state (a file, a socket, a GUI) that a child process
-            # would not share. A hung call cannot be killed, so the thread is a daemon (it never holds the
-            # process open) and its late answer is dropped: nothing it returns after the timeout is recorded.
-            t = threading.Thread(target=call, name=f"al-oracle-round-{r}", daemon=True)
-            t.start()
-            t.join(self.oracle_timeout)
-            if t.is_alive():
-                raise OracleError(f"the oracle {name!r} gave no answer within {self.oracle_timeout:g}s on round {r}"
-                                  f"; the query is saved, so run the same command again (raise --oracle-timeout if "
-                                  f"the oracle is just slow)")
-        err = box.get("error")
-        if isinstance(err, (LabellingStopped, KeyboardInterrupt)):
-            raise err
-        if err is not None:
-            raise OracleError(f"the oracle {name!r} failed on round {r} ({type(err).__name__}: {err}); the query "
-                              f"is saved, so run the same command again to ask for its labels") from err
-        return box["answer"]
+        outcome.conclude()  # LabelsPending while samples still await a label
 
     def _train(self, st: RunState, r: int) -> float:
         ids = st.labelled_ids(up_to_round=r)

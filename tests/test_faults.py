@@ -20,9 +20,9 @@ import pytest
 from al.bench import main
 from al.errors import LabelsPending, OracleError
 from al import CsvOracle, PromptOracle  # the public names a user imports
-from al.human import render_blocks
+from al.oracles.human import render_blocks
 from al.loop import Experiment
-from al.oracle import CallbackOracle
+from al.oracles import CallbackOracle
 from al.store import SCHEMA_VERSION, Store
 from al.strategy import Strategy, top_n
 from conftest import fast_config
@@ -62,7 +62,7 @@ def test_oracle_that_raises_keeps_the_query_and_a_later_run_finishes(digits, sto
         Experiment(fast_config(), store_url, dataset=digits, oracle=CallbackOracle(broken)).run()
     st = Store(store_url).state(RUN)
     assert st.status == "stopped" and "unreachable" in Store(store_url).runs()["message"].iloc[0]
-    assert st.last_round["state"] == "queried" and st.labels == {}
+    assert st.last_round.state == "queried" and st.labels == {}
     queried = Store(store_url).queries(RUN)[["sample_id", "rank"]]
     Experiment(fast_config(), store_url, dataset=digits).run()
     # the waiting query was asked again, not recomputed
@@ -83,7 +83,7 @@ def test_oracle_that_hangs_times_out(digits, store_url, reference):
             Experiment(fast_config(), store_url, dataset=digits, oracle=CallbackOracle(hangs), oracle_timeout=0.3).run()
         assert time.perf_counter() - t0 < 20
         st = Store(store_url).state(RUN)
-        assert st.status == "stopped" and st.last_round["state"] == "queried" and st.labels == {}
+        assert st.status == "stopped" and st.last_round.state == "queried" and st.labels == {}
     finally:
         release.set()  # the abandoned thread's late answer must not be stored
     time.sleep(0.1)
@@ -113,7 +113,7 @@ def test_invalid_answer_from_an_oracle_records_nothing(digits, store_url, bad, m
     with pytest.raises(OracleError, match=msg):
         Experiment(fast_config(), store_url, dataset=digits, oracle=CallbackOracle(oracle)).run()
     st = Store(store_url).state(RUN)
-    assert st.labels == {} and st.last_round["state"] == "queried"
+    assert st.labels == {} and st.last_round.state == "queried"
 
 
 def test_label_for_an_already_labelled_sample_is_refused(digits, store_url):
@@ -128,7 +128,7 @@ def test_label_for_an_already_labelled_sample_is_refused(digits, store_url):
     with pytest.raises(OracleError, match=f"id {int(0)}|was not queried|already labelled"):
         Experiment(fast_config(), store_url, dataset=digits, oracle=CallbackOracle(oracle)).run()
     st = Store(store_url).state(RUN)
-    assert len(st.labels) == 20 and st.last_round["round_idx"] == 1 and st.last_round["state"] == "queried"
+    assert len(st.labels) == 20 and st.last_round.round_idx == 1 and st.last_round.state == "queried"
     assert st.labels[int(calls[0][0])] == truth(digits, calls[0][0])  # the stored label was not changed
 
 
@@ -162,7 +162,7 @@ def test_csv_handoff_in_pieces_equals_the_ground_truth_run(digits, tmp_path, ref
             sittings += 1
             assert sittings < 30
             st = Store(url).state(RUN)
-            r = st.last_round["round_idx"]
+            r = st.last_round.round_idx
             todo = [i for i in queried_ids(folder, r) if i not in st.labels]
             assert e.awaited == len(todo) and f"{len(todo)} of 20 queried samples still await" in str(e)
             assert f"answers-round-{r}.csv" in str(e)
@@ -251,7 +251,7 @@ def test_csv_bad_row_beside_a_complete_round_is_reported_and_the_run_goes_on(dig
     err = capsys.readouterr().err
     assert "warning: round 0 is fully labelled, but\n1 answer row(s) refused" in err
     assert "answers-round-0.csv line 22: id 77777 was not queried in round 0" in err
-    assert Store(url).state(RUN).rounds[0]["state"] == "complete"
+    assert Store(url).state(RUN).rounds[0].state == "complete"
 
 
 def test_csv_rows_already_taken_are_not_reported_again(digits, tmp_path):
@@ -290,7 +290,7 @@ def test_csv_folder_made_unwritable_mid_run_is_a_clear_error(digits, tmp_path, m
     with pytest.raises(OracleError, match="could not prepare round 0 .*Permission denied.*query is saved"):
         csv_experiment(digits, url, folder).run()
     st = Store(url).state(RUN)
-    assert st.status == "stopped" and st.last_round["state"] == "queried"
+    assert st.status == "stopped" and st.last_round.state == "queried"
 
 
 @pytest.mark.parametrize("extra,msg", [

@@ -15,7 +15,7 @@ import pytest
 from al import report
 from al.errors import OracleError
 from al.loop import Experiment
-from al.oracle import CallbackOracle
+from al.oracles import CallbackOracle
 from al.store import Store
 
 from conftest import fast_config

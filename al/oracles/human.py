@@ -34,17 +34,17 @@ from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
-from .errors import OracleError
-from .oracle import Answers, LabellingStopped, RoundInfo
+from ..errors import OracleError
+from .base import Answers, LabellingStopped, Oracle, RoundInfo
 
 if TYPE_CHECKING:
-    from .data import Dataset
+    from ..data import Dataset
 
 #: Five grey levels, dark to light; two characters per pixel keep the image's aspect ratio in a terminal.
 BLOCKS = " ░▒▓█"
 
 
-def to_unit_image(dataset: "Dataset", sample_id: int) -> np.ndarray:
+def to_unit_image(dataset: Dataset, sample_id: int) -> np.ndarray:
     """Pixel values in [0, 1] of one pool sample: (H, W) for grey images, (H, W, 3) for colour ones."""
     x = dataset.denormalise(dataset.train_x[int(sample_id)].unsqueeze(0))[0].numpy()  # (C, H, W)
     return x[0] if x.shape[0] == 1 else np.transpose(x, (1, 2, 0))
@@ -81,7 +81,7 @@ def _parse_int(text: str) -> int | None:
     return int(t) if t.isdigit() else None
 
 
-class CsvOracle:
+class CsvOracle(Oracle):
     """File hand-off: queries out as CSV and PNGs, answers in as CSV. See the module docstring for the policy.
 
     Files in ``oracle_dir`` (one folder per run): ``queries-round-N.csv`` (rewritten from the store on each
@@ -91,7 +91,7 @@ class CsvOracle:
 
     name = "csv"
 
-    def __init__(self, oracle_dir: str | os.PathLike, dataset: "Dataset") -> None:
+    def __init__(self, oracle_dir: str | os.PathLike, dataset: Dataset) -> None:
         self.dir = Path(oracle_dir).expanduser()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +247,7 @@ class CsvOracle:
         return out
 
 
-class PromptOracle:
+class PromptOracle(Oracle):
     """A person at the terminal: each queried image drawn in block characters, its label typed in.
 
     Typing a class index (or a class name) answers; ``s`` skips the sample (it stays pending); ``q``, or the end
@@ -258,7 +258,7 @@ class PromptOracle:
     name = "prompt"
     one_at_a_time = True
 
-    def __init__(self, dataset: "Dataset", stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+    def __init__(self, dataset: Dataset, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
         self.dataset = dataset
         self.stdin = stdin
         self.stdout = stdout

@@ -1,0 +1,144 @@
+"""Asking the oracle for one round's labels: the ``queried -> labelled`` step of a round.
+
+A :class:`LabellingSession` tells the oracle the round is starting, asks it (one id per call for a
+one-at-a-time oracle, each call bounded by the optional timeout), checks every answer, stores each batch as it
+arrives and collects the rows the oracle refused. It returns a :class:`LabellingOutcome`; its
+:meth:`~LabellingOutcome.conclude` raises LabelsPending while samples still await a label. The two are apart so
+that the caller can mark a point between the last store write and that verdict (the crash tests do).
+"""
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import LabelsPending, OracleError
+from .oracles import Answers, LabellingStopped, Oracle, RefusedAnswersWarning, RoundInfo, validate_answers
+
+if TYPE_CHECKING:
+    from .store import RunState, Store
+
+#: Refused rows named in one message at most; the rest are counted.
+MAX_REFUSED_SHOWN = 50
+
+
+@dataclass
+class LabellingOutcome:
+    """What one labelling attempt of round ``round_idx`` achieved.
+
+    awaited: queried samples still without a label; refused: the rows the oracle refused (messages);
+    stopped: the person quit; store_seconds: time spent in store writes; hint: how to answer the rest.
+    """
+
+    round_idx: int
+    n_queried: int
+    awaited: int
+    refused: list[str] = field(default_factory=list)
+    stopped: bool = False
+    store_seconds: float = 0.0
+    hint: str = ""
+
+    def problems(self) -> str:
+        """The refused rows as a message tail ("" when there are none)."""
+        if not self.refused:
+            return ""
+        shown = self.refused[:MAX_REFUSED_SHOWN]
+        return (f"\n{len(self.refused)} answer row(s) refused (nothing of them was stored):\n  " + "\n  ".join(shown)
+                + ("\n  ..." if len(self.refused) > MAX_REFUSED_SHOWN else ""))
+
+    def conclude(self) -> None:
+        """Raise LabelsPending while any queried sample lacks a label; otherwise warn about refused rows
+        (RefusedAnswersWarning: every sample has a label, so the run goes on, but the person should know)."""
+        r = self.round_idx
+        if self.awaited:
+            raise LabelsPending(f"round {r}: {self.awaited} of {self.n_queried} queried samples still await a label"
+                                f"{' (labelling stopped by the user)' if self.stopped else ''}; {self.hint}"
+                                f"{self.problems()}", awaited=self.awaited)
+        if self.refused:
+            warnings.warn(f"round {r} is fully labelled, but{self.problems()}", RefusedAnswersWarning, stacklevel=2)
+
+
+class LabellingSession:
+    """Asks ``oracle`` for the labels of one round at a time and stores them through ``store``.
+
+    n_classes: the valid labels are 0..n_classes - 1. timeout: seconds to wait for one ``label`` call (per
+    answer for a one-at-a-time oracle) before giving up with an OracleError; None waits for ever.
+    """
+
+    def __init__(self, oracle: Oracle, store: Store, *, n_classes: int, timeout: float | None = None) -> None:
+        self.oracle = oracle
+        self.store = store
+        self.n_classes = n_classes
+        self.timeout = timeout
+
+    def label_round(self, st: RunState, r: int) -> LabellingOutcome:
+        """Ask for round ``r``'s pending labels and store every valid answer. Raises OracleError when the oracle
+        fails, hangs past the timeout or gives an invalid answer (the answers stored before are kept)."""
+        oracle, name = self.oracle, self.oracle.name
+        pending = self.store.pending(st.run_id, r)
+        info = RoundInfo(r, self.store.queried(st.run_id, r), dict(st.labels), dict(st.label_round), self.n_classes)
+        try:
+            oracle.begin_round(info)
+        except OracleError:
+            raise
+        except Exception as e:  # e.g. the hand-off folder became unwritable: a clear error, the query is kept
+            raise OracleError(f"the oracle {name!r} could not prepare round {r} ({type(e).__name__}: {e}); the "
+                              f"query is saved, so fix the cause and run the same command again") from e
+        # One-at-a-time oracles (a person at a terminal) get one id per call and each answer is stored at once.
+        batches = [pending[k:k + 1] for k in range(len(pending))] if oracle.one_at_a_time else [pending]
+        out = LabellingOutcome(r, info.n_queried, awaited=len(pending))
+        for ids in batches:
+            try:
+                raw = self._ask(ids, r)
+            except LabellingStopped:
+                out.stopped = True
+                break
+            if isinstance(raw, Answers):
+                out.refused += raw.refused
+            answers = validate_answers(raw, ids, self.n_classes, st.labels)
+            # A single batch is written even when empty: the store then says how many still await (and closes
+            # the round if none does); one-at-a-time skips write nothing.
+            if answers or len(batches) == 1:
+                t0 = time.perf_counter()
+                out.awaited = self.store.record_labels(st.run_id, r, answers, name)
+                out.store_seconds += time.perf_counter() - t0
+        if out.awaited:
+            out.hint = oracle.how_to_answer(r)
+        return out
+
+    def _ask(self, ids: np.ndarray, r: int) -> Mapping[int, int]:
+        """``oracle.label(ids)``, bounded by the timeout when one is set; failures become OracleError."""
+        name = self.oracle.name
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["answer"] = self.oracle.label(ids)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
+                box["error"] = e
+
+        if self.timeout is None:
+            call()
+        else:
+            # A thread, not a subprocess: the oracle may hold state (a file, a socket, a GUI) that a child process
+            # would not share. A hung call cannot be killed, so the thread is a daemon (it never holds the
+            # process open) and its late answer is dropped: nothing it returns after the timeout is recorded.
+            t = threading.Thread(target=call, name=f"al-oracle-round-{r}", daemon=True)
+            t.start()
+            t.join(self.timeout)
+            if t.is_alive():
+                raise OracleError(f"the oracle {name!r} gave no answer within {self.timeout:g}s on round {r}"
+                                  f"; the query is saved, so run the same command again (raise --oracle-timeout if "
+                                  f"the oracle is just slow)")
+        err = box.get("error")
+        if isinstance(err, (LabellingStopped, KeyboardInterrupt)):
+            raise err
+        if err is not None:
+            raise OracleError(f"the oracle {name!r} failed on round {r} ({type(err).__name__}: {err}); the query "
+                              f"is saved, so run the same command again to ask for its labels") from err
+        return box["answer"]

@@ -1,0 +1,144 @@
+"""The oracle contract: whoever answers a query with labels.
+
+An oracle is an :class:`Oracle`: ``label(ids) -> Mapping[int, int]`` returns labels for some or all of the given
+global sample ids. Ids it leaves out stay pending; the run stops and a later run asks again. Every optional
+feature has a default here, so the loop calls each one on every oracle and never probes with ``getattr``:
+
+- ``name`` (default ``"oracle"``): recorded with every label it gives, and used in messages.
+- ``one_at_a_time`` (default False): when True the loop asks for one id at a time and stores each answer as
+  soon as it is given (a person at a terminal must not lose twenty answers because the twenty-first was never
+  given).
+- ``begin_round(info: RoundInfo)`` (default: nothing): called before ``label`` with the round index, the whole
+  query and the labels already stored (the CSV hand-off oracle needs them to name its files and to recognise
+  rows it has already handed over).
+- ``how_to_answer(round_idx) -> str``: one sentence added to the "still awaited" message.
+
+``label`` may return an :class:`Answers` (a dict) whose ``refused`` lists rows it could not accept; the valid
+rows are stored and the refused ones reported. It may raise :class:`LabellingStopped` (the person chose to
+quit): the answers given so far are kept and the run waits.
+
+A user's object that has only ``label(ids)``, or a plain function ``ids -> labels``, needs no subclassing:
+:func:`al.oracles.as_oracle` wraps it once, where it enters the framework.
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import OracleError
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """What an oracle is told before it is asked.
+
+    query: (n_queried, 3) DataFrame with columns sample_id, rank, score: the round's whole query in rank order
+    (answered or not). labels / label_round: every label already stored for the run, and its round.
+    """
+
+    round_idx: int
+    query: Any  # pandas.DataFrame; typed loosely so that importing oracles does not import pandas
+    labels: Mapping[int, int]
+    label_round: Mapping[int, int]
+    n_classes: int
+
+    @property
+    def n_queried(self) -> int:
+        """How many samples the round queried (answered or not)."""
+        return len(self.query)
+
+
+class Answers(dict):
+    """A mapping id -> label plus the rows the oracle refused, each as a message naming the row and why."""
+
+    def __init__(self, labels: Mapping[int, int] | None = None, refused: Iterable[str] = ()) -> None:
+        super().__init__(labels or {})
+        self.refused: list[str] = list(refused)
+
+
+class RefusedAnswersWarning(UserWarning):
+    """Some answer rows were refused although every queried sample of the round got a label, so the run goes on;
+    the refused rows are named in the message."""
+
+
+class LabellingStopped(Exception):
+    """Raised by an interactive oracle when the person quits; what was answered before is kept."""
+
+
+class Oracle(abc.ABC):
+    """Base class of every oracle the loop talks to; subclass it and implement :meth:`label`.
+
+    The class attributes and methods other than ``label`` are the documented defaults of the optional features
+    (see the module docstring); override only those your oracle needs.
+    """
+
+    #: Recorded with every label this oracle gives (the store's ``oracle`` column) and named in messages.
+    name: str = "oracle"
+    #: True: ask for one id per call and store each answer at once (a person answering at a terminal).
+    one_at_a_time: bool = False
+
+    def begin_round(self, info: RoundInfo) -> None:  # noqa: B027 - an optional hook; doing nothing is its default
+        """Called once per labelling attempt of round ``info.round_idx``, before any ``label`` call. Default:
+        nothing. An exception here stops the run with an OracleError; the query stays saved."""
+
+    @abc.abstractmethod
+    def label(self, ids: np.ndarray) -> Mapping[int, int]:
+        """Labels for some or all of ``ids: (n,) int64`` (global sample ids), as {id: label}; may be an
+        :class:`Answers` listing refused rows. Ids left out stay pending."""
+
+    def how_to_answer(self, round_idx: int) -> str:
+        """The sentence that ends the "still await a label" message of round ``round_idx``."""
+        return "answer them and run the same command again to continue"
+
+
+def validate_answers(answers: Mapping, queried: Iterable[int], n_classes: int,
+                     already_labelled: Iterable[int] = ()) -> dict[int, int]:
+    """Check an oracle's answer as a whole; return it as {id: label} or raise OracleError naming bad rows.
+
+    Refused: ids that were not queried, labels that are not integers in [0, n_classes), NaN or empty values,
+    and labels for samples already labelled.
+    """
+    if not isinstance(answers, Mapping):
+        raise OracleError(f"the oracle returned {type(answers).__name__}; return a mapping id -> label")
+    queried_set = {int(i) for i in queried}
+    done = {int(i) for i in already_labelled}
+    bad: list[str] = []
+    out: dict[int, int] = {}
+    for raw_id, raw_y in answers.items():
+        try:
+            i = int(raw_id)
+        except (TypeError, ValueError):
+            bad.append(f"id {raw_id!r}: not an integer")
+            continue
+        if i not in queried_set:
+            bad.append(f"id {i}: was not queried in this round")
+            continue
+        if i in done:
+            bad.append(f"id {i}: is already labelled")
+            continue
+        y = _as_label(raw_y)
+        if y is None or not 0 <= y < n_classes:
+            bad.append(f"id {i}: label {raw_y!r} is not a class in 0..{n_classes - 1}")
+            continue
+        out[i] = y
+    if bad:
+        raise OracleError(f"{len(bad)} invalid answer(s), nothing recorded: " + "; ".join(bad[:20])
+                          + (" ..." if len(bad) > 20 else ""))
+    return out
+
+
+def _as_label(v: object) -> int | None:
+    """``v`` as a class index, or None when it is no integer (bools, None, NaN, 2.5 and "x" are not)."""
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return int(v) if np.isfinite(v) and float(v).is_integer() else None
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v.strip())
+    return None
