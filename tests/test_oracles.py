@@ -6,6 +6,7 @@ import inspect
 
 import numpy as np
 import pytest
+from conftest import fast_config
 
 from al import CallbackOracle, GroundTruthOracle, Oracle
 from al.bench import main
@@ -14,7 +15,6 @@ from al.labelling import LabellingSession
 from al.loop import Experiment
 from al.oracles import ORACLES, OracleContext, WrappedOracle, as_oracle, make_oracle, register_oracle_kind
 from al.store import Store
-from conftest import fast_config
 
 RUN = "digits-entropy-seed0"
 
@@ -126,7 +126,8 @@ def test_session_uses_the_defaults_and_the_overrides(digits, store_url):
             return f"see round {round_idx}'s sheet"
 
     o2 = OneByOne(y)
-    with pytest.raises(LabelsPending, match="round 0: 5 of 20 queried samples still await a label; see round 0's sheet"):
+    awaited = "round 0: 5 of 20 queried samples still await a label; see round 0's sheet"
+    with pytest.raises(LabelsPending, match=awaited):
         Experiment(fast_config(), store_url, dataset=digits, oracle=o2).run()
     assert [len(c) for c in o2.calls] == [1] * 10  # the 10 pending samples, one id per call
     assert set(Store(store_url).labels(RUN)["oracle"]) == {"oracle", "one-by-one"}
