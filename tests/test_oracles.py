@@ -204,3 +204,22 @@ def test_factory_spec_and_the_explicit_import_kind():
         assert o.name == "test_oracles:factory_object" and o.label(np.array([1, 3])) == {1: 1, 3: 0}
     with pytest.raises(OracleError, match="cannot import oracle 'test_oracles:nothing_here'"):
         make_oracle("test_oracles:nothing_here", y, 2)
+
+
+def test_readme_oracle_examples_run(digits, tmp_path):
+    """The README's "Your own oracle" code, as written there, drives a run (a function, then an Oracle subclass)."""
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### Your own oracle", 1)[1].split("\n### ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    t = truth(digits)
+    for k, code in enumerate(blocks):
+        url = f"sqlite:///{tmp_path / f'readme-{k}.db'}"
+        namespace = dict(Experiment=Experiment, config=fast_config(budget=40), store=url, my_labelling_tool=t)
+        exec(compile(code, "README.md", "exec"), namespace)
+        labels = Store(url).labels("digits-entropy-seed0")
+        assert len(labels) == 40 and all(y == t(i) for i, y in zip(labels["sample_id"], labels["label"], strict=True))
+        assert set(labels["oracle"]) == {"callback" if k == 0 else "my-tool"}
