@@ -103,7 +103,7 @@ def test_killed_at_every_named_point_then_resumed_equals_uninterrupted(digits, t
         integrity_ok(path)
         s = Store(url)
         st = s.state(RUN)  # the run row itself was committed before the first round began
-        assert [r["state"] for r in st.rounds] == states, point
+        assert [r.state for r in st.rounds] == states, point
         assert len(st.labels) == n_labels, point
         for r, grp in s.queries(RUN).groupby("round_idx"):  # a stored query is never recomputed on resume
             ids = grp["sample_id"].tolist()

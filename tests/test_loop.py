@@ -89,7 +89,7 @@ def test_resume_after_partial_run_matches_uninterrupted(digits, tmp_path):
     with pytest.raises(Exception, match="network down"):
         Experiment(fast_config(), url, dataset=digits, oracle=FlakyOracle()).run()
     st = Store(url).state("digits-entropy-seed0")
-    assert st.status == "stopped" and st.last_round["state"] == "queried"
+    assert st.status == "stopped" and st.last_round.state == "queried"
     Experiment(fast_config(), url, dataset=digits, oracle=FlakyOracle()).run()
     a, b = Store(full_url).curves(), Store(url).curves()
     assert a["n_labelled"].tolist() == b["n_labelled"].tolist()

@@ -81,7 +81,7 @@ def test_experiment_with_a_crash_inside_a_commit_on_postgres(pg_url, digits, tmp
 
     assert run_forked(digits, pg_url, "in-labels-commit:1") == -signal.SIGKILL
     st = Store(pg_url).state("digits-entropy-seed0")
-    assert [r["state"] for r in st.rounds] == ["complete", "queried"] and len(st.labels) == 20
+    assert [r.state for r in st.rounds] == ["complete", "queried"] and len(st.labels) == 20
     assert run_forked(digits, pg_url, None) == 0
     a, b = Store(pg_url), Store(ref)
     run = "digits-entropy-seed0"

@@ -1,0 +1,113 @@
+"""The private ORM tables. Nothing outside ``al.store`` touches them; the typed API in ``api.py`` does.
+
+Invariants live here as constraints: one label per (run, sample), one query per (run, sample), one round row
+per (run, round_idx), a run status and a round state from a fixed set. A column added by a migration carries
+``info={"since": <schema version>}`` and is deferred, so that reading a store of an older (compatible) schema
+never selects it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ROUND_STATES = ("queried", "labelled", "complete")
+RUN_STATUSES = ("running", "waiting", "finished", "failed", "stopped")
+SCORE_STATS = ("mean", "std", "min", "q10", "q25", "median", "q75", "q90", "max")
+
+
+def now() -> datetime:
+    """UTC without tzinfo: SQLite has no time zones, and both backends then store the same value."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "al_meta"
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(256))
+
+
+class Run(Base):
+    __tablename__ = "al_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(256), unique=True)
+    config: Mapped[str] = mapped_column(sa.Text)
+    seed: Mapped[int]
+    strategy: Mapped[str] = mapped_column(sa.String(128))
+    dataset: Mapped[str] = mapped_column(sa.String(128))
+    model: Mapped[str] = mapped_column(sa.String(256))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    message: Mapped[str | None] = mapped_column(sa.Text)
+    owner: Mapped[str | None] = mapped_column(sa.String(256))
+    heartbeat: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    updated_at: Mapped[datetime] = mapped_column(default=now)
+    # Schema 2: what the run's data actually is (name, pool size and shape, a hash of its ids or paths), so that
+    # a run is never resumed on other data that happens to share the dataset's name. NULL for runs recorded
+    # before it existed.
+    data_fingerprint: Mapped[str | None] = mapped_column(sa.String(128), deferred=True, info={"since": 2})
+    __table_args__ = (sa.CheckConstraint(f"status IN {RUN_STATUSES}", name="run_status"),)
+
+
+class Round(Base):
+    __tablename__ = "al_rounds"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("al_runs.id", ondelete="CASCADE"), index=True)
+    round_idx: Mapped[int]
+    state: Mapped[str] = mapped_column(sa.String(16))
+    n_queried: Mapped[int]
+    n_labelled: Mapped[int | None]
+    accuracy: Mapped[float | None]
+    nll: Mapped[float | None]
+    train_seconds: Mapped[float | None]
+    eval_seconds: Mapped[float | None]
+    select_seconds: Mapped[float | None]
+    store_seconds: Mapped[float | None]
+    n_scored: Mapped[int | None]
+    score_mean: Mapped[float | None]
+    score_std: Mapped[float | None]
+    score_min: Mapped[float | None]
+    score_q10: Mapped[float | None]
+    score_q25: Mapped[float | None]
+    score_median: Mapped[float | None]
+    score_q75: Mapped[float | None]
+    score_q90: Mapped[float | None]
+    score_max: Mapped[float | None]
+    queried_at: Mapped[datetime] = mapped_column(default=now)
+    completed_at: Mapped[datetime | None]
+    __table_args__ = (
+        sa.UniqueConstraint("run_id", "round_idx", name="one_round_row"),
+        sa.CheckConstraint(f"state IN {ROUND_STATES}", name="round_state"),
+    )
+
+
+class Query(Base):
+    __tablename__ = "al_queries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("al_runs.id", ondelete="CASCADE"), index=True)
+    round_idx: Mapped[int]
+    sample_id: Mapped[int]
+    rank: Mapped[int]
+    score: Mapped[float | None]
+    __table_args__ = (sa.UniqueConstraint("run_id", "sample_id", name="query_once"),)
+
+
+class Label(Base):
+    __tablename__ = "al_labels"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("al_runs.id", ondelete="CASCADE"), index=True)
+    sample_id: Mapped[int]
+    label: Mapped[int]
+    round_idx: Mapped[int]
+    oracle: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    __table_args__ = (sa.UniqueConstraint("run_id", "sample_id", name="label_once"),)
+
+
+TABLE_NAMES = frozenset(t.name for t in Base.metadata.sorted_tables)

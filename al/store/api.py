@@ -1,0 +1,388 @@
+"""``Store``: the typed API over the private tables. Each state transition of a round is one transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.orm import Session
+
+from ..errors import ConfigMismatchError, StoreError
+from . import claims, migrations
+from ._tables import RUN_STATUSES, TABLE_NAMES, Base, Label, Meta, Query, Round, Run, now
+from .configs import canonical, mismatch_message, same_config, with_absent
+from .engine import WRITE_OPTION, open_engine, parse_url, sqlite_path
+from .faults import crash_point
+from .migrations import SCHEMA_VERSION
+from .readers import Readers
+from .records import RoundRecord, RunRecord, RunState, score_summary
+
+DEFAULT_URL = "sqlite:///al-runs.db"
+
+
+class Store(Readers):
+    """Typed access to runs, rounds, queries and labels over any SQLAlchemy URL.
+
+    ``Store("sqlite:///al-runs.db")`` (the default) or ``Store("postgresql://user@host/db")``. A store of an
+    older schema is upgraded on open (see ``al.store.migrations``), unless it is opened for reading only.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        busy_timeout_s: float = 60.0,
+        must_exist: bool = False,
+        upgrade: bool | None = None,
+    ) -> None:
+        """``must_exist``: refuse an SQLite URL whose file is missing instead of creating it (for readers).
+        ``upgrade``: upgrade a store of an older schema; default: unless ``must_exist`` (a reader), which reads an
+        older store as it is when it can (and cannot write to it)."""
+        self.url = url
+        parsed = parse_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self._sqlite_file = sqlite_path(parsed) if self.is_sqlite else None
+        self.engine = open_engine(url, busy_timeout_s=busy_timeout_s, must_exist=must_exist)
+        self._writer = self.engine.execution_options(**{WRITE_OPTION: True})
+        self._claims: dict[int, str] = {}  # run_id -> this process's owner token, for the runs it claimed
+        self.schema_version = SCHEMA_VERSION
+        self._open(upgrade=not must_exist if upgrade is None else upgrade)
+
+    # --- opening ------------------------------------------------------------------------------------------------
+    @property
+    def shown_url(self) -> str:
+        """The URL without its password, for messages."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def _open(self, *, upgrade: bool) -> None:
+        try:
+            tables = set(sa.inspect(self.engine).get_table_names())
+        except exc.DatabaseError as e:
+            if not self.is_sqlite:  # a server: say so, in one line, without echoing the password
+                reason = " ".join(str(getattr(e, "orig", e)).split())
+                raise StoreError(
+                    f"cannot connect to store {self.shown_url}: {reason}. Check that the server is "
+                    f"running and that the URL's user, password, host, port and database are right"
+                ) from e
+            raise StoreError(
+                f"cannot open store {self.url!r}: {e.orig if hasattr(e, 'orig') else e}. "
+                f"The file was left untouched; check it or pass another --store"
+            ) from e
+        except exc.SQLAlchemyError as e:
+            raise StoreError(f"cannot open store {self.url!r}: {e}") from e
+        if "al_meta" in tables:
+            self._check_version(upgrade)
+            return
+        if tables & TABLE_NAMES:
+            raise StoreError(f"store {self.url!r} holds al tables without a schema version row; refusing to touch it")
+        try:
+            with self._write() as s:
+                if self.engine.dialect.name == "postgresql":
+                    # Several processes opening a new database at once would race in CREATE TABLE (PostgreSQL's
+                    # DDL is transactional but not serialised); a transaction-scoped advisory lock makes them
+                    # take turns, and create_all's own existence check then sees the first one's tables.
+                    s.execute(sa.text(f"SELECT pg_advisory_xact_lock({migrations.PG_SCHEMA_LOCK})"))
+                Base.metadata.create_all(s.connection())
+                if s.get(Meta, "schema_version") is None:
+                    s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+        except exc.SQLAlchemyError as e:
+            raise StoreError(f"cannot write to store {self.url!r}: {e}") from e
+
+    def _check_version(self, upgrade: bool) -> None:
+        with self.engine.connect() as conn:
+            version = migrations.read_version(conn)
+        if version is None:
+            raise StoreError(f"store {self.url!r} has tables but no schema version; it was not written by al")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.url!r} was written by a newer al (schema {version}, this is "
+                f"{SCHEMA_VERSION}); upgrade al (pip install -U al) to open it"
+            )
+        if version < SCHEMA_VERSION:
+            if upgrade:
+                migrations.upgrade(self._writer, shown=self.shown_url, sqlite_file=self._sqlite_file)
+            elif migrations.readable_without_upgrade(version):
+                self.schema_version = version  # read as it is; _write refuses
+            else:
+                raise StoreError(
+                    f"store {self.url!r} has the old schema {version} (this al reads "
+                    f"{SCHEMA_VERSION}); open it once for writing, e.g. Store(url), to upgrade it "
+                    f"(SQLite files are backed up first)"
+                )
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One write transaction (BEGIN IMMEDIATE on SQLite)."""
+        if self.schema_version < SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.url!r} (schema {self.schema_version}) was opened for reading only; "
+                f"open it with Store(url) to upgrade it to schema {SCHEMA_VERSION} before writing"
+            )
+        with Session(self._writer) as s, s.begin():
+            yield s
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self.engine) as s:
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- runs ---------------------------------------------------------------------------------------------------
+    def open_run(
+        self,
+        name: str,
+        config: Mapping[str, Any],
+        *,
+        absent_means: Mapping[str, Mapping[str, Any]] | None = None,
+        data_fingerprint: str | None = None,
+    ) -> RunState:
+        """The run named ``name``, created with ``config`` if new.
+
+        ``absent_means`` maps a key of ``config`` whose value is a dict (such as ``strategy_params``) to settings
+        that were added to the code later, each with the value that a stored config lacking it ran with: the
+        stored config is compared as if it held them, so a run recorded before a setting existed still
+        continues when the setting keeps its old behaviour. The stored record itself is left as written.
+        ``data_fingerprint``: what the run's data is; a stored run with another fingerprint is refused like a
+        changed config, and a run stored without one (before schema 2) gets it.
+
+        Raises ConfigMismatchError if it exists with a different config or data.
+        """
+        for _ in range(2):
+            with self._write() as s:
+                run = s.execute(sa.select(Run).where(Run.name == name)).scalar_one_or_none()
+                if run is None:
+                    try:
+                        with s.begin_nested():
+                            s.add(
+                                Run(
+                                    name=name,
+                                    config=canonical(config),
+                                    seed=int(config.get("seed", 0)),
+                                    strategy=str(config.get("strategy", "")),
+                                    dataset=str(config.get("dataset", "")),
+                                    model=str(config.get("model", "")),
+                                    status="running",
+                                    data_fingerprint=data_fingerprint,
+                                )
+                            )
+                    except exc.IntegrityError:
+                        continue  # another process created it between our read and write: read it again
+                    break
+                if not same_config(run.config, config, absent_means or {}):
+                    stored = with_absent(json.loads(run.config), absent_means or {})
+                    raise ConfigMismatchError(mismatch_message(name, stored, dict(config)))
+                if data_fingerprint is not None:
+                    if run.data_fingerprint not in (None, data_fingerprint):
+                        raise ConfigMismatchError(
+                            f"run {name!r} was recorded on other data (stored {run.data_fingerprint}, now "
+                            f"{data_fingerprint}). Pass --run-name to start a separate run on this data"
+                        )
+                    run.data_fingerprint = data_fingerprint
+                break
+        return self.state(name)
+
+    def run(self, name: str) -> RunRecord:
+        """The run's row."""
+        with self._read() as s:
+            return RunRecord.of(self._run_row(s, name), with_fingerprint=self.schema_version >= 2)
+
+    def _run_row(self, s: Session, name: str) -> Run:
+        run = s.execute(sa.select(Run).where(Run.name == name)).scalar_one_or_none()
+        if run is None:
+            raise StoreError(f"no run named {name!r} in {self.shown_url}")
+        return run
+
+    def state(self, name: str) -> RunState:
+        """The run with its labels and rounds, read in one session."""
+        with self._read() as s:
+            run = self._run_row(s, name)
+            labels, label_round = {}, {}
+            for sid, y, r in s.execute(
+                sa.select(Label.sample_id, Label.label, Label.round_idx).where(Label.run_id == run.id)
+            ):
+                labels[sid], label_round[sid] = y, r
+            rounds = s.execute(sa.select(Round).where(Round.run_id == run.id).order_by(Round.round_idx)).scalars()
+            return RunState(
+                RunRecord.of(run, with_fingerprint=self.schema_version >= 2),
+                labels,
+                label_round,
+                tuple(RoundRecord.of(r) for r in rounds),
+            )
+
+    def set_status(self, run_id: int, status: str, message: str | None = None) -> None:
+        """Set a run's status; any status but ``running`` also releases this process's claim on it.
+
+        A process whose claim was taken over leaves the run alone: its status belongs to the new owner."""
+        if status not in RUN_STATUSES:
+            raise StoreError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        with self._write() as s:
+            run = s.get(Run, run_id, with_for_update=True)
+            if run is None:
+                raise StoreError(f"no run with id {run_id} in {self.shown_url}")
+            token = self._claims.get(run_id)
+            if token is not None and run.owner != token:
+                self._claims.pop(run_id, None)
+                return
+            run.status, run.message, run.updated_at = status, message, now()
+            if status != "running":
+                run.owner = None
+                self._claims.pop(run_id, None)
+
+    # --- claims (see claims.py) ---------------------------------------------------------------------------------
+    def claim(self, run_id: int, *, stale_after_s: float = claims.STALE_AFTER_S) -> str:
+        """Mark this process as the run's only writer; refuse if another live process holds it.
+
+        A holder on this host whose pid is gone, or any holder silent for ``stale_after_s``, is taken over.
+        """
+        token = claims.owner_token()
+        with self._write() as s:
+            claims.take(s, run_id, token, stale_after_s)
+        self._claims[run_id] = token
+        return token
+
+    def heartbeat(self, run_id: int) -> None:
+        """Tell other processes that the claimant is alive (a silent claim is taken over after its timeout)."""
+        with self._write() as s:
+            claims.refresh(s, run_id, self._claims.get(run_id), self.shown_url)
+
+    def keep_alive(self, run_id: int, *, every_s: float = claims.HEARTBEAT_S) -> claims.Heartbeat:
+        """A heartbeat for a claimed run, to use as ``with store.keep_alive(run_id): ...`` (joined on exit)."""
+        return claims.Heartbeat(lambda: self.heartbeat(run_id), every_s=every_s, name=f"al-heartbeat-{run_id}")
+
+    def _fence(self, s: Session, run_id: int) -> Run:
+        return claims.fence(s, run_id, self._claims.get(run_id), self.shown_url)
+
+    # --- a round's transitions ----------------------------------------------------------------------------------
+    def record_query(
+        self,
+        run_id: int,
+        round_idx: int,
+        ids: np.ndarray,
+        scores: np.ndarray | None,
+        *,
+        pool_scores: np.ndarray | None = None,
+        select_seconds: float | None = None,
+    ) -> None:
+        """Open round ``round_idx`` in state ``queried`` with its query (ids in rank order and their scores)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        stats = score_summary(pool_scores) if pool_scores is not None else {}
+        with self._write() as s:
+            self._fence(s, run_id)
+            prev = s.execute(
+                sa.select(Round.state).where(Round.run_id == run_id).order_by(Round.round_idx.desc()).limit(1)
+            ).scalar_one_or_none()
+            if prev not in (None, "complete"):
+                raise StoreError(f"cannot open round {round_idx}: the previous round is still {prev!r}")
+            s.add(
+                Round(
+                    run_id=run_id,
+                    round_idx=round_idx,
+                    state="queried",
+                    n_queried=len(ids),
+                    select_seconds=select_seconds,
+                    **{f"score_{k}": v for k, v in stats.items()},
+                    n_scored=None if pool_scores is None else int(len(pool_scores)),
+                )
+            )
+            sc = [None] * len(ids) if scores is None else [None if not np.isfinite(v) else float(v) for v in scores]
+            s.execute(
+                sa.insert(Query),
+                [
+                    dict(run_id=run_id, round_idx=round_idx, sample_id=int(i), rank=r, score=sc[r])
+                    for r, i in enumerate(ids)
+                ],
+            )
+            s.flush()
+            crash_point("in-query-commit", round_idx)
+
+    def pending(self, run_id: int, round_idx: int) -> np.ndarray:
+        """Queried ids of ``round_idx`` without a label yet, in rank order: (n,) int64."""
+        with self._read() as s:
+            q = (
+                sa.select(Query.sample_id)
+                .where(Query.run_id == run_id, Query.round_idx == round_idx)
+                .where(~sa.exists().where(Label.run_id == run_id, Label.sample_id == Query.sample_id))
+                .order_by(Query.rank)
+            )
+            return np.array(s.execute(q).scalars().all(), dtype=np.int64)
+
+    def record_labels(self, run_id: int, round_idx: int, labels: Mapping[int, int], oracle: str) -> int:
+        """Add labels to the open round; it becomes ``labelled`` when none is pending. Returns #still pending."""
+        with self._write() as s:
+            self._fence(s, run_id)
+            rnd = self._round_row(s, run_id, round_idx)
+            if rnd is None or rnd.state != "queried":
+                raise StoreError(
+                    f"round {round_idx} is not waiting for labels (state {None if rnd is None else rnd.state!r})"
+                )
+            queried = set(
+                s.execute(
+                    sa.select(Query.sample_id).where(Query.run_id == run_id, Query.round_idx == round_idx)
+                ).scalars()
+            )
+            done = set(
+                s.execute(
+                    sa.select(Label.sample_id).where(Label.run_id == run_id, Label.sample_id.in_(queried))
+                ).scalars()
+            )
+            stray = [i for i in labels if int(i) not in queried or int(i) in done]
+            if stray:
+                raise StoreError(f"labels for ids not pending in round {round_idx}: {sorted(stray)[:10]}")
+            if labels:
+                s.execute(
+                    sa.insert(Label),
+                    [
+                        dict(run_id=run_id, sample_id=int(i), label=int(y), round_idx=round_idx, oracle=oracle)
+                        for i, y in labels.items()
+                    ],
+                )
+            left = len(queried) - len(done) - len(labels)
+            if left == 0:
+                rnd.state = "labelled"
+            s.flush()
+            crash_point("in-labels-commit", round_idx)
+            return left
+
+    def record_metrics(
+        self,
+        run_id: int,
+        round_idx: int,
+        *,
+        n_labelled: int,
+        accuracy: float,
+        nll: float,
+        train_seconds: float | None = None,
+        eval_seconds: float | None = None,
+        store_seconds: float | None = None,
+    ) -> None:
+        """Close a ``labelled`` round with the test metrics of the model trained on its labelled set."""
+        with self._write() as s:
+            run = self._fence(s, run_id)
+            rnd = self._round_row(s, run_id, round_idx)
+            if rnd is None or rnd.state != "labelled":
+                raise StoreError(f"round {round_idx} is not labelled yet; cannot record its metrics")
+            rnd.state, rnd.n_labelled, rnd.accuracy, rnd.nll = "complete", n_labelled, accuracy, nll
+            rnd.train_seconds, rnd.eval_seconds, rnd.store_seconds = train_seconds, eval_seconds, store_seconds
+            rnd.completed_at = now()
+            run.updated_at = run.heartbeat = now()
+            s.flush()
+            crash_point("in-metrics-commit", round_idx)
+
+    @staticmethod
+    def _round_row(s: Session, run_id: int, round_idx: int) -> Round | None:
+        return s.execute(
+            sa.select(Round).where(Round.run_id == run_id, Round.round_idx == round_idx)
+        ).scalar_one_or_none()

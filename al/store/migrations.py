@@ -1,0 +1,124 @@
+"""Schema versions and the upgrade path between them.
+
+``STEPS`` is the ordered list of upgrades; step k turns schema k into k + 1, so ``SCHEMA_VERSION`` is one more
+than their number. Opening a store of an older schema for writing runs the missing steps in one transaction
+(all or none), after a backup copy of the file for SQLite, and says so with a ``StoreUpgradedWarning``. A store
+of a newer schema is refused: only a newer al knows what its columns mean.
+
+Opening an older store for reading only (``Store(url, must_exist=True)``, as ``al.report`` does) leaves it as
+it is when every missing step is additive (new nullable columns, read as None), so that reading a committed
+result never changes it.
+
+Add a step by appending to ``STEPS``, adding its column to ``_tables.py`` with ``info={"since": <version>}``
+and ``deferred=True``, and a test that upgrades a store written by the previous version.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+
+from ..errors import StoreError
+from .faults import crash_point
+
+#: Transaction-scoped advisory lock key under which PostgreSQL processes create or upgrade the schema in turn.
+PG_SCHEMA_LOCK = 7340531
+
+
+class StoreUpgradedWarning(UserWarning):
+    """A store was upgraded to this al's schema; the message names the backup copy, if one was made."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One upgrade: ``apply`` turns schema ``to_version - 1`` into ``to_version`` on an open transaction."""
+
+    to_version: int
+    what: str
+    apply: Callable[[sa.Connection], None]
+    additive: bool  # only adds nullable columns or tables: code of to_version can read a store without it
+
+
+def _add_data_fingerprint(conn: sa.Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE al_runs ADD COLUMN data_fingerprint VARCHAR(128)"))
+
+
+STEPS: tuple[Step, ...] = (
+    Step(2, "al_runs.data_fingerprint (what a run's data is, checked on resume)", _add_data_fingerprint, additive=True),
+)
+SCHEMA_VERSION = 1 + len(STEPS)
+
+
+def missing_steps(version: int, steps: Sequence[Step] = STEPS) -> list[Step]:
+    return [s for s in steps if s.to_version > version]
+
+
+def readable_without_upgrade(version: int, steps: Sequence[Step] = STEPS) -> bool:
+    return all(s.additive for s in missing_steps(version, steps))
+
+
+def read_version(conn: sa.Connection) -> int | None:
+    value = conn.execute(sa.text("SELECT value FROM al_meta WHERE key = 'schema_version'")).scalar_one_or_none()
+    return None if value is None else int(value)
+
+
+def backup_sqlite(path: str, version: int) -> str:
+    """Copy the database at ``path`` to ``<path>.v<version>.bak`` (or ``.v<version>.<n>.bak`` if taken).
+
+    SQLite's backup API, not a file copy: it copies a consistent snapshot even with a WAL beside the file. The
+    caller holds the write lock, so nothing changes while it runs.
+    """
+    target, n = f"{path}.v{version}.bak", 1
+    while os.path.exists(target):
+        target, n = f"{path}.v{version}.{n}.bak", n + 1
+    src, dst = sqlite3.connect(path), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    return target
+
+
+def upgrade(writer: sa.Engine, *, shown: str, sqlite_file: str | None, steps: Sequence[Step] = STEPS) -> int:
+    """Bring the store to the last version of ``steps`` in one write transaction. Returns the version it found.
+
+    ``writer``: an engine whose transactions take the write lock (``BEGIN IMMEDIATE`` on SQLite). The version is
+    read again under the lock, so processes opening an old store at once upgrade it once.
+    """
+    target = steps[-1].to_version if steps else 1
+    backup = None
+    try:
+        with writer.connect() as conn, conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({PG_SCHEMA_LOCK})"))
+            found = read_version(conn) or 1
+            if found >= target:
+                return found  # another process got there first
+            if sqlite_file is not None:
+                backup = backup_sqlite(sqlite_file, found)
+            todo = missing_steps(found, steps)
+            for step in todo:
+                step.apply(conn)
+            conn.execute(sa.text("UPDATE al_meta SET value = :v WHERE key = 'schema_version'"), {"v": str(target)})
+            crash_point("in-upgrade-commit")
+    except exc.SQLAlchemyError as e:
+        kept = f"; a copy of it before the attempt is at {backup}" if backup else ""
+        reason = " ".join(str(getattr(e, "orig", e)).split())  # one line: SQLAlchemy appends the SQL and a link
+        raise StoreError(
+            f"could not upgrade store {shown} to schema {target}: {reason}. Nothing was changed{kept}. "
+            f"Check that this user may alter its tables, or open it with the al that wrote it"
+        ) from e
+    kept = f"; a copy of the old file is at {backup}" if backup else ""
+    warnings.warn(
+        f"upgraded store {shown} from schema {found} to {target} ({'; '.join(s.what for s in todo)}){kept}",
+        StoreUpgradedWarning,
+        stacklevel=4,
+    )
+    return found
