@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from .errors import ConfigError, IncompatibleStrategyError
 from .models import build_model
+from .seeding import torch_rng_scope
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -48,10 +49,6 @@ def eval_mode(model: nn.Module, *, dropout: bool = False) -> Iterator[nn.Module]
     finally:
         for m, flag in saved:
             m.training = flag
-
-
-#: Largest trunk output (bytes) that MC-dropout keeps in memory to share between its passes.
-MC_TRUNK_BYTES = 1 << 30
 
 
 def deterministic_trunk(model: nn.Module) -> int:
@@ -98,12 +95,18 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
 
     The schedule trains for ``epochs`` passes over the labelled set, but at least ``min_steps`` optimiser
     steps: with 20 labels, 30 epochs would be 30 steps, far too few to fit even that little data.
+
+    mc_trunk_bytes: the largest output (bytes) of the deterministic layers before the first dropout that
+    ``mc_predict_proba`` keeps in memory to share between its passes; beyond it every pass runs the whole model
+    (same result, more time). Randomness: ``reset``, ``fit`` and ``mc_predict_proba`` seed torch's global RNG
+    only inside :func:`al.seeding.torch_rng_scope`, so the caller's torch RNG state is the same afterwards.
     """
 
     def __init__(self, model: str | Callable[..., nn.Module] = "cnn", n_classes: int = 10,
                  input_shape: tuple[int, ...] = (1, 28, 28), epochs: int = 30, min_steps: int = 300,
                  batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0, warm_start: bool = False,
-                 seed: int = 0, eval_batch_size: int = 1024, progress: bool = False) -> None:
+                 seed: int = 0, eval_batch_size: int = 1024, progress: bool = False,
+                 mc_trunk_bytes: int = 1 << 30) -> None:
         self.model = model
         self.n_classes = n_classes
         self.input_shape = input_shape
@@ -116,18 +119,23 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         self.seed = seed
         self.eval_batch_size = eval_batch_size
         self.progress = progress
+        self.mc_trunk_bytes = mc_trunk_bytes
 
     # --- construction -------------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> "TorchLearner":
-        """Build a fresh, seeded model (the weights depend on ``seed`` only)."""
-        torch.manual_seed(self.seed if seed is None else seed)
+        """Build a fresh, seeded model (the weights depend on ``seed`` only; the caller's torch RNG is untouched)."""
+        with torch_rng_scope(self.seed if seed is None else seed):
+            self._build()
+        return self
+
+    def _build(self) -> None:
+        # Draws the initial weights from torch's global RNG: call inside torch_rng_scope.
         if callable(self.model) and not isinstance(self.model, str):
             net = self.model(n_classes=self.n_classes, input_shape=tuple(self.input_shape))
         else:
             net = build_model(self.model, self.n_classes, self.input_shape)
         self.module_ = net
         self.classes_ = np.arange(self.n_classes)
-        return self
 
     @property
     def is_fitted(self) -> bool:
@@ -140,12 +148,13 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
             raise ConfigError("the learner has no model yet: call fit() (or reset()) first")
         return self.module_
 
-    def _check_fitted(self) -> nn.Module:
-        return self.network
-
     # --- training -----------------------------------------------------------------------------------------------
     def fit(self, X: ArrayLike, y: ArrayLike, seed: int | None = None) -> "TorchLearner":
-        """Train on ``X: (n, ...)``, ``y: (n,)``. ``seed`` fixes initialisation and batch order."""
+        """Train on ``X: (n, ...)``, ``y: (n,)``. ``seed`` fixes initialisation, batch order and dropout masks.
+
+        The caller's torch RNG state is restored afterwards. With ``warm_start`` the training-time dropout masks
+        are seeded by ``seed`` too (before, they continued whatever the global RNG held).
+        """
         x = as_tensor(X)
         yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
         if len(x) != len(yt):
@@ -155,9 +164,16 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         if yt.min() < 0 or yt.max() >= self.n_classes:
             raise ConfigError(f"labels must lie in [0, {self.n_classes - 1}], got {int(yt.min())}..{int(yt.max())}")
         seed = self.seed if seed is None else seed
-        if not (self.warm_start and self.is_fitted):
-            self.reset(seed)
-        net = self.module_
+        # One scope for initialisation and training: dropout while training continues the stream the weights
+        # were drawn from, exactly as when reset() seeded the global RNG for good, so the weights are unchanged.
+        with torch_rng_scope(seed):
+            if not (self.warm_start and self.is_fitted):
+                self._build()
+            self._train(x, yt, seed)
+        return self
+
+    def _train(self, x: torch.Tensor, yt: torch.Tensor, seed: int) -> None:
+        net = self.network
         g = torch.Generator().manual_seed(seed + 1)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         n = len(x)
@@ -180,12 +196,11 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         net.eval()
         for p in net.parameters():
             p.grad = None
-        return self
 
     # --- inference ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def logits(self, X: ArrayLike) -> torch.Tensor:
-        net = self._check_fitted()
+        net = self.network
         x = as_tensor(X)
         with eval_mode(net):
             out = [net(b) for b in self._progress(batches(x, self.eval_batch_size), "predict", len(x) >= 4 * self.eval_batch_size)]
@@ -208,7 +223,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
 
     @property
     def has_dropout(self) -> bool:
-        return bool(dropout_modules(self._check_fitted()))
+        return bool(dropout_modules(self.network))
 
     @torch.no_grad()
     def mc_predict_proba(self, X: ArrayLike, n_samples: int = 20, seed: int = 0) -> np.ndarray:
@@ -217,15 +232,16 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         Only dropout layers are stochastic; BatchNorm and everything else stay in eval mode, so a model without
         dropout is refused rather than scored on BatchNorm noise.
         """
-        net = self._check_fitted()
+        net = self.network
         if not dropout_modules(net):
             raise IncompatibleStrategyError(
                 "MC-dropout needs a model with at least one dropout layer; this model has none. Use a model with "
                 "nn.Dropout (the built-in cnn, mlp and resnet18 have one) or a strategy that needs no MC samples")
         x = as_tensor(X)
         out = np.empty((n_samples, len(x), self.n_classes))
-        # Fork the global RNG so MC sampling is seeded here and does not disturb the caller's RNG stream.
-        with torch.random.fork_rng(devices=[]), eval_mode(net, dropout=True):
+        # Seeded at the start of the scope: the shared trunk below draws nothing, so the masks are those of
+        # seeding just before the first pass. The caller's RNG stream is restored afterwards.
+        with torch_rng_scope(seed), eval_mode(net, dropout=True):
             # The deterministic layers before the first dropout run once; only the rest repeats per pass (for the
             # cnn that is ~8% of a forward pass). Same masks in the same order, so the same result as whole passes.
             k, head, inputs = deterministic_trunk(net), net, list(batches(x, self.eval_batch_size))
@@ -234,22 +250,21 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
                 for b in inputs:  # stop as soon as the shared output would exceed the memory bound
                     trunk.append(trunk_net(b))
                     size += trunk[-1].numel() * trunk[-1].element_size()
-                    if size > MC_TRUNK_BYTES:
+                    if size > self.mc_trunk_bytes:
                         break
                 else:
                     head, inputs = net[k:], trunk
-            torch.manual_seed(seed)
             for t in self._progress(range(n_samples), "mc-dropout", len(x) >= self.eval_batch_size):
                 out[t] = torch.cat([torch.softmax(head(b).double(), 1) for b in inputs])
         return out
 
     def last_linear(self) -> nn.Linear:
-        return last_linear(self._check_fitted(), "embeddings")
+        return last_linear(self.network, "embeddings")
 
     @torch.no_grad()
     def embed(self, X: ArrayLike) -> np.ndarray:
         """Penultimate features: the input of the last ``nn.Linear``, ``(n, d)`` float32."""
-        net = self._check_fitted()
+        net = self.network
         head = self.last_linear()
         feats: list[torch.Tensor] = []
         h = head.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().flatten(1)))

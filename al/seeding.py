@@ -2,13 +2,21 @@
 
 A resumed run needs no saved RNG state: round r of seed s always gets the same generator for the same
 purpose, whatever happened in the process before it.
+
+Torch's global RNG is only ever used inside :func:`torch_rng_scope`, which seeds it for the duration and restores
+the caller's state afterwards, so nothing here changes what a caller's own ``torch.rand`` calls return.
 """
 from __future__ import annotations
 
+import contextlib
 import zlib
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+
+#: ``rng_for(purpose)``: a fresh numpy generator for one purpose of one round (see :func:`round_rng`).
+RngFor = Callable[[str], np.random.Generator]
 
 
 def _purpose_key(purpose: str) -> int:
@@ -34,3 +42,30 @@ def torch_generator(rng: np.random.Generator) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(torch_seed(rng))
     return g
+
+
+def mc_dropout_seed(rng: np.random.Generator) -> int:
+    """The torch seed of one round's MC-dropout masks, drawn from that round's ``"mc"`` generator.
+
+    The one path from a round's randomness to MC dropout: ``Context.mc_probs`` calls
+    ``mc_dropout_seed(rng_for("mc"))``. The draw (one integer below 2**31) is the one the loop has always made, so
+    stored BALD and BatchBALD runs keep their masks.
+    """
+    return int(rng.integers(2**31))
+
+
+@contextlib.contextmanager
+def torch_rng_scope(seed: int) -> Iterator[None]:
+    """Seed torch's global RNG with ``seed`` for the body, then restore the caller's RNG state.
+
+    Model initialisation and dropout draw from the global RNG (torch has no per-module generator), so the learner
+    seeds it here. Inside, the CPU generator is in exactly the state ``torch.manual_seed(seed)`` leaves it. The
+    CUDA generators are forked and seeded only when CUDA is already initialised: seeding them otherwise would
+    queue a seed that lands at CUDA's later start-up, a change to the caller's state after the scope has ended.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.default_generator.manual_seed(int(seed))
+        for d in devices:
+            torch.cuda.default_generators[d].manual_seed(int(seed))
+        yield

@@ -154,3 +154,45 @@ def test_mc_dropout_shares_the_deterministic_trunk_and_matches_whole_passes(buil
     mc = est.mc_predict_proba(x, n_samples=5, seed=3)
     np.testing.assert_array_equal(mc, _mc_whole_passes(est, x, 5, 3))  # same masks, same order: identical
     assert not np.allclose(mc[0], mc[1])
+
+
+# --- torch's global RNG is the caller's: seeded only inside the learner's calls -----------------------------------
+def test_reset_fit_and_mc_dropout_leave_the_global_torch_rng_alone(digits):
+    est = TorchLearner("mlp", 10, (1, 8, 8), epochs=2, min_steps=20)
+    x, y = digits.train_x[:60], digits.train_y[:60]
+    for call in (lambda: est.reset(3), lambda: est.fit(x, y, seed=4),
+                 lambda: est.mc_predict_proba(digits.test_x[:10], 3, seed=5)):
+        torch.manual_seed(1234)
+        state = torch.get_rng_state()
+        call()
+        assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_results_do_not_depend_on_the_callers_rng_and_match_seeding_it_for_good(digits):
+    """The weights of reset(s) are those of torch.manual_seed(s) then building the model, as before the learner
+    stopped seeding the global RNG for good; fit and MC dropout give the same numbers whatever the caller drew."""
+    x, y, xt = digits.train_x[:80], digits.train_y[:80], digits.test_x[:30]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(9)
+        ref = build_model("mlp", 10, (1, 8, 8)).state_dict()
+    out = []
+    for caller_seed in (0, 1):
+        torch.manual_seed(caller_seed)
+        est = TorchLearner("mlp", 10, (1, 8, 8), epochs=2, min_steps=20).reset(9)
+        assert all(torch.equal(v, ref[k]) for k, v in est.network.state_dict().items())
+        torch.rand(5)  # the caller draws in between
+        est.fit(x, y, seed=2)
+        out.append((est.predict_proba(xt), est.mc_predict_proba(xt, 4, seed=6)))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mc_trunk_bytes_is_a_setting_and_only_changes_memory_not_results(digits):
+    x = digits.test_x[:50]
+    base = TorchLearner("mlp", 10, (1, 8, 8), epochs=1, min_steps=5).fit(digits.train_x[:30], digits.train_y[:30])
+    assert base.get_params()["mc_trunk_bytes"] == 1 << 30
+    # 0 bytes: the shared trunk never fits, so every pass runs the whole model
+    whole = TorchLearner("mlp", 10, (1, 8, 8), epochs=1, min_steps=5, mc_trunk_bytes=0)
+    whole.fit(digits.train_x[:30], digits.train_y[:30])
+    np.testing.assert_array_equal(base.mc_predict_proba(x, 4, seed=1), whole.mc_predict_proba(x, 4, seed=1))
+    np.testing.assert_array_equal(whole.mc_predict_proba(x, 4, seed=1), _mc_whole_passes(whole, x, 4, 1))
