@@ -47,3 +47,12 @@ class LabelsPending(ALError):
 
 class IncompatibleStrategyError(ConfigError):
     """The learner cannot provide what a strategy needs (for example MC dropout without dropout layers)."""
+
+
+class StrategyError(ALError):
+    """A strategy broke its contract: wrong number of ids, duplicate ids, scores and ids of different shapes, or a
+    constructor setting not stored under its own name. A bug in the strategy, not in the user's settings."""
+
+
+class ModelError(ALError):
+    """The trained model gave outputs that cannot be used, such as NaN acquisition scores (diverged training)."""

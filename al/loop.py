@@ -261,7 +261,7 @@ class Experiment:
             if c.pool_subset and c.pool_subset < len(unlabelled):
                 cand = np.sort(rng_sub.choice(unlabelled, size=max(c.pool_subset, n), replace=False))
             ctx = Context(cand, st.labelled_ids(), learner=self.learner, inputs_of=self.inputs_of,
-                          mc_samples=c.mc_samples, seed=int(round_rng(c.seed, r, "mc").integers(2**31)),
+                          mc_samples=c.mc_samples, rng_for=lambda purpose: round_rng(c.seed, r, purpose),
                           n_classes=self.dataset.n_classes)
             sel = self.strategy(ctx, n, round_rng(c.seed, r, "select"))
             ids, scores = sel.ids, sel.scores

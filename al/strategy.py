@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 import numpy as np
 import torch
 
-from .errors import ConfigError, IncompatibleStrategyError
+from .errors import ConfigError, IncompatibleStrategyError, ModelError, StrategyError
+from .seeding import RngFor, mc_dropout_seed, round_rng
 
 if TYPE_CHECKING:
     from .learner import TorchLearner
@@ -38,15 +39,25 @@ class Selection:
 
 
 def top_n(scores: np.ndarray, ids: np.ndarray, n: int) -> Selection:
-    """The ``n`` highest scores; ties broken by the smaller sample id, so picks never depend on pool order."""
+    """The ``n`` highest scores; ties broken by the smaller sample id, so picks never depend on pool order.
+
+    scores: (n_candidates,) float; ids: (n_candidates,) int. StrategyError when their shapes differ (a bug in the
+    strategy); ModelError when a score is NaN (the model's outputs are not finite).
+    """
     scores = np.asarray(scores, dtype=np.float64)
     ids = np.asarray(ids, dtype=np.int64)
     if scores.shape != ids.shape:
-        raise ValueError(f"scores {scores.shape} and ids {ids.shape} differ in shape")
+        raise StrategyError(f"scores {scores.shape} and ids {ids.shape} differ in shape; a strategy must score "
+                            f"every candidate it ranks, one score per id")
     if np.isnan(scores).any():
-        raise ValueError("acquisition scores contain NaN; the model's outputs are probably not finite")
+        raise ModelError(f"acquisition scores contain NaN ({int(np.isnan(scores).sum())} of {scores.size}); the "
+                         f"model's outputs are probably not finite: lower the learning rate or check the inputs")
     order = np.lexsort((ids, -scores))[:n]
     return Selection(ids[order], scores[order], scores)
+
+
+def _default_rng_for(purpose: str) -> np.random.Generator:
+    return round_rng(0, 0, purpose)
 
 
 class Context:
@@ -56,19 +67,24 @@ class Context:
     ``--pool-subset`` is set). labelled: (n_labelled,) int64 ids already labelled.
     Arrays may be given directly (tests, modAL interop); anything missing is computed with the learner from
     ``inputs_of(ids)``.
+
+    rng_for: ``rng_for(purpose)`` returns a fresh numpy generator for one purpose of this round, the same one on
+    every call; the loop passes ``lambda purpose: round_rng(seed, round_idx, purpose)``. It is the only source of
+    the context's own randomness: the MC-dropout masks are seeded by ``mc_dropout_seed(rng_for("mc"))``.
+    Default: ``round_rng(0, 0, purpose)``, so a context built by hand is deterministic.
     """
 
     def __init__(self, candidates: np.ndarray, labelled: np.ndarray | None = None, *,
                  learner: "TorchLearner | None" = None, inputs_of: Any = None,
                  probs: np.ndarray | None = None, mc_probs: np.ndarray | None = None,
                  embeddings: np.ndarray | None = None, labelled_embeddings: np.ndarray | None = None,
-                 mc_samples: int = 20, seed: int = 0, n_classes: int | None = None) -> None:
+                 mc_samples: int = 20, rng_for: RngFor | None = None, n_classes: int | None = None) -> None:
         self.candidates = np.asarray(candidates, dtype=np.int64)
         self.labelled = np.asarray(labelled if labelled is not None else [], dtype=np.int64)
         self.learner = learner
         self._inputs_of = inputs_of
         self.mc_samples = mc_samples
-        self.seed = seed
+        self.rng_for: RngFor = rng_for if rng_for is not None else _default_rng_for
         self._n_classes = n_classes
         for name, value in (("probs", probs), ("mc_probs", mc_probs), ("embeddings", embeddings),
                             ("labelled_embeddings", labelled_embeddings)):
@@ -98,7 +114,8 @@ class Context:
     @cached_property
     def mc_probs(self) -> np.ndarray:
         """(mc_samples, n_candidates, n_classes) float64, MC-dropout."""
-        return self._need("mc_probs").mc_predict_proba(self.inputs, self.mc_samples, seed=self.seed)
+        seed = mc_dropout_seed(self.rng_for("mc"))
+        return self._need("mc_probs").mc_predict_proba(self.inputs, self.mc_samples, seed=seed)
 
     @cached_property
     def embeddings(self) -> np.ndarray:
@@ -151,7 +168,8 @@ class Strategy:
             learner.last_linear()
 
     def __call__(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
-        """Validate ``n`` then select; the result is checked against the contract."""
+        """Validate ``n`` then select; the result is checked against the contract (StrategyError if broken)."""
+        self.params()  # a setting not stored under its name fails here, before any work
         n_cand = len(ctx.candidates)
         if n < 1:
             raise ConfigError(f"query size must be at least 1, got {n}")
@@ -161,14 +179,32 @@ class Strategy:
         sel = self.select(ctx, n, rng)
         ids = np.asarray(sel.ids, dtype=np.int64)
         if len(ids) != n or len(np.unique(ids)) != n:
-            raise AssertionError(f"strategy {self.name!r} returned {len(ids)} ids ({len(np.unique(ids))} unique), "
-                                 f"expected {n} unique ids")
+            raise StrategyError(f"strategy {self.name!r} returned {len(ids)} ids ({len(np.unique(ids))} unique), "
+                                f"expected {n} unique ids; fix its select() to return exactly n distinct candidates")
         return sel
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        # repr must not raise (it is printed inside other errors), so a setting that was not stored is shown so.
+        params = ", ".join(f"{k}={getattr(self, k)!r}" if hasattr(self, k) else f"{k}=<not stored>"
+                           for k in self._setting_names())
         return f"{type(self).__name__}({params})"
 
-    def params(self) -> dict[str, Any]:
+    def _setting_names(self) -> list[str]:
         sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
+        return [k for k, p in sig.parameters.items() if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def params(self) -> dict[str, Any]:
+        """Every constructor setting by name, read back from ``self.<name>`` (the store records these, and a run
+        resumes only under the same ones).
+
+        A setting kept under another name would drop out of the record and let a changed value resume unnoticed,
+        so it is a StrategyError instead. ``*args``/``**kwargs`` are not settings and are skipped.
+        """
+        names = self._setting_names()
+        missing = [k for k in names if not hasattr(self, k)]
+        if missing:
+            raise StrategyError(
+                f"{type(self).__name__} takes {', '.join(map(repr, missing))} but does not store "
+                f"{'it' if len(missing) == 1 else 'them'}; store each constructor setting as self.<name> "
+                f"(self.{missing[0]} = {missing[0]}) so that runs record it and resume only under the same value")
+        return {k: getattr(self, k) for k in names}

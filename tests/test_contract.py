@@ -15,6 +15,7 @@ import torch
 
 from al.errors import ConfigError
 from al.learner import TorchLearner
+from al.seeding import round_rng
 from al.strategy import Context
 from strategies import STRATEGIES, build_strategy
 
@@ -37,7 +38,7 @@ def make_ctx(trained, candidates=None) -> Context:
     cand = cand if candidates is None else candidates
     # inputs_of hands out a copy each call, as the loop does; the test also checks the source is untouched.
     return Context(cand, labelled, learner=learner, inputs_of=lambda ids: x[torch.from_numpy(ids)],
-                   mc_samples=5, seed=3, n_classes=10)
+                   mc_samples=5, rng_for=lambda purpose: round_rng(3, 1, purpose), n_classes=10)
 
 
 def model_snapshot(model: torch.nn.Module):

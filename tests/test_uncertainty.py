@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from al.errors import ConfigError
+from al.errors import ConfigError, ModelError, StrategyError
 from al.strategy import Context, top_n
 from strategies import build_strategy
 from strategies.uncertainty import entropy_score, least_confidence_score, margin_score
@@ -43,9 +43,14 @@ def test_ties_broken_by_id_not_position():
     assert top_n(scores, ids, 2).ids.tolist() == [3, 5]
 
 
-def test_nan_scores_refused():
-    with pytest.raises(ValueError, match="NaN"):
+def test_nan_scores_refused_as_a_model_problem():
+    with pytest.raises(ModelError, match="NaN .*model's outputs"):
         top_n(np.array([np.nan, 1.0]), np.array([0, 1]), 1)
+
+
+def test_scores_and_ids_of_different_shapes_are_a_strategy_bug():
+    with pytest.raises(StrategyError, match=r"scores \(3,\) and ids \(2,\) differ"):
+        top_n(np.array([0.1, 0.2, 0.3]), np.array([0, 1]), 1)
 
 
 def test_random_is_seeded_and_unique():

@@ -116,10 +116,11 @@ class ModalQueryStrategy:
 
         k = self.calls
         self.calls += 1
+        # Call k is round k: the same (seed, round, purpose) generators as the loop's, MC-dropout masks included.
         ctx = Context(np.arange(n_pool), np.arange(n_pool, n_pool + len(train)), learner=est, inputs_of=inputs_of,
-                      mc_samples=self.mc_samples, seed=int(round_rng(self.seed, k, "mc").integers(2**31)),
+                      mc_samples=self.mc_samples, rng_for=lambda purpose: round_rng(self.seed, k, purpose),
                       n_classes=est.n_classes)
-        sel = self.strategy(ctx, int(n_instances), round_rng(self.seed, k, "select"))
+        sel = self.strategy(ctx, int(n_instances), ctx.rng_for("select"))
         return np.asarray(sel.ids, dtype=np.int64), np.asarray(sel.scores, dtype=np.float64)
 
     def __repr__(self) -> str:
