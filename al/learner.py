@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -122,7 +122,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         self.mc_trunk_bytes = mc_trunk_bytes
 
     # --- construction -------------------------------------------------------------------------------------------
-    def reset(self, seed: int | None = None) -> "TorchLearner":
+    def reset(self, seed: int | None = None) -> TorchLearner:
         """Build a fresh, seeded model (the weights depend on ``seed`` only; the caller's torch RNG is untouched)."""
         with torch_rng_scope(self.seed if seed is None else seed):
             self._build()
@@ -149,7 +149,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         return self.module_
 
     # --- training -----------------------------------------------------------------------------------------------
-    def fit(self, X: ArrayLike, y: ArrayLike, seed: int | None = None) -> "TorchLearner":
+    def fit(self, X: ArrayLike, y: ArrayLike, seed: int | None = None) -> TorchLearner:
         """Train on ``X: (n, ...)``, ``y: (n,)``. ``seed`` fixes initialisation, batch order and dropout masks.
 
         The caller's torch RNG state is restored afterwards. With ``warm_start`` the training-time dropout masks
@@ -203,7 +203,8 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         net = self.network
         x = as_tensor(X)
         with eval_mode(net):
-            out = [net(b) for b in self._progress(batches(x, self.eval_batch_size), "predict", len(x) >= 4 * self.eval_batch_size)]
+            parts = self._progress(batches(x, self.eval_batch_size), "predict", len(x) >= 4 * self.eval_batch_size)
+            out = [net(b) for b in parts]
         return torch.cat(out) if out else torch.empty(0, self.n_classes)
 
     def _progress(self, it, desc: str, worth_showing: bool = True):  # noqa: ANN001, ANN202
@@ -245,7 +246,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
             # The deterministic layers before the first dropout run once; only the rest repeats per pass (for the
             # cnn that is ~8% of a forward pass). Same masks in the same order, so the same result as whole passes.
             k, head, inputs = deterministic_trunk(net), net, list(batches(x, self.eval_batch_size))
-            if k:
+            if k and isinstance(net, nn.Sequential):  # k > 0 only for a plain Sequential
                 trunk_net, trunk, size = net[:k], [], 0
                 for b in inputs:  # stop as soon as the shared output would exceed the memory bound
                     trunk.append(trunk_net(b))

@@ -41,9 +41,10 @@ import inspect
 import json
 import math
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -202,7 +203,7 @@ def variant_labels(runs: pd.DataFrame) -> pd.Series:
         keys = sorted(set().union(*sets))
         if defaults is None:  # unknown strategy: name the settings that differ between its variants
             keys = [k for k in keys if len({json.dumps(x.get(k), default=str) for x in sets}) > 1]
-        for idx, st in zip(g.index, sets):
+        for idx, st in zip(g.index, sets, strict=True):
             diff = [k for k in keys if k in st and (defaults is None or k not in defaults or st[k] != defaults[k])]
             labels[idx] = f"{name}({', '.join(f'{k}={_fmt_setting(st[k])}' for k in diff)})" if diff else name
     return labels
@@ -234,7 +235,7 @@ def learning_curves(store: Store, dataset: str | None = None) -> pd.DataFrame:
     runs = runs_table(store, dataset)
     cur = store.curves()
     cur = cur[cur["run"].isin(runs["run"])].copy()
-    cur["strategy"] = cur["run"].map(dict(zip(runs["run"], runs["strategy"])))
+    cur["strategy"] = cur["run"].map(dict(zip(runs["run"], runs["strategy"], strict=True)))
     return cur.merge(runs[["run", "protocol", "in_progress"]], on="run", how="left").reset_index(drop=True)
 
 
@@ -349,7 +350,7 @@ def interim_table(curves: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
     rows = []
     for strat, g in curves[curves["strategy"].isin(furthest.index)].groupby("strategy"):
         vals_a, vals_acc, prog = [], [], 0
-        for run, rg in g.groupby("run"):
+        for _, rg in g.groupby("run"):
             if rg["n_labelled"].max() < n_common:
                 continue
             cut = rg[rg["n_labelled"] <= n_common]
@@ -371,7 +372,8 @@ def interim_markdown(t: pd.DataFrame, n_common: int) -> str:
     lines = [f"Interim comparison counting runs in progress: every curve cut at {n_common} labels, the furthest "
              f"point every strategy has reached (AUBC over the cut curve; mean ± std over the runs that reached "
              f"it). Not a substitute for the table above: short curves weigh the early rounds only.", "",
-             f"| strategy | runs (of which in progress) | AUBC up to {n_common} | acc @ {n_common} |", "|---|---|---|---|"]
+             f"| strategy | runs (of which in progress) | AUBC up to {n_common} | acc @ {n_common} |",
+             "|---|---|---|---|"]
     for strat, r in t.iterrows():
         a = f"{r['aubc_to_common_mean']:.3f}{sd(r['aubc_to_common_std'])}"
         c = f"{r['acc_at_common_mean']:.3f}{sd(r['acc_at_common_std'])}"
@@ -501,7 +503,7 @@ def plot_learning_curves(curves: pd.DataFrame, path: str | Path, title: str = ""
             st["std"] = st["std"].fillna(0.0)
             ax.plot(st["n_labelled"], st["mean"], color=c, lw=1.8, label=f"{s} (n={n_seeds}){flag}")
             ax.fill_between(st["n_labelled"], st["mean"] - st["std"], st["mean"] + st["std"], color=c, alpha=0.15)
-        for j, (run, rg) in enumerate(g[g["in_progress"]].groupby("run")):
+        for j, (_, rg) in enumerate(g[g["in_progress"]].groupby("run")):
             ax.plot(rg["n_labelled"], rg["accuracy"], color=c, lw=0.9, ls="--",
                     label=f"{s}: {IN_PROGRESS}" if j == 0 else None)
     ax.set_xlabel("labelled samples")
@@ -528,7 +530,7 @@ def plot_batch_uncertainty(unc: pd.DataFrame, path: str | Path, title: str = "")
     cols = min(3, len(strategies))
     rows = math.ceil(len(strategies) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, s in zip(axes.flat, strategies):
+    for ax, s in zip(axes.flat, strategies):  # noqa: B905 - axes may outnumber strategies (blanked below)
         g = unc[unc["strategy"] == s].groupby("labels_before")[["batch_mean", "pool_q25", "pool_median",
                                                                   "pool_q75"]].mean().reset_index()
         ax.plot(g["labels_before"], g["batch_mean"], lw=1.6, label="acquired batch (mean)")
@@ -636,8 +638,8 @@ def write_report(store: Store, out: str | Path, dataset: str | None = None, at_l
     sections = []
     for s in summaries(store, dataset, at_labels, targets):
         cur = curves[curves["protocol"] == s.protocol]
-        png = plot_learning_curves(cur, out / f"{s.protocol}-curves.png", f"{s.protocol}: " + describe_protocol(s.config),
-                                   s.table)
+        png = plot_learning_curves(cur, out / f"{s.protocol}-curves.png",
+                                   f"{s.protocol}: " + describe_protocol(s.config), s.table)
         written.append(png)
         upng = plot_batch_uncertainty(batch_uncertainty(store, cur), out / f"{s.protocol}-uncertainty.png",
                                       f"{s.protocol}: acquisition scores of the acquired batch vs the candidates")

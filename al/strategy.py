@@ -7,9 +7,10 @@ strategies the trained model and the pool inputs.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ class Context:
     """
 
     def __init__(self, candidates: np.ndarray, labelled: np.ndarray | None = None, *,
-                 learner: "TorchLearner | None" = None, inputs_of: Any = None,
+                 learner: TorchLearner | None = None, inputs_of: Any = None,
                  probs: np.ndarray | None = None, mc_probs: np.ndarray | None = None,
                  embeddings: np.ndarray | None = None, labelled_embeddings: np.ndarray | None = None,
                  mc_samples: int = 20, rng_for: RngFor | None = None, n_classes: int | None = None) -> None:
@@ -91,7 +92,7 @@ class Context:
             if value is not None:
                 self.__dict__[name] = np.asarray(value)
 
-    def _need(self, what: str) -> "TorchLearner":
+    def _need(self, what: str) -> TorchLearner:
         if self.learner is None:
             raise IncompatibleStrategyError(f"this context has no learner to compute {what!r}; pass it directly")
         return self.learner
@@ -158,7 +159,7 @@ class Strategy:
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         raise NotImplementedError
 
-    def check_learner(self, learner: "TorchLearner") -> None:
+    def check_learner(self, learner: TorchLearner) -> None:
         """Raise IncompatibleStrategyError early if ``learner`` cannot provide what this strategy needs."""
         if "mc_probs" in self.needs and not learner.has_dropout:
             raise IncompatibleStrategyError(

@@ -25,8 +25,9 @@ def test_model_errors():
 
 
 def test_fit_is_seeded_and_learns(digits):
-    a = TorchLearner("mlp", 10, (1, 8, 8), epochs=5, min_steps=100).fit(digits.train_x[:300], digits.train_y[:300], seed=1)
-    b = TorchLearner("mlp", 10, (1, 8, 8), epochs=5, min_steps=100).fit(digits.train_x[:300], digits.train_y[:300], seed=1)
+    x, y = digits.train_x[:300], digits.train_y[:300]
+    a = TorchLearner("mlp", 10, (1, 8, 8), epochs=5, min_steps=100).fit(x, y, seed=1)
+    b = TorchLearner("mlp", 10, (1, 8, 8), epochs=5, min_steps=100).fit(x, y, seed=1)
     pa, pb = a.predict_proba(digits.test_x), b.predict_proba(digits.test_x)
     np.testing.assert_array_equal(pa, pb)
     assert pa.shape == (360, 10) and np.allclose(pa.sum(1), 1)
@@ -183,7 +184,7 @@ def test_results_do_not_depend_on_the_callers_rng_and_match_seeding_it_for_good(
         torch.rand(5)  # the caller draws in between
         est.fit(x, y, seed=2)
         out.append((est.predict_proba(xt), est.mc_predict_proba(xt, 4, seed=6)))
-    for a, b in zip(*out):
+    for a, b in zip(*out, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
