@@ -3,6 +3,7 @@
 Exit codes: 0 done, 2 bad usage or configuration, 3 waiting for labels (a human oracle answered part of a
 query), 1 any other failure (the store keeps everything recorded so far; run the same command again).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ import json
 import sys
 import time
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import ALError, ConfigError, DataError, LabelsPending, OracleError, StoreError
 from .loop import DATASET_DEFAULTS, Experiment, ExperimentConfig, RoundReport
@@ -24,8 +25,10 @@ examples:
 
 Running the same command again continues the run from the store; a finished run is reported, not repeated.
 Dataset defaults (init-size / query-size / pool-subset / epochs / min-steps):
-""" + "\n".join(f"  {k}: {v['init_size']} / {v['query_size']} / {v['pool_subset']} / {v['epochs']} / {v['min_steps']}"
-                for k, v in DATASET_DEFAULTS.items())
+""" + "\n".join(
+    f"  {k}: {v['init_size']} / {v['query_size']} / {v['pool_subset']} / {v['epochs']} / {v['min_steps']}"
+    for k, v in DATASET_DEFAULTS.items()
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,17 +37,24 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
     from .registry import STRATEGIES
 
-    from .data import DATASETS
-
-    p = _Parser(prog="python -m al.bench", description=__doc__.splitlines()[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p = _Parser(
+        prog="python -m al.bench",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
     a = p.add_argument
     a("--dataset", default="mnist", help=f"dataset to learn ({', '.join(DATASETS.names())}); default mnist")
     a("--strategy", default="entropy", help=f"acquisition strategy ({', '.join(STRATEGIES.names())})")
-    a("--strategy-kwargs", default="{}", metavar="JSON",
-      help="JSON object of strategy parameters, e.g. '{\"layer_alpha\": 2}'")
+    a(
+        "--strategy-kwargs",
+        default="{}",
+        metavar="JSON",
+        help="JSON object of strategy parameters, e.g. '{\"layer_alpha\": 2}'",
+    )
     a("--budget", type=int, default=2000, help="total labels including the initial set (default 2000)")
     a("--init-size", type=int, help="random labels before the first query (dataset default)")
     a("--init-balanced", action="store_true", help="draw the initial set class-balanced (BatchBALD protocol)")
@@ -59,13 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     a("--pool-subset", type=int, help="score a random subset of N unlabelled samples per round; 0 = whole pool")
     a("--mc-samples", type=int, default=20, help="MC-dropout passes for bald/batchbald (default 20)")
     a("--warm-start", action="store_true", help="fine-tune last round's model instead of retraining from scratch")
-    a("--oracle", default="ground-truth",
-      help="who labels: ground-truth, noisy:<fraction>, csv (file hand-off, needs --oracle-dir), prompt (you, at "
-           "this terminal), or package.module:factory (default ground-truth)")
-    a("--oracle-dir", metavar="DIR", help="--oracle csv: folder for queries-round-N.csv (with the images) and "
-                                          "answers-round-N.csv; one folder per run")
-    a("--oracle-timeout", type=float, metavar="SECONDS",
-      help="stop the run (the query stays saved) if the oracle gives no answer within SECONDS")
+    a(
+        "--oracle",
+        default="ground-truth",
+        help="who labels: ground-truth, noisy:<fraction>, csv (file hand-off, needs --oracle-dir), prompt (you, at "
+        "this terminal), or package.module:factory (default ground-truth)",
+    )
+    a(
+        "--oracle-dir",
+        metavar="DIR",
+        help="--oracle csv: folder for queries-round-N.csv (with the images) and "
+        "answers-round-N.csv; one folder per run",
+    )
+    a(
+        "--oracle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop the run (the query stays saved) if the oracle gives no answer within SECONDS",
+    )
     a("--store", default=DEFAULT_URL, help=f"SQLAlchemy URL of the store (default {DEFAULT_URL})")
     a("--run-name", help="name of the run in the store (default <dataset>-<strategy>-seed<seed>)")
     a("--data-dir", help="data root (default $AL_DATA_DIR, else ~/.cache/al/data)")
@@ -77,8 +98,10 @@ def _configs(args: argparse.Namespace) -> list[ExperimentConfig]:
     try:
         kwargs = json.loads(args.strategy_kwargs)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"--strategy-kwargs is not valid JSON ({e.msg} at column {e.colno}); "
-                          f"give an object such as '{{\"layer_alpha\": 2}}'") from None
+        raise ConfigError(
+            f"--strategy-kwargs is not valid JSON ({e.msg} at column {e.colno}); "
+            f"give an object such as '{{\"layer_alpha\": 2}}'"
+        ) from None
     if not isinstance(kwargs, dict):
         raise ConfigError("--strategy-kwargs must be a JSON object, e.g. '{\"layer_alpha\": 2}'")
     seeds = args.seeds if args.seeds else [args.seed]
@@ -86,19 +109,36 @@ def _configs(args: argparse.Namespace) -> list[ExperimentConfig]:
         raise ConfigError("--run-name names one run; drop it when giving several --seeds")
     out = []
     for s in seeds:
-        out.append(ExperimentConfig(
-            dataset=args.dataset, strategy=args.strategy, strategy_kwargs=kwargs, budget=args.budget,
-            init_size=args.init_size, query_size=args.query_size, seed=s, model=args.model, epochs=args.epochs,
-            min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr, pool_subset=args.pool_subset,
-            warm_start=args.warm_start, init_balanced=args.init_balanced, oracle=args.oracle,
-            mc_samples=args.mc_samples))
+        out.append(
+            ExperimentConfig(
+                dataset=args.dataset,
+                strategy=args.strategy,
+                strategy_kwargs=kwargs,
+                budget=args.budget,
+                init_size=args.init_size,
+                query_size=args.query_size,
+                seed=s,
+                model=args.model,
+                epochs=args.epochs,
+                min_steps=args.min_steps,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                pool_subset=args.pool_subset,
+                warm_start=args.warm_start,
+                init_balanced=args.init_balanced,
+                oracle=args.oracle,
+                mc_samples=args.mc_samples,
+            )
+        )
     return out
 
 
 def _print_round(rep: RoundReport) -> None:
-    print(f"round {rep.round_idx:3d}  labels {rep.n_labelled:6d}  accuracy {rep.accuracy:.4f}  "
-          f"train {rep.train_seconds:6.1f}s  select {rep.select_seconds:6.1f}s  store {rep.store_seconds:5.2f}s",
-          flush=True)
+    print(
+        f"round {rep.round_idx:3d}  labels {rep.n_labelled:6d}  accuracy {rep.accuracy:.4f}  "
+        f"train {rep.train_seconds:6.1f}s  select {rep.select_seconds:6.1f}s  store {rep.store_seconds:5.2f}s",
+        flush=True,
+    )
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' hook
@@ -115,17 +155,24 @@ _default_show_warning = warnings.showwarning
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.showwarning = _show_warning
-    try:
-        from .registry import STRATEGIES
+    # catch_warnings puts the caller's hook (pytest's, a notebook's) back when main returns or raises.
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _run(args)
 
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         from .data import DATASETS
+        from .registry import STRATEGIES
 
         configs = _configs(args)
         if args.oracle_dir and args.oracle != "csv":
             # Without this, a person who forgot --oracle csv would get a simulated run instead of their labels.
-            raise ConfigError(f"--oracle-dir is only used by --oracle csv, but --oracle is {args.oracle!r}; add "
-                              f"--oracle csv to label through files, or drop --oracle-dir")
+            raise ConfigError(
+                f"--oracle-dir is only used by --oracle csv, but --oracle is {args.oracle!r}; add "
+                f"--oracle csv to label through files, or drop --oracle-dir"
+            )
         # Names are checked before anything is loaded or written.
         STRATEGIES.get(args.strategy)
         DATASETS.get(args.dataset)
@@ -137,9 +184,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         experiments: list[Experiment] = []
         for c in configs:
             # The first experiment checks everything and only then opens the store; the others share it.
-            experiments.append(Experiment(c, experiments[0].store if experiments else args.store, name=args.run_name,
-                                          dataset=dataset, progress=not args.no_progress, on_round=_print_round,
-                                          oracle_dir=args.oracle_dir, oracle_timeout=args.oracle_timeout))
+            experiments.append(
+                Experiment(
+                    c,
+                    experiments[0].store if experiments else args.store,
+                    name=args.run_name,
+                    dataset=dataset,
+                    progress=not args.no_progress,
+                    on_round=_print_round,
+                    oracle_dir=args.oracle_dir,
+                    oracle_timeout=args.oracle_timeout,
+                )
+            )
         store = experiments[0].store
     except (ConfigError, StoreError, DataError, OracleError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -155,8 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if before == "finished":
             print(f"run {exp.name!r} is already finished in {args.store}; nothing to do")
         else:
-            print(f"run {exp.name!r}: {exp.config.dataset}, strategy {exp.strategy!r}, budget {exp.config.budget}, "
-                  f"query size {exp.config.query_size}, pool subset {exp.config.pool_subset or 'all'}", flush=True)
+            print(
+                f"run {exp.name!r}: {exp.config.dataset}, strategy {exp.strategy!r}, budget {exp.config.budget}, "
+                f"query size {exp.config.query_size}, pool subset {exp.config.pool_subset or 'all'}",
+                flush=True,
+            )
         try:
             exp.run()
         except LabelsPending as e:

@@ -76,3 +76,37 @@ def test_unknown_flag_and_help():
                  "--epochs", "--pool-subset", "--store", "--data-dir", "--warm-start", "--strategy-kwargs",
                  "--oracle"]:
         assert flag in r.stdout
+
+
+HALF_ORACLE = '''
+def half(labels, n_classes):
+    """Answers the first half of each query, as a person who labels part of a batch and stops."""
+    def label(ids):
+        return {int(i): int(labels[i]) for i in ids[: len(ids) // 2]}
+    return label
+'''
+
+
+def test_waiting_for_labels_exits_3_every_time(tmp_path):
+    """A run that stops to wait for labels exits 3, not 134 (issue 12 item 1: the claim's heartbeat thread was
+    signalled but never joined, and died during interpreter shutdown while freeing torch objects). A real
+    subprocess each time, since an in-process main() never reaches interpreter shutdown."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    (tmp_path / "halfmod.py").write_text(HALF_ORACLE)
+    url = f"sqlite:///{tmp_path / 'waiting.db'}"
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+
+    def one(k: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "al.bench", "--dataset", "digits", "--budget", "40", "--init-size", "20",
+               "--query-size", "10", "--epochs", "2", "--min-steps", "10", "--oracle", "halfmod:half",
+               "--run-name", f"h{k}", "--store", url, "--no-progress"]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(3) as pool:  # three at a time on one store: also concurrent writers
+        results = list(pool.map(one, range(10)))
+    codes = [r.returncode for r in results]
+    assert codes == [3] * 10, (codes, [r.stderr[-800:] for r in results if r.returncode != 3])
+    assert all("waiting: round 0: 10 of 20 queried samples still await a label" in r.stderr for r in results)
+    s = Store(url)
+    assert all(s.state(f"h{k}").status == "waiting" and len(s.state(f"h{k}").labels) == 10 for k in range(10))

@@ -194,3 +194,43 @@ def test_run_recorded_before_a_strategy_setting_existed_resumes(digits, tmp_path
     assert st.status == "finished" and len(st.labels) == cfg.budget
     assert "perturb" not in Store(url).state(exp.name).config["strategy_params"]
 
+
+
+class _Interrupting:
+    """An oracle that answers ``n_ok`` calls, then behaves as ``how``: half an answer, an error, or Ctrl-C."""
+
+    name = "ground-truth"
+
+    def __init__(self, labels, how: str, n_ok: int = 1) -> None:
+        self.labels, self.how, self.n_ok, self.calls = labels, how, n_ok, 0
+
+    def label(self, ids):
+        self.calls += 1
+        if self.calls > self.n_ok and self.how != "done":
+            if self.how == "error":
+                raise RuntimeError("labeller gone")
+            if self.how == "interrupt":
+                raise KeyboardInterrupt
+            ids = ids[: len(ids) // 2]  # "waiting"
+        return {int(i): int(self.labels[i]) for i in ids}
+
+
+@pytest.mark.parametrize("how,exc", [("done", None), ("waiting", "LabelsPending"), ("error", "OracleError"),
+                                     ("interrupt", "KeyboardInterrupt")])
+def test_heartbeat_thread_is_joined_on_every_exit(digits, store_url, how, exc):
+    """After ``run`` returns or raises, no heartbeat thread is left: one still alive at interpreter shutdown can
+    abort the process (exit 134) instead of its exit code (issue 12 item 1)."""
+    import threading
+
+    labels = digits.train_y.numpy()
+    exp = Experiment(fast_config(budget=60), store_url, dataset=digits, oracle=_Interrupting(labels, how))
+    exp.heartbeat_s = 0.005  # beating all the time, so a thread left behind would be caught in the act
+    if exc is None:
+        assert exp.run().status == "finished"
+    else:
+        with pytest.raises(BaseException) as caught:
+            exp.run()
+        assert type(caught.value).__name__ == exc
+    assert [t.name for t in threading.enumerate() if t.name.startswith("al-heartbeat-")] == []
+    expected = {"done": "finished", "waiting": "waiting", "error": "stopped", "interrupt": "stopped"}[how]
+    assert Store(store_url).state(exp.name).status == expected

@@ -1,0 +1,92 @@
+"""Building an experiment's parts from its config: the one place where dataset, strategy, learner, oracle and
+store are made, checked against each other, and handed to ``Experiment``.
+
+Order matters: everything that can be checked without writing is checked first (settings, names, the model's
+output size, the strategy's needs), and the store is opened last, so a bad setting writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .config import ExperimentConfig
+from .data import Dataset, load_dataset
+from .errors import ConfigError
+from .learner import TorchLearner
+from .oracles import Oracle, as_oracle, make_oracle
+from .registry import build_strategy
+from .store import Store
+from .strategy import Strategy
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What one run is made of. ``config`` is resolved: every dataset default filled in and checked."""
+
+    config: ExperimentConfig
+    dataset: Dataset
+    strategy: Strategy
+    learner: TorchLearner
+    oracle: Oracle
+    store: Store
+
+
+def build_parts(
+    config: ExperimentConfig,
+    store: Store | str,
+    *,
+    dataset: Dataset | None = None,
+    oracle: Any = None,
+    strategy: Strategy | None = None,
+    data_dir: str | None = None,
+    progress: bool = False,
+    oracle_dir: str | None = None,
+) -> Parts:
+    """The parts of a run of ``config``; ``dataset``, ``oracle``, ``strategy`` and ``store`` given as objects
+    are used as they are (an oracle object or function is wrapped as an ``Oracle``), the others are built."""
+    config.check()
+    dataset = dataset if dataset is not None else load_dataset(config.dataset, data_dir)
+    c = config.resolved(dataset)
+    strategy = strategy if strategy is not None else build_strategy(c.strategy, **c.strategy_kwargs)
+    if c.model is None or c.epochs is None or c.min_steps is None:  # resolved() fills them in; narrows the types
+        raise ConfigError(f"model, epochs and min_steps must be set or have a dataset default: {c}")
+    learner = TorchLearner(
+        c.model,
+        dataset.n_classes,
+        dataset.input_shape,
+        epochs=c.epochs,
+        min_steps=c.min_steps,
+        batch_size=c.batch_size,
+        lr=c.lr,
+        warm_start=c.warm_start,
+        seed=c.seed,
+        progress=progress,
+    )
+    probe_model(learner, dataset, c)
+    strategy.check_learner(learner)
+    del learner.module_  # checked; each round builds (or fine-tunes) its own model
+    labels = dataset.train_y.numpy()
+    # A user's object or function is wrapped once here, so that the loop only ever sees Oracle instances.
+    oracle = (
+        as_oracle(oracle)
+        if oracle is not None
+        else make_oracle(c.oracle, labels, dataset.n_classes, c.seed, dataset=dataset, oracle_dir=oracle_dir)
+    )
+    # The store is opened last: nothing is written until every setting has been checked.
+    return Parts(c, dataset, strategy, learner, oracle, store if isinstance(store, Store) else Store(store))
+
+
+def probe_model(learner: TorchLearner, dataset: Dataset, config: ExperimentConfig) -> None:
+    """Build the model once and check that it gives one output per class of ``dataset``."""
+    learner.reset(config.seed)
+    with torch.no_grad():
+        out = learner.logits(dataset.train_x[:2])
+    if out.shape[1] != dataset.n_classes:
+        raise ConfigError(
+            f"model {config.model!r} outputs {out.shape[1]} classes but dataset "
+            f"{dataset.name!r} has {dataset.n_classes}; build the model with "
+            f"n_classes={dataset.n_classes}"
+        )
