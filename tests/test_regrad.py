@@ -16,8 +16,7 @@ from al.errors import ConfigError
 from al.learner import TorchLearner
 from al.strategy import Context
 from strategies import STRATEGIES, build_strategy
-from strategies.regrad import (discover_layers, gradient_norms, gradnorm_scores, perturbation_noise,
-                               regrad_scores)
+from strategies.regrad import discover_layers, gradient_norms, gradnorm_scores, perturbation_noise, regrad_scores
 
 RTOL = 1e-4
 
@@ -219,15 +218,12 @@ def test_scores_match_the_naive_loop(name: str, m: int, sigma: float, aggregate:
 
 @pytest.mark.parametrize("rule", ["direct", "gram"])
 @pytest.mark.parametrize("name", ["cnn", "tokens", "mlp"])
-def test_direct_and_gram_forms_agree_with_the_naive_loop(monkeypatch, rule: str, name: str) -> None:
-    import strategies.regrad as rg
-
-    monkeypatch.setattr(rg, "PAIR_RULE", rule)
+def test_direct_and_gram_forms_agree_with_the_naive_loop(rule: str, name: str) -> None:
     m, sigma = (0, 0.0) if name == "tokens" else (2, 0.3)
     model, x = MODELS[name](), _inputs(name)
     norms, probs = _naive(name, m, sigma, "mean-grad")
     got = regrad_scores(model, x, class_weighting="uniform", layer_alpha=0.0, n_perturbations=m, sigma=sigma,
-                        aggregate="mean-grad")
+                        aggregate="mean-grad", pair_rule=rule)
     np.testing.assert_allclose(got, naive_score(norms, probs, "uniform", 0.0), rtol=RTOL)
 
 
@@ -345,17 +341,20 @@ def test_strategies_are_registered_and_select_through_a_context(digits) -> None:
         strat = build_strategy(name, **kw)
         strat.check_learner(learner)
         a = strat(ctx(), 10, np.random.default_rng(0))
-        b = strat(ctx(), 10, np.random.default_rng(1))
+        b = strat(ctx(), 10, np.random.default_rng(0))  # the same rng gives the same picks
         assert len(set(a.ids)) == 10 and set(a.ids) <= set(cand)
         np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.pool_scores, b.pool_scores)
+        if not kw:  # no noise: nothing is drawn from the rng, so any rng gives the same scores
+            np.testing.assert_array_equal(strat(ctx(), 10, np.random.default_rng(1)).pool_scores, a.pool_scores)
         assert a.pool_scores.shape == (100,)
         assert np.all(a.scores[:-1] >= a.scores[1:])
     ex = build_strategy("exgrad")
-    ref = regrad_scores(learner.module_, digits.train_x[cand], class_weighting="expected", layer_alpha=0,
+    ref = regrad_scores(learner.network, digits.train_x[cand], class_weighting="expected", layer_alpha=0,
                         n_perturbations=0)
     np.testing.assert_allclose(ex(ctx(), 5, np.random.default_rng(0)).pool_scores, ref)
     gn = build_strategy("gradnorm")(ctx(), 5, np.random.default_rng(0))
-    np.testing.assert_allclose(gn.pool_scores, -gradnorm_scores(learner.module_, digits.train_x[cand]))
+    np.testing.assert_allclose(gn.pool_scores, -gradnorm_scores(learner.network, digits.train_x[cand]))
 
 
 def test_bad_settings_are_refused_with_the_valid_choices() -> None:
@@ -372,13 +371,15 @@ def test_bad_settings_are_refused_with_the_valid_choices() -> None:
 def test_every_keyword_of_regrad_scores_is_a_strategy_setting() -> None:
     import inspect
 
-    kw = {k for k in inspect.signature(regrad_scores).parameters if k not in ("model", "inputs")}
+    # ids, rng and pair_rule are per call (which rows, which round, which speed path), not settings
+    kw = {k for k in inspect.signature(regrad_scores).parameters if k not in ("model", "inputs", "ids", "rng",
+                                                                             "pair_rule")}
     settings = dict(class_weighting="expected", layer_alpha=2.5, n_perturbations=3, sigma=0.2,
                     aggregate="mean-norm", combine="squared", top_k=4, seed=7, batch_size=64, last_layer_only=True,
                     perturb="params")
     assert set(settings) == kw
-    for name in ("regrad", "exgrad"):
-        assert build_strategy(name, **settings).params() == settings
+    for name in ("regrad", "exgrad"):  # noise is drawn here, so params() also says how it is keyed
+        assert build_strategy(name, **settings).params() == {**settings, "noise_key": "sample-id"}
 
 
 def test_works_under_no_grad_on_numpy_and_empty_inputs() -> None:

@@ -279,9 +279,10 @@ def test_strategy_accepts_perturb_and_rejects_bad_values(digits) -> None:
     cand = np.arange(60, 120)
     ctx = Context(cand, np.arange(60), learner=learner, inputs_of=lambda ids: digits.train_x[ids])
     sel = strat(ctx, 5, np.random.default_rng(0))
-    want = regrad_scores(learner.module_, digits.train_x[cand], **kw)
+    # select keys the noise by the candidates' ids and one draw from the round's rng
+    want = regrad_scores(learner.network, digits.train_x[cand], ids=cand, rng=np.random.default_rng(0), **kw)
     np.testing.assert_allclose(sel.pool_scores, want)
-    assert not np.allclose(want, regrad_scores(learner.module_, digits.train_x[cand], class_weighting="root",
+    assert not np.allclose(want, regrad_scores(learner.network, digits.train_x[cand], class_weighting="root",
                                                n_perturbations=2, sigma=0.1), rtol=1e-4)
 
     with pytest.raises(ConfigError, match=r"perturb must be one of \('input', 'params'\).*'weights'"):
@@ -297,11 +298,12 @@ def test_strategy_accepts_perturb_and_rejects_bad_values(digits) -> None:
 def test_every_keyword_of_regrad_scores_including_perturb_is_a_strategy_setting() -> None:
     import inspect
 
-    kw = {k for k in inspect.signature(regrad_scores).parameters if k not in ("model", "inputs")}
+    kw = {k for k in inspect.signature(regrad_scores).parameters if k not in ("model", "inputs", "ids", "rng",
+                                                                             "pair_rule")}
     settings = dict(class_weighting="expected", layer_alpha=2.5, n_perturbations=3, sigma=0.2,
                     aggregate="mean-norm", combine="squared", top_k=4, seed=7, batch_size=64, last_layer_only=True,
                     perturb="params")
     assert set(settings) == kw
     assert set(inspect.signature(gradient_norms).parameters) >= {"perturb"}
     for name in ("regrad", "exgrad"):
-        assert build_strategy(name, **settings).params() == settings
+        assert build_strategy(name, **settings).params() == {**settings, "noise_key": "sample-id"}

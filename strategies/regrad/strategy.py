@@ -1,0 +1,172 @@
+"""The REGrad-family strategies: :class:`REGrad`, its preset :class:`ExGrad`, and :class:`GradNorm`.
+
+References: Wang & Ji, CVPR 2024 (arXiv 2404.10124); Igoe et al., arXiv 2205.10439 (2022); Huang, Geng & Li,
+NeurIPS 2021.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from typing import Any, ClassVar
+
+import numpy as np
+from torch import nn
+
+from al.learner import last_linear
+from al.strategy import Context, Selection, Strategy, top_n
+
+from .scores import Inputs, gradnorm_scores, score_with
+from .settings import (
+    DEFAULT_AGGREGATE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CLASS_WEIGHTING,
+    DEFAULT_COMBINE,
+    DEFAULT_LAYER_ALPHA,
+    DEFAULT_N_PERTURBATIONS,
+    DEFAULT_PERTURB,
+    DEFAULT_SIGMA,
+    Aggregate,
+    ClassWeighting,
+    Combine,
+    Perturb,
+    REGradSettings,
+    count,
+    real,
+)
+
+_SETTINGS = frozenset(f.name for f in fields(REGradSettings))
+
+#: How a sample's perturbation noise is keyed (see :mod:`strategies.regrad.noise`); reported by ``params()`` only
+#: when noise is drawn, so that runs without noise, whose scores never depended on it, resume unchanged.
+NOISE_KEY = "sample-id"
+# Runs recorded before "perturb" existed perturbed the inputs; runs recorded before "noise_key" existed keyed a
+# sample's noise by its position among the round's candidates, so a stored perturbed run lacking it differs.
+_ADDED: Mapping[str, Any] = {"perturb": "input"}
+_ADDED_WITH_NOISE: Mapping[str, Any] = {**_ADDED, "noise_key": "batch-position"}
+
+
+def _with_defaults(init: Callable[..., None], preset: Mapping[str, Any], owner: type) -> Callable[..., None]:
+    """A copy of ``init`` (same code, same parameter names) whose defaults are replaced by ``preset``.
+
+    The copy has no ``__wrapped__``, so ``inspect.signature`` (the registry's keyword check, ``Strategy.params``,
+    ``help()``) shows the preset's defaults and exactly ``init``'s parameters.
+    """
+    sig = inspect.signature(init)
+    unknown = sorted(set(preset) - set(sig.parameters))
+    if unknown:
+        raise TypeError(f"{owner.__name__}.preset names {unknown}, which are not settings of {init.__qualname__}")
+    params = [p for p in sig.parameters.values() if p.default is not p.empty]
+    REGradSettings(**{p.name: preset.get(p.name, p.default) for p in params})  # a bad preset fails at import
+    func = types.FunctionType(init.__code__, init.__globals__, init.__name__,
+                              tuple(preset.get(p.name, p.default) for p in params), init.__closure__)
+    func.__annotations__ = dict(init.__annotations__)
+    func.__doc__ = init.__doc__
+    func.__module__ = owner.__module__
+    func.__qualname__ = f"{owner.__qualname__}.__init__"
+    return func
+
+
+class REGrad(Strategy):
+    """Acquire the highest REGrad epistemic uncertainty. Every setting of :func:`regrad_scores` is a keyword here,
+    held in one frozen :class:`REGradSettings` (``self.settings``; each is also readable as an attribute).
+
+    ``select`` draws one key from the round's ``rng`` (only when noise is drawn) and keys each candidate's input
+    noise by its global sample id, so a candidate's score does not depend on the other candidates. ``seed`` stays a
+    setting: an extra salt in every noise seed.
+
+    A subclass that sets ``preset`` (a mapping of settings to new defaults) is a preset of REGrad: its constructor
+    takes exactly REGrad's keywords, with those defaults (see :class:`ExGrad`).
+
+    References: Wang & Ji, CVPR 2024 (arXiv 2404.10124).
+    """
+
+    name = "regrad"
+    needs = frozenset({"model", "inputs"})
+    #: defaults that differ from REGrad's, for a preset subclass
+    preset: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, class_weighting: ClassWeighting = DEFAULT_CLASS_WEIGHTING,
+                 layer_alpha: float = DEFAULT_LAYER_ALPHA, n_perturbations: int = DEFAULT_N_PERTURBATIONS,
+                 sigma: float = DEFAULT_SIGMA, aggregate: Aggregate = DEFAULT_AGGREGATE,
+                 combine: Combine = DEFAULT_COMBINE, top_k: int | None = None, seed: int = 0,
+                 batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False,
+                 perturb: Perturb = DEFAULT_PERTURB) -> None:
+        self.settings = REGradSettings(class_weighting, layer_alpha, n_perturbations, sigma, aggregate, combine,
+                                       top_k, seed, batch_size, last_layer_only, perturb)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "preset" in vars(cls) and "__init__" not in vars(cls):
+            cls.__init__ = _with_defaults(REGrad.__init__, cls.preset, cls)  # type: ignore[method-assign]
+
+    def __getattr__(self, name: str) -> Any:
+        # only called when normal lookup fails: the settings read as attributes (Strategy.params, user code)
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in _SETTINGS:
+            return getattr(settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SETTINGS:
+            raise AttributeError(f"{type(self).__name__} settings are fixed at construction; build a new strategy "
+                                 f"with {name}={value!r} instead")
+        super().__setattr__(name, value)
+
+    @property
+    def params_added(self) -> Mapping[str, Any]:  # type: ignore[override]
+        """Settings added after runs were stored, with the value such a run used (see ``Strategy.params_added``).
+        ``noise_key`` is declared only when this strategy draws noise, the only case that reports it."""
+        return _ADDED_WITH_NOISE if self.settings.draws_noise else _ADDED
+
+    def params(self) -> dict[str, Any]:
+        p = super().params()
+        if self.settings.draws_noise:
+            p["noise_key"] = NOISE_KEY
+        return p
+
+    def scores(self, model: nn.Module, inputs: Inputs, *, ids: np.ndarray | None = None,
+               rng: np.random.Generator | None = None) -> np.ndarray:
+        """U(x), ``(N,)``, with this strategy's settings (see :func:`regrad_scores` for ``ids`` and ``rng``)."""
+        return score_with(self.settings, model, inputs, ids=ids, rng=rng)
+
+    def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
+        return top_n(self.scores(ctx.model, ctx.inputs, ids=ctx.candidates, rng=rng), ctx.candidates, n)
+
+
+class ExGrad(REGrad):
+    """Expected gradient norm: the REGrad preset class_weighting="expected", uniform layers (layer_alpha=0), no
+    perturbation, mean-grad. Takes every REGrad keyword; only these defaults differ.
+
+    References: Igoe et al., "How Useful are Gradients for OOD Detection?", arXiv 2205.10439 (2022).
+    """
+
+    name = "exgrad"
+    preset = {"class_weighting": "expected", "layer_alpha": 0.0, "n_perturbations": 0, "sigma": 0.0,
+              "aggregate": "mean-grad"}
+
+
+class GradNorm(Strategy):
+    """Acquire the LOWEST GradNorm (least familiar). ``pool_scores`` hold -GradNorm, so that, as for every other
+    uncertainty strategy, higher means more uncertain.
+
+    References: Huang, Geng & Li, NeurIPS 2021.
+    """
+
+    name = "gradnorm"
+    needs = frozenset({"model", "inputs"})
+
+    def __init__(self, temperature: float = 1.0, batch_size: int = 1024) -> None:
+        self.temperature = real("temperature", temperature, minimum=0.0, strict=True)
+        self.batch_size = count("batch_size", batch_size, minimum=1)
+
+    def check_learner(self, learner: Any) -> None:
+        super().check_learner(learner)
+        if getattr(learner, "is_fitted", False):
+            last_linear(learner.network, "GradNorm")
+
+    def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
+        s = gradnorm_scores(ctx.model, ctx.inputs, temperature=self.temperature, batch_size=self.batch_size)
+        return top_n(-s, ctx.candidates, n)
