@@ -182,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         protos = [load_protocol(f) for f in args.protocols]
         deadline = _parse_until(args.until)
-        store = None if args.list and sqlite_file_missing(args.store) else Store(args.store)
+        # --list only reads: it neither creates a missing store nor upgrades an older one.
+        store = None if args.list and sqlite_file_missing(args.store) else Store(args.store, upgrade=not args.list)
     except ALError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -99,3 +99,16 @@ def test_list_does_not_create_a_store_and_bad_flags_exit_2(proto_file, tmp_path,
     assert rp.main([str(tmp_path / "nope.json"), "--store", f"sqlite:///{missing}"]) == 2
     assert "not found" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_list_reads_an_older_store_without_upgrading_it(proto_file, tmp_path, capsys):
+    import hashlib
+
+    from test_store import _write_v1_run
+
+    path = tmp_path / "old.db"
+    _write_v1_run(f"sqlite:///{path}")  # a schema-1 store with one run named "r"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert rp.main([str(proto_file), "--store", f"sqlite:///{path}", "--list"]) == 0
+    assert "not started" in capsys.readouterr().out
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest and not list(tmp_path.glob("*.bak"))
