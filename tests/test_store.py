@@ -304,7 +304,7 @@ def test_upgrade_is_all_or_nothing(tmp_path):
     steps = (*migrations.STEPS, migrations.Step(3, "a broken step", boom, additive=True))
     s = Store(url, upgrade=False)
     with pytest.raises(StoreError, match="could not upgrade .* to schema 3.*Nothing was changed; a copy"):
-        migrations.upgrade(s._writer, shown=url, sqlite_file=str(tmp_path / "s.db"), steps=steps)
+        migrations.upgrade_store(s._writer, shown=url, sqlite_file=str(tmp_path / "s.db"), steps=steps)
     s.close()
     assert _schema_row(url) == "1"
     con = sqlite3.connect(tmp_path / "s.db")

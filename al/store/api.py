@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import ConfigMismatchError, StoreError
 from . import claims, migrations
-from ._tables import RUN_STATUSES, TABLE_NAMES, Base, Label, Meta, Query, Round, Run, now
+from ._tables import RUN_STATUSES, Label, Query, Round, Run, now
 from .configs import canonical, mismatch_message, same_config, with_absent
 from .engine import WRITE_OPTION, open_engine, parse_url, sqlite_path
 from .faults import crash_point
@@ -75,45 +75,9 @@ class Store(Readers):
             ) from e
         except exc.SQLAlchemyError as e:
             raise StoreError(f"cannot open store {self.url!r}: {e}") from e
-        if "al_meta" in tables:
-            self._check_version(upgrade)
-            return
-        if tables & TABLE_NAMES:
-            raise StoreError(f"store {self.url!r} holds al tables without a schema version row; refusing to touch it")
-        try:
-            with self._write() as s:
-                if self.engine.dialect.name == "postgresql":
-                    # Several processes opening a new database at once would race in CREATE TABLE (PostgreSQL's
-                    # DDL is transactional but not serialised); a transaction-scoped advisory lock makes them
-                    # take turns, and create_all's own existence check then sees the first one's tables.
-                    s.execute(sa.text(f"SELECT pg_advisory_xact_lock({migrations.PG_SCHEMA_LOCK})"))
-                Base.metadata.create_all(s.connection())
-                if s.get(Meta, "schema_version") is None:
-                    s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-        except exc.SQLAlchemyError as e:
-            raise StoreError(f"cannot write to store {self.url!r}: {e}") from e
-
-    def _check_version(self, upgrade: bool) -> None:
-        with self.engine.connect() as conn:
-            version = migrations.read_version(conn)
-        if version is None:
-            raise StoreError(f"store {self.url!r} has tables but no schema version; it was not written by al")
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"store {self.url!r} was written by a newer al (schema {version}, this is "
-                f"{SCHEMA_VERSION}); upgrade al (pip install -U al) to open it"
-            )
-        if version < SCHEMA_VERSION:
-            if upgrade:
-                migrations.upgrade(self._writer, shown=self.shown_url, sqlite_file=self._sqlite_file)
-            elif migrations.readable_without_upgrade(version):
-                self.schema_version = version  # read as it is; _write refuses
-            else:
-                raise StoreError(
-                    f"store {self.url!r} has the old schema {version} (this al reads "
-                    f"{SCHEMA_VERSION}); open it once for writing, e.g. Store(url), to upgrade it "
-                    f"(SQLite files are backed up first)"
-                )
+        self.schema_version = migrations.ensure_schema(
+            self._writer, tables, url=self.url, shown=self.shown_url, sqlite_file=self._sqlite_file, upgrade=upgrade
+        )
 
     @contextmanager
     def _write(self) -> Iterator[Session]:

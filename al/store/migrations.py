@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from ..errors import StoreError
+from ._tables import TABLE_NAMES, Base
 from .faults import crash_point
 
 #: Transaction-scoped advisory lock key under which PostgreSQL processes create or upgrade the schema in turn.
@@ -86,7 +87,7 @@ def backup_sqlite(path: str, version: int) -> str:
     return target
 
 
-def upgrade(writer: sa.Engine, *, shown: str, sqlite_file: str | None, steps: Sequence[Step] = STEPS) -> int:
+def upgrade_store(writer: sa.Engine, *, shown: str, sqlite_file: str | None, steps: Sequence[Step] = STEPS) -> int:
     """Bring the store to the last version of ``steps`` in one write transaction. Returns the version it found.
 
     ``writer``: an engine whose transactions take the write lock (``BEGIN IMMEDIATE`` on SQLite). The version is
@@ -119,6 +120,57 @@ def upgrade(writer: sa.Engine, *, shown: str, sqlite_file: str | None, steps: Se
     warnings.warn(
         f"upgraded store {shown} from schema {found} to {target} ({'; '.join(s.what for s in todo)}){kept}",
         StoreUpgradedWarning,
-        stacklevel=4,
+        stacklevel=5,  # the caller of Store(...)
     )
     return found
+
+
+def ensure_schema(
+    writer: sa.Engine, tables: set[str], *, url: str, shown: str, sqlite_file: str | None, upgrade: bool
+) -> int:
+    """Create the tables of an empty database, or check (and with ``upgrade``, upgrade) an existing store's
+    schema. Returns the schema version the store is to be used at: ``SCHEMA_VERSION``, or an older one that is
+    read as it is (then the store refuses writes)."""
+    if "al_meta" not in tables:
+        if tables & TABLE_NAMES:
+            raise StoreError(f"store {url!r} holds al tables without a schema version row; refusing to touch it")
+        _create(writer, url)
+        return SCHEMA_VERSION
+    with writer.connect() as conn:
+        version = read_version(conn)
+    if version is None:
+        raise StoreError(f"store {url!r} has tables but no schema version; it was not written by al")
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"store {url!r} was written by a newer al (schema {version}, this is "
+            f"{SCHEMA_VERSION}); upgrade al (pip install -U al) to open it"
+        )
+    if version == SCHEMA_VERSION:
+        return version
+    if upgrade:
+        upgrade_store(writer, shown=shown, sqlite_file=sqlite_file)
+        return SCHEMA_VERSION
+    if readable_without_upgrade(version):
+        return version
+    raise StoreError(
+        f"store {url!r} has the old schema {version} (this al reads {SCHEMA_VERSION}); open it once "
+        f"for writing, e.g. Store(url), to upgrade it (SQLite files are backed up first)"
+    )
+
+
+def _create(writer: sa.Engine, url: str) -> None:
+    try:
+        with writer.connect() as conn, conn.begin():
+            if conn.dialect.name == "postgresql":
+                # Several processes opening a new database at once would race in CREATE TABLE (PostgreSQL's DDL
+                # is transactional but not serialised); a transaction-scoped advisory lock makes them take turns,
+                # and create_all's own existence check then sees the first one's tables.
+                conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({PG_SCHEMA_LOCK})"))
+            Base.metadata.create_all(conn)
+            if read_version(conn) is None:
+                conn.execute(
+                    sa.text("INSERT INTO al_meta (key, value) VALUES ('schema_version', :v)"),
+                    {"v": str(SCHEMA_VERSION)},
+                )
+    except exc.SQLAlchemyError as e:
+        raise StoreError(f"cannot write to store {url!r}: {e}") from e
