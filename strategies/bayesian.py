@@ -17,7 +17,6 @@ import numpy as np
 from al.errors import ConfigError
 from al.strategy import Context, Selection, Strategy, top_n
 
-
 #: Probabilities are clipped below at this before taking logs, so that 0 * log 0 contributes 0, not NaN.
 _TINY = 1e-300
 

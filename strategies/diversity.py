@@ -16,7 +16,6 @@ import numpy as np
 from al.errors import ConfigError, IncompatibleStrategyError
 from al.strategy import Context, Selection, Strategy
 
-
 if TYPE_CHECKING:
     from al.learner import TorchLearner
 
@@ -42,8 +41,8 @@ def kcenter_greedy(embeddings: np.ndarray, centres: np.ndarray, n: int, *, ids: 
 
     Memory O(N*d): a float64 copy of the embeddings, one running squared min-distance vector of length N;
     the initial distances to the L centres are computed in blocks of at most ``chunk_bytes`` bytes, and each
-    pick costs one matrix-vector product. No N x N (or N x L) matrix is ever built. With no initial centre, the first pick is drawn uniformly with
-    ``rng`` (required then).
+    pick costs one matrix-vector product. No N x N (or N x L) matrix is ever built. With no initial centre, the
+    first pick is drawn uniformly with ``rng`` (required then).
 
     A picked candidate is never picked again, even when all that is left are exact copies of centres (distance
     0): the remaining picks then go to the smallest ids among those copies.
@@ -170,7 +169,7 @@ class BADGE(Strategy):
     needs = frozenset({"probs", "embeddings"})
     scores_are_uncertainty = False
 
-    def check_learner(self, learner: "TorchLearner") -> None:
+    def check_learner(self, learner: TorchLearner) -> None:
         """Refuse models whose output is not the last nn.Linear's output (the gradient formula needs it)."""
         super().check_learner(learner)
         import torch

@@ -127,7 +127,7 @@ def naive_norms(model: nn.Module, x: torch.Tensor, groups: list[list[nn.Paramete
             for xc in xs:
                 lp = torch.log_softmax(model(xc[None]), 1)[0, k]
                 gs = torch.autograd.grad(lp, params, allow_unused=True)
-                gs = [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params)]
+                gs = [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params, strict=True)]
                 per_copy.append([torch.cat([gs[idx[id(p)]].reshape(-1).double() for p in g]) for g in groups])
             for li in range(len(groups)):
                 stack = torch.stack([c[li] for c in per_copy])
@@ -152,8 +152,8 @@ def naive_score(norms: np.ndarray, probs: np.ndarray, weighting: str, alpha: flo
     w = np.exp(alpha * np.arange(L) / max(L - 1, 1))
     w = w / w.sum()
     if combine == "squared":
-        return np.sqrt(sum(cw[:, k] * sum(w[l] * norms[:, k, l] ** 2 for l in range(L)) for k in range(c)))
-    return sum(cw[:, k] * sum(w[l] * norms[:, k, l] for l in range(L)) for k in range(c))
+        return np.sqrt(sum(cw[:, k] * sum(w[j] * norms[:, k, j] ** 2 for j in range(L)) for k in range(c)))
+    return sum(cw[:, k] * sum(w[j] * norms[:, k, j] for j in range(L)) for k in range(c))
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -230,7 +230,8 @@ def test_direct_and_gram_forms_agree_with_the_naive_loop(rule: str, name: str) -
 def test_per_layer_norms_match_the_naive_loop_class_by_class() -> None:
     model, x = cnn_bn(), _inputs("cnn")
     norms, probs = _naive("cnn", 2, 0.3, "mean-grad")
-    fast = gradient_norms(model, x, n_perturbations=2, sigma=0.3, aggregate="mean-grad", batch_size=5)  # chunks of 1 sample + 2 copies
+    # chunks of 1 sample + 2 copies
+    fast = gradient_norms(model, x, n_perturbations=2, sigma=0.3, aggregate="mean-grad", batch_size=5)
     by_class = np.zeros_like(norms)
     for r in range(fast.classes.shape[1]):
         by_class[np.arange(len(x)), fast.classes[:, r]] = fast.norms[:, r]

@@ -80,7 +80,7 @@ def naive_param_noise_norms(model: nn.Module, x: torch.Tensor, m: int, sigma: fl
     for j in range(m):
         mj = copy.deepcopy(clean)
         with torch.no_grad():
-            for i, (p, p0) in enumerate(zip([p for p in mj.parameters() if p.requires_grad], trainable)):
+            for i, (p, p0) in enumerate(zip([p for p in mj.parameters() if p.requires_grad], trainable, strict=True)):
                 std = torch.sqrt(((p0.double() - p0.double().mean()) ** 2).mean())
                 p += (sigma * std * eps[j][i].double()).to(p.dtype)
         models.append(mj)
@@ -94,7 +94,7 @@ def naive_param_noise_norms(model: nn.Module, x: torch.Tensor, m: int, sigma: fl
         out = np.zeros((len(x), n_cls, len(groups)))
         for i, k in itertools.product(range(len(x)), range(n_cls)):
             lp = torch.log_softmax(mj(x[i:i + 1]), 1)[0, k]
-            gs = dict(zip(map(id, flat), torch.autograd.grad(lp, flat)))
+            gs = dict(zip(map(id, flat), torch.autograd.grad(lp, flat), strict=True))
             for li, g in enumerate(groups):
                 out[i, k, li] = float(torch.cat([gs[id(p)].reshape(-1).double() for p in g]).norm())
         per_model.append(out)
