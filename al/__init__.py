@@ -1,7 +1,19 @@
 """al: pool-based deep active learning, with REGrad gradient-based epistemic uncertainty."""
+
 from .data import DATASETS, Dataset, load_dataset
-from .errors import (ALError, ConfigError, ConfigMismatchError, DataError, IncompatibleStrategyError, LabelsPending,
-                     ModelError, OracleError, StoreError, StrategyError, UnknownNameError)
+from .errors import (
+    ALError,
+    ConfigError,
+    ConfigMismatchError,
+    DataError,
+    IncompatibleStrategyError,
+    LabelsPending,
+    ModelError,
+    OracleError,
+    StoreError,
+    StrategyError,
+    UnknownNameError,
+)
 from .learner import TorchLearner
 from .loop import Experiment, ExperimentConfig
 from .models import MODELS, build_model
@@ -10,7 +22,35 @@ from .store import Store
 from .strategy import Context, Selection, Strategy
 
 __version__ = "0.1.0"
-__all__ = ["ALError", "CallbackOracle", "ConfigError", "ConfigMismatchError", "Context", "DATASETS", "DataError",
-           "CsvOracle", "Dataset", "Experiment", "ExperimentConfig", "GroundTruthOracle", "IncompatibleStrategyError",
-           "LabelsPending", "MODELS", "ModelError", "NoisyOracle", "Oracle", "OracleError", "PromptOracle", "Selection", "Store", "StoreError",
-           "Strategy", "StrategyError", "TorchLearner", "UnknownNameError", "as_oracle", "build_model", "load_dataset"]
+__all__ = [
+    "ALError",
+    "CallbackOracle",
+    "ConfigError",
+    "ConfigMismatchError",
+    "Context",
+    "DATASETS",
+    "DataError",
+    "CsvOracle",
+    "Dataset",
+    "Experiment",
+    "ExperimentConfig",
+    "GroundTruthOracle",
+    "IncompatibleStrategyError",
+    "LabelsPending",
+    "MODELS",
+    "ModelError",
+    "NoisyOracle",
+    "Oracle",
+    "OracleError",
+    "PromptOracle",
+    "Selection",
+    "Store",
+    "StoreError",
+    "Strategy",
+    "StrategyError",
+    "TorchLearner",
+    "UnknownNameError",
+    "as_oracle",
+    "build_model",
+    "load_dataset",
+]

@@ -12,8 +12,9 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
-from .errors import ALError, ConfigError, DataError, LabelsPending, OracleError, StoreError
+from .errors import ALError, ConfigError, DataError, LabelsPending, OracleError, StoreError, StrategyError
 from .loop import DATASET_DEFAULTS, Experiment, ExperimentConfig, RoundReport
 from .store import DEFAULT_URL, Store
 
@@ -32,7 +33,7 @@ Dataset defaults (init-size / query-size / pool-subset / epochs / min-steps):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit code 2, as argparse does, with a hint
+    def error(self, message: str) -> NoReturn:  # one line and exit code 2, as argparse does, with a hint
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -197,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
                 )
             )
         store = experiments[0].store
-    except (ConfigError, StoreError, DataError, OracleError) as e:
+    except (ConfigError, StoreError, DataError, OracleError, StrategyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     names = []

@@ -113,3 +113,10 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
     return repr(v)
+
+
+def resolved_int(value: int | None, name: str) -> int:
+    """A setting that :meth:`ExperimentConfig.resolved` has filled in; None means the config was never resolved."""
+    if value is None:
+        raise ConfigError(f"{name} is unset: resolve the config first (ExperimentConfig.resolved(dataset))")
+    return value

@@ -8,14 +8,15 @@ written (CI's ``../shared/data``) is mirrored into ``$AL_CACHE_DIR`` (default ``
 torchvision unpacks it: torchvision sees the ``.gz`` files with the right md5, skips the download and only
 gunzips them.
 """
+
 from __future__ import annotations
 
 import gzip
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -63,13 +64,23 @@ class Dataset:
         std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
         return (x * std + mean).clamp(0, 1)
 
-    def subset(self, n_pool: int | None = None, n_test: int | None = None, seed: int = 0) -> "Dataset":
+    def subset(self, n_pool: int | None = None, n_test: int | None = None, seed: int = 0) -> Dataset:
         """A seeded random subset (ids renumbered), for quick experiments."""
         g = np.random.default_rng(seed)
         tr = np.sort(g.permutation(self.n_pool)[:n_pool]) if n_pool else np.arange(self.n_pool)
         te = np.sort(g.permutation(len(self.test_y))[:n_test]) if n_test else np.arange(len(self.test_y))
-        return Dataset(self.name, self.train_x[tr], self.train_y[tr], self.test_x[te], self.test_y[te],
-                       self.n_classes, self.default_model, self.classes, self.mean, self.std)
+        return Dataset(
+            self.name,
+            self.train_x[tr],
+            self.train_y[tr],
+            self.test_x[te],
+            self.test_y[te],
+            self.n_classes,
+            self.default_model,
+            self.classes,
+            self.mean,
+            self.std,
+        )
 
 
 DatasetLoader = Callable[[Path], Dataset]
@@ -148,17 +159,25 @@ def _torchvision_grey(name: str, cls_name: str, folder: str, mean: float, std: f
             te = cls(str(wroot), train=False, download=True)
         except Exception as e:  # noqa: BLE001 - torchvision raises many kinds when offline
             raise _missing(name, folder, root, e) from e
-        return Dataset(name, _normalise(tr.data, (mean,), (std,)), tr.targets.long(),
-                       _normalise(te.data, (mean,), (std,)), te.targets.long(), 10, "cnn",
-                       list(tr.classes), (mean,), (std,))
+        return Dataset(
+            name,
+            _normalise(tr.data, (mean,), (std,)),
+            tr.targets.long(),
+            _normalise(te.data, (mean,), (std,)),
+            te.targets.long(),
+            10,
+            "cnn",
+            list(tr.classes),
+            (mean,),
+            (std,),
+        )
 
     return load
 
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 DATASETS.register("mnist", _torchvision_grey("mnist", "MNIST", "MNIST", MNIST_MEAN, MNIST_STD))
-DATASETS.register("fashion-mnist", _torchvision_grey("fashion-mnist", "FashionMNIST", "FashionMNIST",
-                                                     0.2860, 0.3530))
+DATASETS.register("fashion-mnist", _torchvision_grey("fashion-mnist", "FashionMNIST", "FashionMNIST", 0.2860, 0.3530))
 
 
 @DATASETS.register("cifar10")
@@ -170,15 +189,30 @@ def _cifar10(root: Path) -> Dataset:
         tr = torchvision.datasets.CIFAR10(str(root), train=True, download=True)
         te = torchvision.datasets.CIFAR10(str(root), train=False, download=True)
     except Exception as e:  # noqa: BLE001
-        raise _missing("cifar10", "cifar-10-batches-py", root, e,
-                       files="cifar-10-python.tar.gz (from https://www.cs.toronto.edu/~kriz/cifar.html) in <root>/, "
-                             "or its unpacked folder as <root>/cifar-10-batches-py/,") from e
+        raise _missing(
+            "cifar10",
+            "cifar-10-batches-py",
+            root,
+            e,
+            files="cifar-10-python.tar.gz (from https://www.cs.toronto.edu/~kriz/cifar.html) in <root>/, "
+            "or its unpacked folder as <root>/cifar-10-batches-py/,",
+        ) from e
 
     def conv(a: np.ndarray) -> torch.Tensor:
         return _normalise(torch.from_numpy(a).permute(0, 3, 1, 2).contiguous(), mean, std)
 
-    return Dataset("cifar10", conv(tr.data), torch.tensor(tr.targets), conv(te.data), torch.tensor(te.targets),
-                   10, "resnet18", list(tr.classes), mean, std)
+    return Dataset(
+        "cifar10",
+        conv(tr.data),
+        torch.tensor(tr.targets),
+        conv(te.data),
+        torch.tensor(te.targets),
+        10,
+        "resnet18",
+        list(tr.classes),
+        mean,
+        std,
+    )
 
 
 DIGITS_MEAN, DIGITS_STD = 0.3064, 0.3797
@@ -196,8 +230,18 @@ def _digits(root: Path) -> Dataset:
     y = torch.from_numpy(d.target.astype(np.int64))
     idx_tr, idx_te = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=d.target)
     idx_tr, idx_te = np.sort(idx_tr), np.sort(idx_te)
-    return Dataset("digits", x[idx_tr], y[idx_tr], x[idx_te], y[idx_te], 10, "mlp",
-                   [str(i) for i in range(10)], (DIGITS_MEAN,), (DIGITS_STD,))
+    return Dataset(
+        "digits",
+        x[idx_tr],
+        y[idx_tr],
+        x[idx_te],
+        y[idx_te],
+        10,
+        "mlp",
+        [str(i) for i in range(10)],
+        (DIGITS_MEAN,),
+        (DIGITS_STD,),
+    )
 
 
 def _read_idx_gz(path: Path) -> np.ndarray:
@@ -216,8 +260,9 @@ def _read_idx_gz(path: Path) -> np.ndarray:
     return read_sn3_pascalvincent_tensor(str(path), strict=False).numpy()
 
 
-def load_test_images(name: str, data_dir: str | os.PathLike | None = None,
-                     mean: float = MNIST_MEAN, std: float = MNIST_STD) -> tuple[torch.Tensor, torch.Tensor]:
+def load_test_images(
+    name: str, data_dir: str | os.PathLike | None = None, mean: float = MNIST_MEAN, std: float = MNIST_STD
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Test images of a grey 28x28 set, normalised with the *in-distribution* statistics given.
 
     name: "mnist", "fashion-mnist" or "notmnist". Used for OOD detection, where the OOD set must go through the
@@ -234,8 +279,10 @@ def load_test_images(name: str, data_dir: str | os.PathLike | None = None,
             ds = load_dataset(name, data_dir)
             x01 = ds.denormalise(ds.test_x)
             return (x01 - mean) / std, ds.test_y
-        raise DataError(f"notMNIST test set not found at {raw}; pass --data-dir pointing at a folder with "
-                        f"notMNIST/raw/t10k-*-ubyte.gz")
+        raise DataError(
+            f"notMNIST test set not found at {raw}; pass --data-dir pointing at a folder with "
+            f"notMNIST/raw/t10k-*-ubyte.gz"
+        )
     x = torch.from_numpy(_read_idx_gz(imgs).astype(np.uint8))
     y = torch.from_numpy(_read_idx_gz(labels).astype(np.int64))
     return _normalise(x, (mean,), (std,)), y
@@ -256,8 +303,13 @@ def _repeated_mnist(root: Path) -> Dataset:
     return repeat_with_noise(load_dataset("mnist", root), name="repeated-mnist")
 
 
-def repeat_with_noise(base: Dataset, copies: int = REPEATED_MNIST_COPIES, noise: float = REPEATED_MNIST_NOISE,
-                      seed: int = 20191208, name: str | None = None) -> Dataset:
+def repeat_with_noise(
+    base: Dataset,
+    copies: int = REPEATED_MNIST_COPIES,
+    noise: float = REPEATED_MNIST_NOISE,
+    seed: int = 20191208,
+    name: str | None = None,
+) -> Dataset:
     """``copies`` noisy copies of every pool image of ``base`` (Repeated-MNIST's construction, any dataset).
 
     Copy-major ids: id ``k * base.n_pool + i`` is copy k of base image i. noise: std of the Gaussian added to
@@ -268,5 +320,15 @@ def repeat_with_noise(base: Dataset, copies: int = REPEATED_MNIST_COPIES, noise:
         raise DataError(f"copies must be >= 1 and noise >= 0, got {copies} and {noise}")
     g = torch.Generator().manual_seed(seed)
     xs = [base.train_x + noise * torch.randn(base.train_x.shape, generator=g) for _ in range(copies)]
-    return Dataset(name or f"{base.name}-x{copies}", torch.cat(xs), base.train_y.repeat(copies), base.test_x,
-                   base.test_y, base.n_classes, base.default_model, base.classes, base.mean, base.std)
+    return Dataset(
+        name or f"{base.name}-x{copies}",
+        torch.cat(xs),
+        base.train_y.repeat(copies),
+        base.test_x,
+        base.test_y,
+        base.n_classes,
+        base.default_model,
+        base.classes,
+        base.mean,
+        base.std,
+    )

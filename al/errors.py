@@ -1,4 +1,5 @@
 """Typed errors. Each message says what was wrong and how to fix it."""
+
 from __future__ import annotations
 
 

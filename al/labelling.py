@@ -6,6 +6,7 @@ arrives and collects the rows the oracle refused. It returns a :class:`Labelling
 :meth:`~LabellingOutcome.conclude` raises LabelsPending while samples still await a label. The two are apart so
 that the caller can mark a point between the last store write and that verdict (the crash tests do).
 """
+
 from __future__ import annotations
 
 import threading
@@ -48,17 +49,23 @@ class LabellingOutcome:
         if not self.refused:
             return ""
         shown = self.refused[:MAX_REFUSED_SHOWN]
-        return (f"\n{len(self.refused)} answer row(s) refused (nothing of them was stored):\n  " + "\n  ".join(shown)
-                + ("\n  ..." if len(self.refused) > MAX_REFUSED_SHOWN else ""))
+        return (
+            f"\n{len(self.refused)} answer row(s) refused (nothing of them was stored):\n  "
+            + "\n  ".join(shown)
+            + ("\n  ..." if len(self.refused) > MAX_REFUSED_SHOWN else "")
+        )
 
     def conclude(self) -> None:
         """Raise LabelsPending while any queried sample lacks a label; otherwise warn about refused rows
         (RefusedAnswersWarning: every sample has a label, so the run goes on, but the person should know)."""
         r = self.round_idx
         if self.awaited:
-            raise LabelsPending(f"round {r}: {self.awaited} of {self.n_queried} queried samples still await a label"
-                                f"{' (labelling stopped by the user)' if self.stopped else ''}; {self.hint}"
-                                f"{self.problems()}", awaited=self.awaited)
+            raise LabelsPending(
+                f"round {r}: {self.awaited} of {self.n_queried} queried samples still await a label"
+                f"{' (labelling stopped by the user)' if self.stopped else ''}; {self.hint}"
+                f"{self.problems()}",
+                awaited=self.awaited,
+            )
         if self.refused:
             warnings.warn(f"round {r} is fully labelled, but{self.problems()}", RefusedAnswersWarning, stacklevel=2)
 
@@ -87,10 +94,12 @@ class LabellingSession:
         except OracleError:
             raise
         except Exception as e:  # e.g. the hand-off folder became unwritable: a clear error, the query is kept
-            raise OracleError(f"the oracle {name!r} could not prepare round {r} ({type(e).__name__}: {e}); the "
-                              f"query is saved, so fix the cause and run the same command again") from e
+            raise OracleError(
+                f"the oracle {name!r} could not prepare round {r} ({type(e).__name__}: {e}); the "
+                f"query is saved, so fix the cause and run the same command again"
+            ) from e
         # One-at-a-time oracles (a person at a terminal) get one id per call and each answer is stored at once.
-        batches = [pending[k:k + 1] for k in range(len(pending))] if oracle.one_at_a_time else [pending]
+        batches = [pending[k : k + 1] for k in range(len(pending))] if oracle.one_at_a_time else [pending]
         out = LabellingOutcome(r, info.n_queried, awaited=len(pending))
         for ids in batches:
             try:
@@ -132,13 +141,17 @@ class LabellingSession:
             t.start()
             t.join(self.timeout)
             if t.is_alive():
-                raise OracleError(f"the oracle {name!r} gave no answer within {self.timeout:g}s on round {r}"
-                                  f"; the query is saved, so run the same command again (raise --oracle-timeout if "
-                                  f"the oracle is just slow)")
+                raise OracleError(
+                    f"the oracle {name!r} gave no answer within {self.timeout:g}s on round {r}"
+                    f"; the query is saved, so run the same command again (raise --oracle-timeout if "
+                    f"the oracle is just slow)"
+                )
         err = box.get("error")
         if isinstance(err, (LabellingStopped, KeyboardInterrupt)):
             raise err
         if err is not None:
-            raise OracleError(f"the oracle {name!r} failed on round {r} ({type(err).__name__}: {err}); the query "
-                              f"is saved, so run the same command again to ask for its labels") from err
+            raise OracleError(
+                f"the oracle {name!r} failed on round {r} ({type(err).__name__}: {err}); the query "
+                f"is saved, so run the same command again to ask for its labels"
+            ) from err
         return box["answer"]

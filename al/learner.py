@@ -5,6 +5,7 @@ Constructor stores settings; ``reset()`` builds a fresh model (skorch's ``initia
 It implements scikit-learn's estimator API (``fit``, ``predict``, ``predict_proba``, ``classes_``) so that
 modAL's ``ActiveLearner`` can drive it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +64,10 @@ def deterministic_trunk(model: nn.Module) -> int:
         return 0
     k = 0
     for child in model:
-        if any(isinstance(m, (nn.modules.dropout._DropoutNd, nn.RReLU))
-               or not type(m).__module__.startswith("torch.nn.") for m in child.modules()):
+        if any(
+            isinstance(m, (nn.modules.dropout._DropoutNd, nn.RReLU)) or not type(m).__module__.startswith("torch.nn.")
+            for m in child.modules()
+        ):
             break
         k += 1
     return k if k < len(model) else 0
@@ -87,7 +90,7 @@ def last_linear(model: nn.Module, what: str = "this strategy") -> nn.Linear:
 
 def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     for i in range(0, len(x), batch_size):
-        yield x[i:i + batch_size]
+        yield x[i : i + batch_size]
 
 
 class TorchLearner(BaseEstimator, ClassifierMixin):
@@ -102,11 +105,22 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
     only inside :func:`al.seeding.torch_rng_scope`, so the caller's torch RNG state is the same afterwards.
     """
 
-    def __init__(self, model: str | Callable[..., nn.Module] = "cnn", n_classes: int = 10,
-                 input_shape: tuple[int, ...] = (1, 28, 28), epochs: int = 30, min_steps: int = 300,
-                 batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0, warm_start: bool = False,
-                 seed: int = 0, eval_batch_size: int = 1024, progress: bool = False,
-                 mc_trunk_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self,
+        model: str | Callable[..., nn.Module] = "cnn",
+        n_classes: int = 10,
+        input_shape: tuple[int, ...] = (1, 28, 28),
+        epochs: int = 30,
+        min_steps: int = 300,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warm_start: bool = False,
+        seed: int = 0,
+        eval_batch_size: int = 1024,
+        progress: bool = False,
+        mc_trunk_bytes: int = 1 << 30,
+    ) -> None:
         self.model = model
         self.n_classes = n_classes
         self.input_shape = input_shape
@@ -186,7 +200,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         for _ in self._progress(range(epochs), "train"):
             perm = torch.randperm(n, generator=g)
             for i in range(0, n, bs):
-                idx = perm[i:i + bs]
+                idx = perm[i : i + bs]
                 if len(idx) < 2 and n >= 2:
                     continue  # BatchNorm cannot train on a batch of one
                 opt.zero_grad(set_to_none=True)
@@ -237,7 +251,8 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         if not dropout_modules(net):
             raise IncompatibleStrategyError(
                 "MC-dropout needs a model with at least one dropout layer; this model has none. Use a model with "
-                "nn.Dropout (the built-in cnn, mlp and resnet18 have one) or a strategy that needs no MC samples")
+                "nn.Dropout (the built-in cnn, mlp and resnet18 have one) or a strategy that needs no MC samples"
+            )
         x = as_tensor(X)
         out = np.empty((n_samples, len(x), self.n_classes))
         # Seeded at the start of the scope: the shared trunk below draws nothing, so the masks are those of
@@ -281,5 +296,4 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         """Accuracy and mean negative log-likelihood on ``(X, y)``."""
         logits = self.logits(X).double()
         yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-        return {"accuracy": float((logits.argmax(1) == yt).double().mean()),
-                "nll": float(F.cross_entropy(logits, yt))}
+        return {"accuracy": float((logits.argmax(1) == yt).double().mean()), "nll": float(F.cross_entropy(logits, yt))}

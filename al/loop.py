@@ -7,6 +7,7 @@ Round r's query is chosen by the model trained at the end of round r - 1. Everyt
 from ``round_rng(seed, r, purpose)``, so a fresh process that finds round r - 1 complete retrains that model
 bit for bit (same labelled set, same seed) and continues exactly where the killed one stopped.
 """
+
 from __future__ import annotations
 
 import time
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from .build import build_parts
-from .config import DATASET_DEFAULTS, FALLBACK_DEFAULTS, ExperimentConfig, config_record
+from .config import DATASET_DEFAULTS, FALLBACK_DEFAULTS, ExperimentConfig, config_record, resolved_int
 from .data import Dataset
 from .errors import ConfigError, LabelsPending
 from .labelling import LabellingSession
@@ -52,17 +53,35 @@ class Experiment:
     a run's results, so neither is part of its stored configuration.
     """
 
-    def __init__(self, config: ExperimentConfig, store: Store | str = "sqlite:///al-runs.db", *,
-                 name: str | None = None, dataset: Dataset | None = None, oracle: Oracle | None = None,
-                 strategy: Strategy | None = None, data_dir: str | None = None, progress: bool = False,
-                 on_round: Callable[[RoundReport], None] | None = None, oracle_dir: str | None = None,
-                 oracle_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        store: Store | str = "sqlite:///al-runs.db",
+        *,
+        name: str | None = None,
+        dataset: Dataset | None = None,
+        oracle: Oracle | None = None,
+        strategy: Strategy | None = None,
+        data_dir: str | None = None,
+        progress: bool = False,
+        on_round: Callable[[RoundReport], None] | None = None,
+        oracle_dir: str | None = None,
+        oracle_timeout: float | None = None,
+    ) -> None:
         config.check()
         if oracle_timeout is not None and not oracle_timeout > 0:
             raise ConfigError(f"--oracle-timeout must be a positive number of seconds, got {oracle_timeout}")
         self.oracle_timeout = oracle_timeout
-        parts = build_parts(config, store, dataset=dataset, oracle=oracle, strategy=strategy, data_dir=data_dir,
-                            progress=progress, oracle_dir=oracle_dir)
+        parts = build_parts(
+            config,
+            store,
+            dataset=dataset,
+            oracle=oracle,
+            strategy=strategy,
+            data_dir=data_dir,
+            progress=progress,
+            oracle_dir=oracle_dir,
+        )
         self.config, self.dataset, self.strategy = parts.config, parts.dataset, parts.strategy
         self.learner, self.oracle, self.store = parts.learner, parts.oracle, parts.store
         self.name = name or self.config.default_run_name()
@@ -77,8 +96,9 @@ class Experiment:
 
     def open_run(self) -> RunState:
         """This experiment's run in the store, created if new; refused if stored with other settings."""
-        return self.store.open_run(self.name, self.config_record(),
-                                   absent_means={"strategy_params": self.strategy.params_added})
+        return self.store.open_run(
+            self.name, self.config_record(), absent_means={"strategy_params": self.strategy.params_added}
+        )
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> RunState:
@@ -139,19 +159,25 @@ class Experiment:
         unlabelled = self._unlabelled(st)
         t0 = time.perf_counter()
         if r == 0:
-            n = min(c.init_size, c.budget)
+            n = min(resolved_int(c.init_size, "init_size"), c.budget)
             ids = self._initial_ids(n)
             scores, pool_scores = None, None
         else:
-            n = min(c.query_size, c.budget - n_have, len(unlabelled))
+            n = min(resolved_int(c.query_size, "query_size"), c.budget - n_have, len(unlabelled))
             self._ensure_model(st, r - 1)
             rng_sub = round_rng(c.seed, r, "pool-subset")
             cand = unlabelled
             if c.pool_subset and c.pool_subset < len(unlabelled):
                 cand = np.sort(rng_sub.choice(unlabelled, size=max(c.pool_subset, n), replace=False))
-            ctx = Context(cand, st.labelled_ids(), learner=self.learner, inputs_of=self.inputs_of,
-                          mc_samples=c.mc_samples, rng_for=lambda purpose: round_rng(c.seed, r, purpose),
-                          n_classes=self.dataset.n_classes)
+            ctx = Context(
+                cand,
+                st.labelled_ids(),
+                learner=self.learner,
+                inputs_of=self.inputs_of,
+                mc_samples=c.mc_samples,
+                rng_for=lambda purpose: round_rng(c.seed, r, purpose),
+                n_classes=self.dataset.n_classes,
+            )
             sel = self.strategy(ctx, n, round_rng(c.seed, r, "select"))
             ids, scores = sel.ids, sel.scores
             pool_scores = sel.pool_scores if self.strategy.scores_are_uncertainty else None
@@ -175,8 +201,9 @@ class Experiment:
 
     def _label(self, st: RunState, r: int) -> None:
         """Ask the oracle for round ``r``'s pending labels (see :class:`al.labelling.LabellingSession`)."""
-        session = LabellingSession(self.oracle, self.store, n_classes=self.dataset.n_classes,
-                                   timeout=self.oracle_timeout)
+        session = LabellingSession(
+            self.oracle, self.store, n_classes=self.dataset.n_classes, timeout=self.oracle_timeout
+        )
         outcome = session.label_round(st, r)
         self._store_s += outcome.store_seconds
         crash_point("after-labels", r)
@@ -205,10 +232,17 @@ class Experiment:
         n = len(st.labelled_ids(up_to_round=r))
         # Time spent writing this round's query and labels (the metrics write itself is the last, unmeasured one).
         store_s, self._store_s = self._store_s, 0.0
-        self.store.record_metrics(st.run_id, r, n_labelled=n, accuracy=m["accuracy"], nll=m["nll"],
-                                  train_seconds=train_s, eval_seconds=eval_s, store_seconds=store_s)
+        self.store.record_metrics(
+            st.run_id,
+            r,
+            n_labelled=n,
+            accuracy=m["accuracy"],
+            nll=m["nll"],
+            train_seconds=train_s,
+            eval_seconds=eval_s,
+            store_seconds=store_s,
+        )
         crash_point("after-metrics", r)
         if self.on_round is not None:
             select_s = (st.last_round.select_seconds if st.last_round is not None else None) or 0.0
             self.on_round(RoundReport(r, n, m["accuracy"], m["nll"], train_s, select_s, store_s))
-

@@ -4,11 +4,13 @@ A factory is called as ``factory(n_classes=..., input_shape=(C, H, W))`` and ret
 maps ``(N, C, H, W)`` to logits ``(N, n_classes)``. A user's factory may accept fewer keywords: only those
 it declares are passed.
 """
+
 from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Callable
+from collections.abc import Callable
+from types import MappingProxyType
 
 import torch
 from torch import nn
@@ -30,10 +32,17 @@ def cnn(n_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28), dropout
     if side_h < 1 or side_w < 1:
         raise ConfigError(f"the 'cnn' model needs images of at least 10x10, got {input_shape}; use --model mlp")
     return nn.Sequential(
-        nn.Conv2d(c, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Dropout(dropout),
-        nn.Linear(64 * side_h * side_w, 128), nn.ReLU(), nn.Dropout(dropout),
+        nn.Conv2d(c, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(64 * side_h * side_w, 128),
+        nn.ReLU(),
+        nn.Dropout(dropout),
         nn.Linear(128, n_classes),
     )
 
@@ -43,22 +52,39 @@ def lenet5(n_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28)) -> n
     """LeNet-5 (LeCun et al. 1998) with ReLU and max pooling, padded for 28x28 inputs."""
     c, h, w = input_shape
     return nn.Sequential(
-        nn.Conv2d(c, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(16 * ((h // 2 - 4) // 2) * ((w // 2 - 4) // 2), 120), nn.ReLU(),
-        nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, n_classes),
+        nn.Conv2d(c, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * ((h // 2 - 4) // 2) * ((w // 2 - 4) // 2), 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
+        nn.Linear(84, n_classes),
     )
 
 
 @MODELS.register("mlp")
-def mlp(n_classes: int = 10, input_shape: tuple[int, ...] = (1, 8, 8), hidden: int = 128,
-        dropout: float = 0.25) -> nn.Module:
+def mlp(
+    n_classes: int = 10, input_shape: tuple[int, ...] = (1, 8, 8), hidden: int = 128, dropout: float = 0.25
+) -> nn.Module:
     """Two hidden layers with dropout; the default for scikit-learn's 8x8 digits."""
     d = 1
     for s in input_shape:
         d *= s
-    return nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(d, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, n_classes),
+    )
 
 
 @MODELS.register("resnet18")
@@ -76,8 +102,16 @@ def resnet18(n_classes: int = 10, input_shape: tuple[int, ...] = (3, 32, 32)) ->
 class PatchTransformer(nn.Module):
     """A small vision transformer: non-overlapping patches, a class token, ``nn.TransformerEncoder``."""
 
-    def __init__(self, n_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28), patch: int = 7,
-                 dim: int = 64, depth: int = 2, heads: int = 4, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        n_classes: int = 10,
+        input_shape: tuple[int, ...] = (1, 28, 28),
+        patch: int = 7,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         c, h, w = input_shape
         if h % patch or w % patch:
@@ -112,17 +146,20 @@ def build_model(name: str, n_classes: int, input_shape: tuple[int, ...]) -> nn.M
         try:
             factory = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as e:
-            raise ConfigError(f"cannot import model factory {name!r} ({e}); give it as package.module:function "
-                              f"importable from the current directory or an installed package") from e
+            raise ConfigError(
+                f"cannot import model factory {name!r} ({e}); give it as package.module:function "
+                f"importable from the current directory or an installed package"
+            ) from e
     else:
         factory = MODELS.get(name)
     try:
         params = inspect.signature(factory).parameters
         accepts_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
     except (TypeError, ValueError):
-        params, accepts_all = {}, True
-    kwargs = {k: v for k, v in (("n_classes", n_classes), ("input_shape", tuple(input_shape)))
-              if accepts_all or k in params}
+        params, accepts_all = MappingProxyType({}), True
+    kwargs = {
+        k: v for k, v in (("n_classes", n_classes), ("input_shape", tuple(input_shape))) if accepts_all or k in params
+    }
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")

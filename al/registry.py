@@ -3,12 +3,14 @@
 Third-party objects register through an entry-point group (``al.strategies`` for strategies), so
 ``pip install my-strategy`` is enough to make ``--strategy my-strategy`` work.
 """
+
 from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Callable, Iterator
 from importlib import metadata
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from .errors import ConfigError, DuplicateNameError, UnknownNameError
 
@@ -25,10 +27,20 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._entry_points_loaded = entry_point_group is None
 
+    @overload
+    def register(self, name: str) -> Callable[[T], T]: ...
+
+    @overload
+    def register(self, name: str, obj: T) -> T: ...
+
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; used bare or as a decorator."""
         if obj is None:
-            return lambda o: self.register(name, o)  # type: ignore[return-value]
+
+            def decorate(o: T) -> T:
+                return self.register(name, o)
+
+            return decorate
         key = self._normalise(name)
         if key in self._items and self._items[key] is not obj:
             raise DuplicateNameError(
@@ -47,9 +59,7 @@ class Registry(Generic[T]):
         if key not in self._items:
             close = difflib.get_close_matches(key, list(self._items), n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})"
-            )
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})")
         return self._items[key]
 
     def __contains__(self, name: str) -> bool:
@@ -68,7 +78,7 @@ class Registry(Generic[T]):
         return name.strip().lower().replace("_", "-")
 
     def _load_entry_points(self) -> None:
-        if self._entry_points_loaded:
+        if self._entry_points_loaded or self.entry_point_group is None:
             return
         self._entry_points_loaded = True
         for ep in metadata.entry_points(group=self.entry_point_group):
@@ -95,7 +105,7 @@ def _describe(obj: object) -> str:
 # The strategy registry. Built-in strategies are declared in pyproject.toml's ``al.strategies`` entry-point group,
 # exactly as a third party declares its own, so the framework never imports the ``strategies`` package by name.
 # --------------------------------------------------------------------------------------------------------------
-STRATEGIES: "Registry[type[Strategy]]" = Registry("strategy", entry_point_group="al.strategies")
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy", entry_point_group="al.strategies")
 S = TypeVar("S", bound="type[Strategy]")
 
 
@@ -109,23 +119,28 @@ def register_strategy(cls: S) -> S:
 
 def strategy_parameters(cls: type) -> list[str]:
     """The keyword settings a strategy class accepts: its constructor's named parameters."""
-    if cls.__init__ is object.__init__:
+    init = getattr(cls, "__init__", object.__init__)
+    if init is object.__init__:
         return []
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(init).parameters
     return [k for k, p in params.items() if k != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
 
-def build_strategy(name: str, **kwargs: Any) -> "Strategy":
+def build_strategy(name: str, **kwargs: Any) -> Strategy:
     """Instantiate a registered strategy, checking ``kwargs`` against its constructor."""
     cls = STRATEGIES.get(name)
     accepted = strategy_parameters(cls)
-    takes_any = cls.__init__ is not object.__init__ and any(
-        p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+    init = getattr(cls, "__init__", object.__init__)
+    takes_any = init is not object.__init__ and any(
+        p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()
+    )
     if not takes_any:
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
-            raise ConfigError(f"strategy {name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                              f"it accepts: {', '.join(accepted) or 'no parameters'}")
+            raise ConfigError(
+                f"strategy {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                f"it accepts: {', '.join(accepted) or 'no parameters'}"
+            )
     try:
         return cls(**kwargs)
     except ConfigError:

@@ -33,6 +33,7 @@ Definitions (per run; the table gives mean and std, or median, over the finished
 References: AUBC as in Zhan et al., "A comparative survey of deep active learning" (2022) and Kirsch et al.,
 "BatchBALD" (NeurIPS 2019) for labels-to-accuracy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,22 @@ from .errors import ConfigError, StoreError
 from .store import Store
 
 #: Config fields that define a protocol: runs differing in any of them are never compared or averaged.
-PROTOCOL_FIELDS = ("dataset", "model", "budget", "init_size", "query_size", "init_balanced", "pool_subset",
-                   "epochs", "min_steps", "batch_size", "lr", "warm_start", "oracle", "mc_samples")
+PROTOCOL_FIELDS = (
+    "dataset",
+    "model",
+    "budget",
+    "init_size",
+    "query_size",
+    "init_balanced",
+    "pool_subset",
+    "epochs",
+    "min_steps",
+    "batch_size",
+    "lr",
+    "warm_start",
+    "oracle",
+    "mc_samples",
+)
 #: Protocol fields that joined :data:`PROTOCOL_FIELDS` after reports had been committed, with the value every run
 #: recorded before then used (the ExperimentConfig default). At that value (or absent) they stay out of
 #: :func:`protocol_id`'s hash, so those reports keep their protocol ids and file names.
@@ -112,27 +127,39 @@ def protocol_id(config: dict) -> str:
     schedules of the same budget get different ids. A field of :data:`PROTOCOL_FIELD_DEFAULTS` enters the hash
     only when it differs from its default."""
     c = {k: config.get(k) for k in PROTOCOL_FIELDS}
-    rest = json.dumps({k: c[k] for k in PROTOCOL_FIELDS
-                       if k not in ("dataset", "budget", "init_size", "query_size", "init_balanced")
-                       and not (k in PROTOCOL_FIELD_DEFAULTS and c[k] in (None, PROTOCOL_FIELD_DEFAULTS[k]))},
-                      sort_keys=True, default=str)
+    rest = json.dumps(
+        {
+            k: c[k]
+            for k in PROTOCOL_FIELDS
+            if k not in ("dataset", "budget", "init_size", "query_size", "init_balanced")
+            and not (k in PROTOCOL_FIELD_DEFAULTS and c[k] in (None, PROTOCOL_FIELD_DEFAULTS[k]))
+        },
+        sort_keys=True,
+        default=str,
+    )
     h = hashlib.sha1(rest.encode()).hexdigest()[:6]
-    return (f"{c['dataset']}-b{c['budget']}-i{c['init_size']}{'bal' if c['init_balanced'] else ''}"
-            f"-q{c['query_size']}-{h}")
+    return (
+        f"{c['dataset']}-b{c['budget']}-i{c['init_size']}{'bal' if c['init_balanced'] else ''}-q{c['query_size']}-{h}"
+    )
 
 
 def describe_protocol(config: dict) -> str:
     """One line stating the pool subset and training schedule, to print beside every table."""
     c = config
-    subset = "the whole unlabelled pool" if not c.get("pool_subset") else \
-        f"a fresh random {c['pool_subset']} unlabelled candidates"
+    subset = (
+        "the whole unlabelled pool"
+        if not c.get("pool_subset")
+        else f"a fresh random {c['pool_subset']} unlabelled candidates"
+    )
     start = "class-balanced" if c.get("init_balanced") else "random"
     fit = "fine-tuned from the previous round" if c.get("warm_start") else "retrained from scratch"
-    return (f"{c.get('dataset')}, model `{c.get('model')}`: {c.get('init_size')} {start} initial labels, "
-            f"{c.get('query_size')} per round up to {c.get('budget')}; each round scores {subset}; the model is "
-            f"{fit} each round with Adam (lr {c.get('lr')}, batch {c.get('batch_size')}) for "
-            f"{c.get('epochs')} epochs and at least {c.get('min_steps')} steps; oracle {c.get('oracle')}."
-            + _non_default_fields(c))
+    return (
+        f"{c.get('dataset')}, model `{c.get('model')}`: {c.get('init_size')} {start} initial labels, "
+        f"{c.get('query_size')} per round up to {c.get('budget')}; each round scores {subset}; the model is "
+        f"{fit} each round with Adam (lr {c.get('lr')}, batch {c.get('batch_size')}) for "
+        f"{c.get('epochs')} epochs and at least {c.get('min_steps')} steps; oracle {c.get('oracle')}."
+        + _non_default_fields(c)
+    )
 
 
 def _non_default_fields(config: dict) -> str:
@@ -175,8 +202,10 @@ def _strategy_defaults(name: str) -> tuple[dict[str, Any] | None, dict[str, Any]
     except (ALError, TypeError, ValueError):  # a strategy with required settings
         params = inspect.signature(cls.__init__).parameters.values()
         added = getattr(cls, "params_added", {})  # a property when it depends on the settings: not known here
-        return ({p.name: _canonical(p.default) for p in params if p.default is not inspect.Parameter.empty},
-                dict(added) if isinstance(added, Mapping) else {})
+        return (
+            {p.name: _canonical(p.default) for p in params if p.default is not inspect.Parameter.empty},
+            dict(added) if isinstance(added, Mapping) else {},
+        )
 
 
 def _fmt_setting(v: Any) -> str:
@@ -239,17 +268,26 @@ def learning_curves(store: Store, dataset: str | None = None) -> pd.DataFrame:
     return cur.merge(runs[["run", "protocol", "in_progress"]], on="run", how="left").reset_index(drop=True)
 
 
-def per_run_metrics(curves: pd.DataFrame, at_labels: Sequence[int] = (),
-                    targets: Sequence[float] = DEFAULT_TARGETS) -> pd.DataFrame:
+def per_run_metrics(
+    curves: pd.DataFrame, at_labels: Sequence[int] = (), targets: Sequence[float] = DEFAULT_TARGETS
+) -> pd.DataFrame:
     """One row per run: protocol, strategy, seed, in_progress, n_rounds, final_labels, final_accuracy, aubc,
     ``acc@<n>`` for each of ``at_labels`` and ``labels_to_<t>`` for each target (inf: never reached)."""
     rows = []
     for run, g in curves.groupby("run", sort=False):
         n, a = g["n_labelled"].to_numpy(), g["accuracy"].to_numpy()
-        row = dict(run=run, protocol=g["protocol"].iloc[0], dataset=g["dataset"].iloc[0],
-                   strategy=g["strategy"].iloc[0], seed=int(g["seed"].iloc[0]),
-                   in_progress=bool(g["in_progress"].iloc[0]), n_rounds=len(g), final_labels=int(n.max()),
-                   final_accuracy=float(a[np.argmax(n)]), aubc=aubc(n, a))
+        row = dict(
+            run=run,
+            protocol=g["protocol"].iloc[0],
+            dataset=g["dataset"].iloc[0],
+            strategy=g["strategy"].iloc[0],
+            seed=int(g["seed"].iloc[0]),
+            in_progress=bool(g["in_progress"].iloc[0]),
+            n_rounds=len(g),
+            final_labels=int(n.max()),
+            final_accuracy=float(a[np.argmax(n)]),
+            aubc=aubc(n, a),
+        )
         for at in at_labels:
             row[f"acc@{at}"] = accuracy_at(n, a, at)
         for t in targets:
@@ -276,8 +314,8 @@ class ProtocolSummary:
 
     protocol: str
     config: dict
-    runs: pd.DataFrame       # per-run metrics, finished and in progress
-    table: pd.DataFrame      # one row per strategy (see summarise)
+    runs: pd.DataFrame  # per-run metrics, finished and in progress
+    table: pd.DataFrame  # one row per strategy (see summarise)
     at_labels: list[int]
     targets: list[float]
 
@@ -293,8 +331,13 @@ def summarise(per_run: pd.DataFrame, at_labels: Sequence[int], targets: Sequence
     rows = []
     for strat, g in per_run.groupby("strategy"):
         done = g[~g["in_progress"]]
-        row: dict = dict(strategy=strat, n_seeds=len(done), n_in_progress=int(g["in_progress"].sum()),
-                         aubc_mean=done["aubc"].mean(), aubc_std=done["aubc"].std(ddof=1))
+        row: dict = dict(
+            strategy=strat,
+            n_seeds=len(done),
+            n_in_progress=int(g["in_progress"].sum()),
+            aubc_mean=done["aubc"].mean(),
+            aubc_std=done["aubc"].std(ddof=1),
+        )
         for at in at_labels:
             row[f"acc@{at}_mean"] = done[f"acc@{at}"].mean()
             row[f"acc@{at}_std"] = done[f"acc@{at}"].std(ddof=1)
@@ -317,8 +360,11 @@ def winners(table: pd.DataFrame, at_labels: Sequence[int], targets: Sequence[flo
     fewest labels to each target. Strategies without a finished seed cannot win."""
     out: dict[str, set[str]] = {}
     ok = table[table["n_seeds"] > 0]
-    for col, best in ([("aubc_mean", "max")] + [(f"acc@{a}_mean", "max") for a in at_labels]
-                      + [(f"labels_to_{t:g}_median", "min") for t in targets]):
+    for col, best in (
+        [("aubc_mean", "max")]
+        + [(f"acc@{a}_mean", "max") for a in at_labels]
+        + [(f"labels_to_{t:g}_median", "min") for t in targets]
+    ):
         if ok.empty or col not in ok:
             out[col] = set()
             continue
@@ -357,11 +403,17 @@ def interim_table(curves: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
             vals_a.append(aubc(cut["n_labelled"], cut["accuracy"]))
             vals_acc.append(accuracy_at(cut["n_labelled"], cut["accuracy"], n_common))
             prog += bool(rg["in_progress"].iloc[0])
-        rows.append(dict(strategy=strat, n_runs=len(vals_a), n_in_progress=prog,
-                         aubc_to_common_mean=float(np.mean(vals_a)),
-                         aubc_to_common_std=float(np.std(vals_a, ddof=1)) if len(vals_a) > 1 else float("nan"),
-                         acc_at_common_mean=float(np.mean(vals_acc)),
-                         acc_at_common_std=float(np.std(vals_acc, ddof=1)) if len(vals_acc) > 1 else float("nan")))
+        rows.append(
+            dict(
+                strategy=strat,
+                n_runs=len(vals_a),
+                n_in_progress=prog,
+                aubc_to_common_mean=float(np.mean(vals_a)),
+                aubc_to_common_std=float(np.std(vals_a, ddof=1)) if len(vals_a) > 1 else float("nan"),
+                acc_at_common_mean=float(np.mean(vals_acc)),
+                acc_at_common_std=float(np.std(vals_acc, ddof=1)) if len(vals_acc) > 1 else float("nan"),
+            )
+        )
     t = pd.DataFrame(rows).set_index("strategy").sort_values("aubc_to_common_mean", ascending=False)
     return t, n_common
 
@@ -369,17 +421,22 @@ def interim_table(curves: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
 def interim_markdown(t: pd.DataFrame, n_common: int) -> str:
     sd = lambda v: "" if v != v else f" ± {v:.3f}"  # noqa: E731
     best_a, best_c = t["aubc_to_common_mean"].max(), t["acc_at_common_mean"].max()
-    lines = [f"Interim comparison counting runs in progress: every curve cut at {n_common} labels, the furthest "
-             f"point every strategy has reached (AUBC over the cut curve; mean ± std over the runs that reached "
-             f"it). Not a substitute for the table above: short curves weigh the early rounds only.", "",
-             f"| strategy | runs (of which in progress) | AUBC up to {n_common} | acc @ {n_common} |",
-             "|---|---|---|---|"]
+    lines = [
+        f"Interim comparison counting runs in progress: every curve cut at {n_common} labels, the furthest "
+        f"point every strategy has reached (AUBC over the cut curve; mean ± std over the runs that reached "
+        f"it). Not a substitute for the table above: short curves weigh the early rounds only.",
+        "",
+        f"| strategy | runs (of which in progress) | AUBC up to {n_common} | acc @ {n_common} |",
+        "|---|---|---|---|",
+    ]
     for strat, r in t.iterrows():
         a = f"{r['aubc_to_common_mean']:.3f}{sd(r['aubc_to_common_std'])}"
         c = f"{r['acc_at_common_mean']:.3f}{sd(r['acc_at_common_std'])}"
-        lines.append(f"| {strat} | {int(r['n_runs'])} ({int(r['n_in_progress'])}) | "
-                     f"{'**' + a + '**' if r['aubc_to_common_mean'] == best_a else a} | "
-                     f"{'**' + c + '**' if r['acc_at_common_mean'] == best_c else c} |")
+        lines.append(
+            f"| {strat} | {int(r['n_runs'])} ({int(r['n_in_progress'])}) | "
+            f"{'**' + a + '**' if r['aubc_to_common_mean'] == best_a else a} | "
+            f"{'**' + c + '**' if r['acc_at_common_mean'] == best_c else c} |"
+        )
     return "\n".join(lines)
 
 
@@ -405,27 +462,46 @@ def paired_comparison(per_run: pd.DataFrame, reference: str, metric: str = "aubc
         verdict = "ties" if n >= 3 else "too few seeds"
         if n >= 3 and se == se and abs(mean) > 2 * se:
             verdict = "wins" if mean > 0 else "loses"
-        rows.append(dict(strategy=strat, n_pairs=n, diff_mean=mean, diff_se=se, seeds_won=int((d > 0).sum()),
-                         seeds_lost=int((d < 0).sum()), verdict=verdict if n else "no common seed"))
+        rows.append(
+            dict(
+                strategy=strat,
+                n_pairs=n,
+                diff_mean=mean,
+                diff_se=se,
+                seeds_won=int((d > 0).sum()),
+                seeds_lost=int((d < 0).sum()),
+                verdict=verdict if n else "no common seed",
+            )
+        )
     cols = ["strategy", "n_pairs", "diff_mean", "diff_se", "seeds_won", "seeds_lost", "verdict"]
     return pd.DataFrame(rows, columns=cols).set_index("strategy")
 
 
 def paired_markdown(cmp: pd.DataFrame, reference: str, metric: str = "AUBC") -> str:
-    lines = [f"{reference} against each strategy, seed by seed ({metric} of {reference} minus the other's; "
-             f"'wins'/'loses' when the mean paired difference is over two standard errors from 0 with >= 3 seeds):",
-             "", f"| other strategy | seeds paired | {metric} difference | seeds {reference} better / worse | "
-             f"verdict for {reference} |", "|---|---|---|---|---|"]
+    lines = [
+        f"{reference} against each strategy, seed by seed ({metric} of {reference} minus the other's; "
+        f"'wins'/'loses' when the mean paired difference is over two standard errors from 0 with >= 3 seeds):",
+        "",
+        f"| other strategy | seeds paired | {metric} difference | seeds {reference} better / worse | "
+        f"verdict for {reference} |",
+        "|---|---|---|---|---|",
+    ]
     for strat, r in cmp.iterrows():
         se = "" if r["diff_se"] != r["diff_se"] else f" ± {r['diff_se']:.3f}"
         diff = "n/a" if r["diff_mean"] != r["diff_mean"] else f"{r['diff_mean']:+.3f}{se}"
-        lines.append(f"| {strat} | {int(r['n_pairs'])} | {diff} | {int(r['seeds_won'])} / {int(r['seeds_lost'])} | "
-                     f"{r['verdict']} |")
+        lines.append(
+            f"| {strat} | {int(r['n_pairs'])} | {diff} | {int(r['seeds_won'])} / {int(r['seeds_lost'])} | "
+            f"{r['verdict']} |"
+        )
     return "\n".join(lines)
 
 
-def summaries(store: Store, dataset: str | None = None, at_labels: Sequence[int] | None = None,
-              targets: Sequence[float] = DEFAULT_TARGETS) -> list[ProtocolSummary]:
+def summaries(
+    store: Store,
+    dataset: str | None = None,
+    at_labels: Sequence[int] | None = None,
+    targets: Sequence[float] = DEFAULT_TARGETS,
+) -> list[ProtocolSummary]:
     """One :class:`ProtocolSummary` per protocol found in ``store`` (optionally one dataset's only)."""
     runs = runs_table(store, dataset)
     curves = learning_curves(store, dataset)
@@ -460,15 +536,28 @@ def batch_uncertainty(store: Store, curves: pd.DataFrame) -> pd.DataFrame:
             continue
         b = q.groupby("round_idx")["score"].agg(batch_mean="mean", batch_min="min", batch_max="max").reset_index()
         r = g[["round_idx", "n_labelled", "n_queried", "score_q25", "score_median", "score_q75"]].rename(
-            columns={"score_q25": "pool_q25", "score_median": "pool_median", "score_q75": "pool_q75"})
+            columns={"score_q25": "pool_q25", "score_median": "pool_median", "score_q75": "pool_q75"}
+        )
         m = b.merge(r, on="round_idx", how="inner")
         m["labels_before"] = m["n_labelled"] - m["n_queried"]
         for k in ("strategy", "seed", "protocol"):
             m[k] = g[k].iloc[0]
         m["run"] = run
         frames.append(m)
-    cols = ["run", "strategy", "seed", "protocol", "round_idx", "labels_before", "batch_mean", "batch_min",
-            "batch_max", "pool_q25", "pool_median", "pool_q75"]
+    cols = [
+        "run",
+        "strategy",
+        "seed",
+        "protocol",
+        "round_idx",
+        "labels_before",
+        "batch_mean",
+        "batch_min",
+        "batch_max",
+        "pool_q25",
+        "pool_median",
+        "pool_q75",
+    ]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
 
@@ -482,8 +571,9 @@ def _pyplot():
     return plt
 
 
-def plot_learning_curves(curves: pd.DataFrame, path: str | Path, title: str = "",
-                         table: pd.DataFrame | None = None) -> Path:
+def plot_learning_curves(
+    curves: pd.DataFrame, path: str | Path, title: str = "", table: pd.DataFrame | None = None
+) -> Path:
     """Test accuracy against labels: per strategy the mean over finished seeds with a band of +-1 std;
     runs in progress as thin dashed lines. ``curves``: rows of one protocol (see :func:`learning_curves`)."""
     plt = _pyplot()
@@ -504,8 +594,14 @@ def plot_learning_curves(curves: pd.DataFrame, path: str | Path, title: str = ""
             ax.plot(st["n_labelled"], st["mean"], color=c, lw=1.8, label=f"{s} (n={n_seeds}){flag}")
             ax.fill_between(st["n_labelled"], st["mean"] - st["std"], st["mean"] + st["std"], color=c, alpha=0.15)
         for j, (_, rg) in enumerate(g[g["in_progress"]].groupby("run")):
-            ax.plot(rg["n_labelled"], rg["accuracy"], color=c, lw=0.9, ls="--",
-                    label=f"{s}: {IN_PROGRESS}" if j == 0 else None)
+            ax.plot(
+                rg["n_labelled"],
+                rg["accuracy"],
+                color=c,
+                lw=0.9,
+                ls="--",
+                label=f"{s}: {IN_PROGRESS}" if j == 0 else None,
+            )
     ax.set_xlabel("labelled samples")
     ax.set_ylabel("test accuracy")
     import textwrap
@@ -531,17 +627,22 @@ def plot_batch_uncertainty(unc: pd.DataFrame, path: str | Path, title: str = "")
     rows = math.ceil(len(strategies) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, s in zip(axes.flat, strategies):  # noqa: B905 - axes may outnumber strategies (blanked below)
-        g = unc[unc["strategy"] == s].groupby("labels_before")[["batch_mean", "pool_q25", "pool_median",
-                                                                  "pool_q75"]].mean().reset_index()
+        g = (
+            unc[unc["strategy"] == s]
+            .groupby("labels_before")[["batch_mean", "pool_q25", "pool_median", "pool_q75"]]
+            .mean()
+            .reset_index()
+        )
         ax.plot(g["labels_before"], g["batch_mean"], lw=1.6, label="acquired batch (mean)")
         ax.plot(g["labels_before"], g["pool_median"], lw=1.0, color="grey", label="candidates (median)")
-        ax.fill_between(g["labels_before"], g["pool_q25"], g["pool_q75"], color="grey", alpha=0.2,
-                        label="candidates (IQR)")
+        ax.fill_between(
+            g["labels_before"], g["pool_q25"], g["pool_q75"], color="grey", alpha=0.2, label="candidates (IQR)"
+        )
         ax.set_title(s, fontsize=9)
         ax.set_xlabel("labels when queried", fontsize=8)
         ax.set_ylabel("acquisition score", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(strategies):]:
+    for ax in list(axes.flat)[len(strategies) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(title or "uncertainty of the acquired batch", fontsize=10)
@@ -562,8 +663,11 @@ def markdown_table(s: ProtocolSummary) -> str:
     dagger, in-progress runs counted in their own column."""
     t = s.table
     win = winners(t, s.at_labels, s.targets)
-    head = (["strategy", "seeds", "AUBC"] + [f"acc @ {a}" for a in s.at_labels]
-            + [f"labels to {t_:.0%}" for t_ in s.targets])
+    head = (
+        ["strategy", "seeds", "AUBC"]
+        + [f"acc @ {a}" for a in s.at_labels]
+        + [f"labels to {t_:.0%}" for t_ in s.targets]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def bold(txt: str, col: str, strat: str) -> str:
@@ -590,21 +694,29 @@ def markdown_table(s: ProtocolSummary) -> str:
     return "\n".join(lines)
 
 
-def protocol_markdown(s: ProtocolSummary, curves_png: str | None = None, unc_png: str | None = None,
-                      command: str | None = None, reference: str | None = "regrad",
-                      curves: pd.DataFrame | None = None) -> str:
+def protocol_markdown(
+    s: ProtocolSummary,
+    curves_png: str | None = None,
+    unc_png: str | None = None,
+    command: str | None = None,
+    reference: str | None = "regrad",
+    curves: pd.DataFrame | None = None,
+) -> str:
     """One protocol's section: schedule, table, definitions, paired comparison against ``reference`` (when it
     has finished runs), fewer-seed flags, runs in progress and the figures."""
     parts = [f"## {s.protocol}", "", describe_protocol(s.config), ""]
     if command:
         parts += ["Produced by:", "", "```", command, "```", ""]
-    parts += [markdown_table(s), "",
-              "AUBC: normalised area under the accuracy-vs-labels curve from the initial set to the last round "
-              "(trapezoidal), mean ± std over finished seeds. acc @ n: test accuracy at n labels, mean ± std. "
-              "labels to x%: median over finished seeds of the first label count with test accuracy >= x% "
-              "('never': not reached within the budget). Bold: best in the column. "
-              "†: fewer finished seeds than the best-covered strategy. Runs in progress are excluded from "
-              "the statistics."]
+    parts += [
+        markdown_table(s),
+        "",
+        "AUBC: normalised area under the accuracy-vs-labels curve from the initial set to the last round "
+        "(trapezoidal), mean ± std over finished seeds. acc @ n: test accuracy at n labels, mean ± std. "
+        "labels to x%: median over finished seeds of the first label count with test accuracy >= x% "
+        "('never': not reached within the budget). Bold: best in the column. "
+        "†: fewer finished seeds than the best-covered strategy. Runs in progress are excluded from "
+        "the statistics.",
+    ]
     if reference and reference in set(s.runs.loc[~s.runs["in_progress"], "strategy"]) and len(s.table) > 1:
         parts += ["", paired_markdown(paired_comparison(s.runs, reference), reference)]
     flagged = [k for k, v in s.table["fewer_seeds"].items() if v] if "fewer_seeds" in s.table else []
@@ -626,9 +738,15 @@ def protocol_markdown(s: ProtocolSummary, curves_png: str | None = None, unc_png
     return "\n".join(parts) + "\n"
 
 
-def write_report(store: Store, out: str | Path, dataset: str | None = None, at_labels: Sequence[int] | None = None,
-                 targets: Sequence[float] = DEFAULT_TARGETS, command: str | None = None,
-                 reference: str | None = "regrad") -> list[Path]:
+def write_report(
+    store: Store,
+    out: str | Path,
+    dataset: str | None = None,
+    at_labels: Sequence[int] | None = None,
+    targets: Sequence[float] = DEFAULT_TARGETS,
+    command: str | None = None,
+    reference: str | None = "regrad",
+) -> list[Path]:
     """Write, per protocol, ``<protocol>.md``, ``<protocol>-curves.png`` and ``<protocol>-uncertainty.png``
     under ``out``, and ``report.md`` linking them all. Returns the paths written."""
     out = Path(out)
@@ -638,19 +756,24 @@ def write_report(store: Store, out: str | Path, dataset: str | None = None, at_l
     sections = []
     for s in summaries(store, dataset, at_labels, targets):
         cur = curves[curves["protocol"] == s.protocol]
-        png = plot_learning_curves(cur, out / f"{s.protocol}-curves.png",
-                                   f"{s.protocol}: " + describe_protocol(s.config), s.table)
+        png = plot_learning_curves(
+            cur, out / f"{s.protocol}-curves.png", f"{s.protocol}: " + describe_protocol(s.config), s.table
+        )
         written.append(png)
-        upng = plot_batch_uncertainty(batch_uncertainty(store, cur), out / f"{s.protocol}-uncertainty.png",
-                                      f"{s.protocol}: acquisition scores of the acquired batch vs the candidates")
+        upng = plot_batch_uncertainty(
+            batch_uncertainty(store, cur),
+            out / f"{s.protocol}-uncertainty.png",
+            f"{s.protocol}: acquisition scores of the acquired batch vs the candidates",
+        )
         if upng:
             written.append(upng)
         p = out / f"{s.protocol}.md"
-        p.write_text(f"# Active-learning report: {s.protocol}\n\n"
-                     + protocol_markdown(s, png.name, upng.name if upng else None, command, reference, cur))
+        p.write_text(
+            f"# Active-learning report: {s.protocol}\n\n"
+            + protocol_markdown(s, png.name, upng.name if upng else None, command, reference, cur)
+        )
         written.append(p)
-        sections.append(protocol_markdown(s, png.name, upng.name if upng else None, reference=reference,
-                                          curves=cur))
+        sections.append(protocol_markdown(s, png.name, upng.name if upng else None, reference=reference, curves=cur))
     index = out / "report.md"
     head = "# Active-learning report\n\n" + (f"Produced by `{command}`\n\n" if command else "")
     index.write_text(head + ("\n".join(sections) if sections else "The store holds no completed round yet.\n"))
@@ -663,12 +786,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--store", required=True, help="SQLAlchemy URL of the store, e.g. sqlite:///al-runs.db")
     p.add_argument("--dataset", help="only this dataset's runs")
     p.add_argument("--out", default="report", help="output folder (default ./report)")
-    p.add_argument("--at", type=int, nargs="+", help="label counts for the accuracy columns (default: 3 evenly "
-                                                     "spread up to the budget)")
-    p.add_argument("--targets", type=float, nargs="+", default=list(DEFAULT_TARGETS),
-                   help="accuracies for the labels-to-reach columns (default 0.8 0.9 0.95)")
-    p.add_argument("--reference", default="regrad",
-                   help="strategy compared seed by seed against every other one (default regrad; '' for none)")
+    p.add_argument(
+        "--at",
+        type=int,
+        nargs="+",
+        help="label counts for the accuracy columns (default: 3 evenly spread up to the budget)",
+    )
+    p.add_argument(
+        "--targets",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_TARGETS),
+        help="accuracies for the labels-to-reach columns (default 0.8 0.9 0.95)",
+    )
+    p.add_argument(
+        "--reference",
+        default="regrad",
+        help="strategy compared seed by seed against every other one (default regrad; '' for none)",
+    )
     args = p.parse_args(argv)
     if any(not 0 < t <= 1 for t in args.targets):
         print("error: --targets are accuracies in (0, 1], e.g. 0.9 0.95", file=sys.stderr)
@@ -677,16 +812,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = Store(args.store, must_exist=True)
         runs = store.runs()
         if runs.empty:
-            print(f"error: store {args.store} holds no runs; run `python -m al.bench ... --store {args.store}` "
-                  f"first", file=sys.stderr)
+            print(
+                f"error: store {args.store} holds no runs; run `python -m al.bench ... --store {args.store}` first",
+                file=sys.stderr,
+            )
             return 2
         if args.dataset and args.dataset not in set(runs["dataset"]):
-            print(f"error: store {args.store} holds no runs on dataset {args.dataset!r}; it has "
-                  f"{', '.join(sorted(set(runs['dataset'])))}", file=sys.stderr)
+            print(
+                f"error: store {args.store} holds no runs on dataset {args.dataset!r}; it has "
+                f"{', '.join(sorted(set(runs['dataset'])))}",
+                file=sys.stderr,
+            )
             return 2
         cmd = "python -m al.report " + " ".join(sys.argv[1:] if argv is None else argv)
-        paths = write_report(store, args.out, args.dataset, args.at, args.targets, command=cmd,
-                             reference=args.reference or None)
+        paths = write_report(
+            store, args.out, args.dataset, args.at, args.targets, command=cmd, reference=args.reference or None
+        )
     except (StoreError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ purpose, whatever happened in the process before it.
 Torch's global RNG is only ever used inside :func:`torch_rng_scope`, which seeds it for the duration and restores
 the caller's state afterwards, so nothing here changes what a caller's own ``torch.rand`` calls return.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ Strategies are pure: they never train and never write files. Each declares the q
 the :class:`Context` computes each of them once per round, whichever strategy asks, and hands model-based
 strategies the trained model and the pool inputs.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -48,11 +49,15 @@ def top_n(scores: np.ndarray, ids: np.ndarray, n: int) -> Selection:
     scores = np.asarray(scores, dtype=np.float64)
     ids = np.asarray(ids, dtype=np.int64)
     if scores.shape != ids.shape:
-        raise StrategyError(f"scores {scores.shape} and ids {ids.shape} differ in shape; a strategy must score "
-                            f"every candidate it ranks, one score per id")
+        raise StrategyError(
+            f"scores {scores.shape} and ids {ids.shape} differ in shape; a strategy must score "
+            f"every candidate it ranks, one score per id"
+        )
     if np.isnan(scores).any():
-        raise ModelError(f"acquisition scores contain NaN ({int(np.isnan(scores).sum())} of {scores.size}); the "
-                         f"model's outputs are probably not finite: lower the learning rate or check the inputs")
+        raise ModelError(
+            f"acquisition scores contain NaN ({int(np.isnan(scores).sum())} of {scores.size}); the "
+            f"model's outputs are probably not finite: lower the learning rate or check the inputs"
+        )
     order = np.lexsort((ids, -scores))[:n]
     return Selection(ids[order], scores[order], scores)
 
@@ -75,11 +80,21 @@ class Context:
     Default: ``round_rng(0, 0, purpose)``, so a context built by hand is deterministic.
     """
 
-    def __init__(self, candidates: np.ndarray, labelled: np.ndarray | None = None, *,
-                 learner: TorchLearner | None = None, inputs_of: Any = None,
-                 probs: np.ndarray | None = None, mc_probs: np.ndarray | None = None,
-                 embeddings: np.ndarray | None = None, labelled_embeddings: np.ndarray | None = None,
-                 mc_samples: int = 20, rng_for: RngFor | None = None, n_classes: int | None = None) -> None:
+    def __init__(
+        self,
+        candidates: np.ndarray,
+        labelled: np.ndarray | None = None,
+        *,
+        learner: TorchLearner | None = None,
+        inputs_of: Any = None,
+        probs: np.ndarray | None = None,
+        mc_probs: np.ndarray | None = None,
+        embeddings: np.ndarray | None = None,
+        labelled_embeddings: np.ndarray | None = None,
+        mc_samples: int = 20,
+        rng_for: RngFor | None = None,
+        n_classes: int | None = None,
+    ) -> None:
         self.candidates = np.asarray(candidates, dtype=np.int64)
         self.labelled = np.asarray(labelled if labelled is not None else [], dtype=np.int64)
         self.learner = learner
@@ -87,8 +102,12 @@ class Context:
         self.mc_samples = mc_samples
         self.rng_for: RngFor = rng_for if rng_for is not None else _default_rng_for
         self._n_classes = n_classes
-        for name, value in (("probs", probs), ("mc_probs", mc_probs), ("embeddings", embeddings),
-                            ("labelled_embeddings", labelled_embeddings)):
+        for name, value in (
+            ("probs", probs),
+            ("mc_probs", mc_probs),
+            ("embeddings", embeddings),
+            ("labelled_embeddings", labelled_embeddings),
+        ):
             if value is not None:
                 self.__dict__[name] = np.asarray(value)
 
@@ -164,7 +183,8 @@ class Strategy:
         if "mc_probs" in self.needs and not learner.has_dropout:
             raise IncompatibleStrategyError(
                 f"strategy {self.name!r} needs MC-dropout samples but the model has no dropout layer; "
-                f"add nn.Dropout to the model or pick a strategy that needs no MC samples")
+                f"add nn.Dropout to the model or pick a strategy that needs no MC samples"
+            )
         if {"embeddings", "labelled_embeddings"} & self.needs:
             learner.last_linear()
 
@@ -175,19 +195,24 @@ class Strategy:
         if n < 1:
             raise ConfigError(f"query size must be at least 1, got {n}")
         if n > n_cand:
-            raise ConfigError(f"cannot select {n} samples from {n_cand} unlabelled candidates; lower the query "
-                              f"size or enlarge --pool-subset")
+            raise ConfigError(
+                f"cannot select {n} samples from {n_cand} unlabelled candidates; lower the query "
+                f"size or enlarge --pool-subset"
+            )
         sel = self.select(ctx, n, rng)
         ids = np.asarray(sel.ids, dtype=np.int64)
         if len(ids) != n or len(np.unique(ids)) != n:
-            raise StrategyError(f"strategy {self.name!r} returned {len(ids)} ids ({len(np.unique(ids))} unique), "
-                                f"expected {n} unique ids; fix its select() to return exactly n distinct candidates")
+            raise StrategyError(
+                f"strategy {self.name!r} returned {len(ids)} ids ({len(np.unique(ids))} unique), "
+                f"expected {n} unique ids; fix its select() to return exactly n distinct candidates"
+            )
         return sel
 
     def __repr__(self) -> str:
         # repr must not raise (it is printed inside other errors), so a setting that was not stored is shown so.
-        params = ", ".join(f"{k}={getattr(self, k)!r}" if hasattr(self, k) else f"{k}=<not stored>"
-                           for k in self._setting_names())
+        params = ", ".join(
+            f"{k}={getattr(self, k)!r}" if hasattr(self, k) else f"{k}=<not stored>" for k in self._setting_names()
+        )
         return f"{type(self).__name__}({params})"
 
     def _setting_names(self) -> list[str]:
@@ -207,5 +232,6 @@ class Strategy:
             raise StrategyError(
                 f"{type(self).__name__} takes {', '.join(map(repr, missing))} but does not store "
                 f"{'it' if len(missing) == 1 else 'them'}; store each constructor setting as self.<name> "
-                f"(self.{missing[0]} = {missing[0]}) so that runs record it and resume only under the same value")
+                f"(self.{missing[0]} = {missing[0]}) so that runs record it and resume only under the same value"
+            )
         return {k: getattr(self, k) for k in names}

@@ -37,7 +37,10 @@ def compare_run(ref: object, cand: object, run: str) -> dict[str, object]:
     same_scores = rs.shape == cs.shape and bool(np.allclose(rs, cs, rtol=1e-12, atol=0, equal_nan=True))
     lab = ["sample_id", "label", "round_idx"]
     same_labels = (
-        rl[lab].sort_values("sample_id").reset_index(drop=True).equals(cl[lab].sort_values("sample_id").reset_index(drop=True))
+        rl[lab]
+        .sort_values("sample_id")
+        .reset_index(drop=True)
+        .equals(cl[lab].sort_values("sample_id").reset_index(drop=True))
     )
     acc_r, acc_c = rc["accuracy"].to_numpy(float), cc["accuracy"].to_numpy(float)
     nll_r, nll_c = rc["nll"].to_numpy(float), cc["nll"].to_numpy(float)
@@ -74,8 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cols = list(rows[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for row in rows:
-        lines.append("| " + " | ".join("same" if v is True else "DIFFERENT" if v is False else str(v)
-                                        for v in row.values()) + " |")
+        lines.append(
+            "| "
+            + " | ".join("same" if v is True else "DIFFERENT" if v is False else str(v) for v in row.values())
+            + " |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -9,6 +9,7 @@ labels, and the share of round time spent training, evaluating, selecting (scori
 Resumable: a killed run continues from the store when the command is repeated (its wall time then covers only
 the last invocation, and the file says so).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,13 +36,26 @@ def main() -> None:
     # Wall times of earlier invocations are kept beside the report, so strategies can be run one at a time.
     walls_file = Path(args.out).with_suffix(".walls.json")
     walls: dict[str, tuple[float, bool]] = (
-        {k: tuple(v) for k, v in json.loads(walls_file.read_text()).items()} if walls_file.exists() else {})
+        {k: tuple(v) for k, v in json.loads(walls_file.read_text()).items()} if walls_file.exists() else {}
+    )
     for strat in args.strategies:
         name = f"mnist-{strat}-seed{args.seed}"
         fresh = name not in set(Store(args.store).runs()["run"])
         t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "al.bench", "--strategy", strat, "--budget", "2000", "--seed", str(args.seed),
-               "--store", args.store, "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "al.bench",
+            "--strategy",
+            strat,
+            "--budget",
+            "2000",
+            "--seed",
+            str(args.seed),
+            "--store",
+            args.store,
+            "--no-progress",
+        ]
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, env={**os.environ})
         if fresh or strat not in walls:
@@ -52,14 +66,19 @@ def main() -> None:
 
 def write_report(store: Store, walls: dict[str, tuple[float, bool]], args: argparse.Namespace) -> None:
     c = store.curves()
-    lines = ["# MNIST, default protocol (`python -m al.bench --budget 2000`)", "",
-             f"Command: `python benchmarks/mnist_default.py --strategies {' '.join(walls)}` (strategies may be run "
-             "one invocation at a time; wall times are kept in the `.walls.json` file beside this one)", "",
-             "Protocol: 100 random initial labels, query size 100, budget 2000 (20 rounds), pool subset 10000 "
-             "scored per round, default CNN retrained from scratch each round (Adam 1e-3, batch 64, 30 epochs and "
-             "at least 300 steps), seed 0. Machine: 2 CPU cores, no GPU.", "",
-             "| strategy | wall time (s) | acc @100 | acc @1000 | acc @2000 | train | evaluate | select | store |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# MNIST, default protocol (`python -m al.bench --budget 2000`)",
+        "",
+        f"Command: `python benchmarks/mnist_default.py --strategies {' '.join(walls)}` (strategies may be run "
+        "one invocation at a time; wall times are kept in the `.walls.json` file beside this one)",
+        "",
+        "Protocol: 100 random initial labels, query size 100, budget 2000 (20 rounds), pool subset 10000 "
+        "scored per round, default CNN retrained from scratch each round (Adam 1e-3, batch 64, 30 epochs and "
+        "at least 300 steps), seed 0. Machine: 2 CPU cores, no GPU.",
+        "",
+        "| strategy | wall time (s) | acc @100 | acc @1000 | acc @2000 | train | evaluate | select | store |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for strat, (wall, fresh) in walls.items():
         d = c[c["run"] == f"mnist-{strat}-seed{args.seed}"].set_index("n_labelled")
         parts = d[["train_seconds", "eval_seconds", "select_seconds", "store_seconds"]].fillna(0).sum()
@@ -67,8 +86,12 @@ def write_report(store: Store, walls: dict[str, tuple[float, bool]], args: argpa
         acc = [f"{d['accuracy'].get(n, float('nan')):.4f}" for n in (100, 1000, 2000)]
         w = f"{wall:.0f}" + ("" if fresh else " (resumed)")
         lines.append(f"| {strat} | {w} | {' | '.join(acc)} | " + " | ".join(f"{v:.1f}%" for v in share) + " |")
-    lines += ["", "Shares are of the summed per-round time recorded in the store (training, test-set evaluation, "
-              "selection including the forward passes over the scored subset, and store writes).", ""]
+    lines += [
+        "",
+        "Shares are of the summed per-round time recorded in the store (training, test-set evaluation, "
+        "selection including the forward passes over the scored subset, and store writes).",
+        "",
+    ]
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
 

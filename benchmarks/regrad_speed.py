@@ -15,6 +15,7 @@ on briefly trained models, over MNIST-test and Fashion-MNIST-test inputs.
 
 References: Wang & Ji, CVPR 2024 (arXiv 2404.10124); Dangel et al., "BackPACK", ICLR 2020; torch.func (functorch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,9 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ M4 = dict(n_perturbations=4, sigma=0.1, aggregate="mean-grad")
 def forward(model: torch.nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         for i in range(0, len(x), BATCH):
-            model(x[i:i + BATCH])
+            model(x[i : i + BATCH])
 
 
 def groups(model: torch.nn.Module, x: torch.Tensor) -> list[list[str]]:
@@ -62,10 +63,12 @@ def naive(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     plist = [params[n] for g in gr for n in g]
     out = []
     for i in range(len(x)):
-        logp = torch.log_softmax(model(x[i:i + 1]), 1)[0]
+        logp = torch.log_softmax(model(x[i : i + 1]), 1)[0]
         per_c = []
         for k in range(len(logp)):
-            gs = dict(zip([n for g in gr for n in g], torch.autograd.grad(logp[k], plist, retain_graph=True)))
+            gs = dict(
+                zip([n for g in gr for n in g], torch.autograd.grad(logp[k], plist, retain_graph=True), strict=True)
+            )
             per_c.append([float(torch.sqrt(sum(gs[n].pow(2).sum() for n in g))) for g in gr])
         out.append(per_c)
     return np.array(out)
@@ -83,11 +86,11 @@ def torch_func(model: torch.nn.Module, x: torch.Tensor, n_classes: int = 10) -> 
     out = np.zeros((len(x), n_classes, len(gr)))
     f = vmap(grad(logp), in_dims=(None, 0, None))
     for s in range(0, len(x), BATCH // 2):
-        xb = x[s:s + BATCH // 2]
+        xb = x[s : s + BATCH // 2]
         for k in range(n_classes):
             g = f(params, xb, k)
             for li, names in enumerate(gr):
-                out[s:s + len(xb), k, li] = torch.sqrt(sum(g[n].flatten(1).pow(2).sum(1) for n in names)).numpy()
+                out[s : s + len(xb), k, li] = torch.sqrt(sum(g[n].flatten(1).pow(2).sum(1) for n in names)).numpy()
     return out
 
 
@@ -100,7 +103,7 @@ def backpack_l2(model: torch.nn.Module, x: torch.Tensor, n_classes: int = 10) ->
     params = dict(m.named_parameters())
     out = np.zeros((len(x), n_classes, len(gr)))
     for s in range(0, len(x), BATCH):
-        xb = x[s:s + BATCH]
+        xb = x[s : s + BATCH]
         for k in range(n_classes):
             # BackPACK frees the module inputs it stored after each backward pass, so each class needs its own
             # forward pass (its documented use: forward, then backward inside the context).
@@ -108,7 +111,7 @@ def backpack_l2(model: torch.nn.Module, x: torch.Tensor, n_classes: int = 10) ->
             with backpack(BatchL2Grad()):
                 logp[:, k].sum().backward()
             for li, names in enumerate(gr):
-                out[s:s + len(xb), k, li] = torch.sqrt(sum(params[n].batch_l2 for n in names)).detach().numpy()
+                out[s : s + len(xb), k, li] = torch.sqrt(sum(params[n].batch_l2 for n in names)).detach().numpy()
             for p in m.parameters():
                 p.grad = None
     return out
@@ -142,23 +145,34 @@ def main() -> None:
     t0 = time.perf_counter()
     try:
         import backpack  # noqa: F401
+
         have_backpack = True
     except ImportError:
         have_backpack = False
 
     ds = load_dataset("mnist")
-    x = ds.test_x[:args.n]
+    x = ds.test_x[: args.n]
     x_fa = load_test_images("fashion-mnist")[0]
-    lines = ["# REGrad speed: ratios to a plain forward pass, side by side in one run", "",
-             f"Produced by `AL_DATA_DIR=/work/shared/data AL_CACHE_DIR=/tmp/alcache .venv/bin/python "
-             f"benchmarks/regrad_speed.py {' '.join(sys.argv[1:])}`".rstrip() + f" ({time.strftime('%Y-%m-%d')}, "
-             f"torch {torch.__version__}, `torch.set_num_threads(1)` on a 2-core CPU shared with other jobs; "
-             f"each figure the median of {args.repeats} interleaved repeats).", "",
-             f"Inputs: the first {args.n} MNIST-test images, chunks of {BATCH}. Every method computes the same "
-             f"per-sample, per-class (10), per-layer gradient norms of log p(k|x) (our top-3 and last-layer "
-             f"variants compute fewer). The naive loop is timed on {args.n_naive} inputs and scaled per input. "
-             f"BackPACK: {'backpack-for-pytorch ' + version('backpack-for-pytorch') if have_backpack else 'not installed (pip install backpack-for-pytorch failed)'}.",
-             ""]
+    lines = [
+        "# REGrad speed: ratios to a plain forward pass, side by side in one run",
+        "",
+        f"Produced by `AL_DATA_DIR=/work/shared/data AL_CACHE_DIR=/tmp/alcache .venv/bin/python "
+        f"benchmarks/regrad_speed.py {' '.join(sys.argv[1:])}`".rstrip()
+        + f" ({time.strftime('%Y-%m-%d')}, "
+        f"torch {torch.__version__}, `torch.set_num_threads(1)` on a 2-core CPU shared with other jobs; "
+        f"each figure the median of {args.repeats} interleaved repeats).",
+        "",
+        f"Inputs: the first {args.n} MNIST-test images, chunks of {BATCH}. Every method computes the same "
+        f"per-sample, per-class (10), per-layer gradient norms of log p(k|x) (our top-3 and last-layer "
+        f"variants compute fewer). The naive loop is timed on {args.n_naive} inputs and scaled per input. "
+        "BackPACK: "
+        + (
+            f"backpack-for-pytorch {version('backpack-for-pytorch')}."
+            if have_backpack
+            else "not installed (pip install backpack-for-pytorch failed)."
+        ),
+        "",
+    ]
     for model_name in ("cnn", "lenet5"):
         torch.manual_seed(0)
         model = build_model(model_name, 10, (1, 28, 28)).eval()
@@ -168,8 +182,10 @@ def main() -> None:
         agree = {"naive loop": naive(model, xs[:8]), "torch.func vmap(grad)": torch_func(model, xs)}
         if have_backpack:
             agree["BackPACK BatchL2Grad"] = backpack_l2(model, xs)
-        err = {k: float(np.max(np.abs(v - ref[:len(v)]) / np.maximum(np.abs(ref[:len(v)]), 1e-12)))
-               for k, v in agree.items()}
+        err = {
+            k: float(np.max(np.abs(v - ref[: len(v)]) / np.maximum(np.abs(ref[: len(v)]), 1e-12)))
+            for k, v in agree.items()
+        }
         methods: dict[str, Callable[[], object]] = {
             "forward pass (no grad)": lambda: forward(model, x),
             "ours, exact, all 10 classes, M=0": lambda: regrad_scores(model, x, **ALL),
@@ -186,38 +202,55 @@ def main() -> None:
         for _ in range(args.repeats):
             for k, fn in methods.items():
                 times[k].append(timed(fn))
-            times["naive loop (scaled)"].append(timed(lambda: naive(model, x[:args.n_naive])) * args.n / args.n_naive)
+            times["naive loop (scaled)"].append(timed(lambda: naive(model, x[: args.n_naive])) * args.n / args.n_naive)
         med = {k: statistics.median(v) for k, v in times.items()}
         f = med["forward pass (no grad)"]
         ours = med["ours, exact, all 10 classes, M=0"]
         print(model_name, {k: round(v / f, 2) for k, v in med.items()}, err, flush=True)
-        lines += [f"## `{model_name}`", "",
-                  f"Forward pass: {f:.3f} s for {args.n} inputs.", "",
-                  "| method | time / forward pass | ours is faster by |", "| --- | --- | --- |"]
+        lines += [
+            f"## `{model_name}`",
+            "",
+            f"Forward pass: {f:.3f} s for {args.n} inputs.",
+            "",
+            "| method | time / forward pass | ours is faster by |",
+            "| --- | --- | --- |",
+        ]
         for k, v in med.items():
             speed = "" if k.startswith("ours") or k.startswith("forward") else f"{v / ours:.1f}x"
             lines.append(f"| {k} | {v / f:.2f} | {speed} |")
-        lines += ["", "Largest relative difference of each reference's per-layer norms from ours (64 inputs; naive "
-                  "on 8): " + ", ".join(f"{k} {v:.1e}" for k, v in err.items()) + ".", ""]
+        lines += [
+            "",
+            "Largest relative difference of each reference's per-layer norms from ours (64 inputs; naive "
+            "on 8): " + ", ".join(f"{k} {v:.1e}" for k, v in err.items()) + ".",
+            "",
+        ]
 
     # ---- rank agreement of the approximations, on briefly trained models --------------------------------------
-    lines += ["## Rank agreement of the approximations with the exact score", "",
-              f"Models trained with `TorchLearner` on a seeded 10000 MNIST training images, 2 epochs. Exact = "
-              f"class_weighting root, layer_alpha 0, M 0, over all 10 classes and layers; Spearman rho over {args.n_rank} inputs "
-              f"of each set.", "", "| model | inputs | top-3 classes | last layer only | top-3, last layer |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "## Rank agreement of the approximations with the exact score",
+        "",
+        f"Models trained with `TorchLearner` on a seeded 10000 MNIST training images, 2 epochs. Exact = "
+        "class_weighting root, layer_alpha 0, M 0, over all 10 classes and layers; "
+        f"Spearman rho over {args.n_rank} inputs "
+        f"of each set.",
+        "",
+        "| model | inputs | top-3 classes | last layer only | top-3, last layer |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     idx = torch.from_numpy(np.sort(np.random.default_rng(0).permutation(len(ds.train_y))[:10000]))
     for model_name in ("cnn", "lenet5"):
         learner = TorchLearner(model_name, 10, (1, 28, 28), epochs=2, min_steps=0, batch_size=128, seed=0)
         learner.fit(ds.train_x[idx], ds.train_y[idx])
         model = learner.module_
-        for set_name, xs in (("MNIST-test", ds.test_x[:args.n_rank]), ("Fashion-MNIST-test", x_fa[:args.n_rank])):
+        for set_name, xs in (("MNIST-test", ds.test_x[: args.n_rank]), ("Fashion-MNIST-test", x_fa[: args.n_rank])):
             gn = gradient_norms(model, xs)
             kw = dict(class_weighting="root", layer_alpha=0.0)  # every class and layer counts: the hardest case
             exact = gn.score(**kw)
-            rho = [spearmanr(exact, gn.score(top_k=3, **kw)).statistic,
-                   spearmanr(exact, gn.score(last_layer_only=True, **kw)).statistic,
-                   spearmanr(exact, gn.score(top_k=3, last_layer_only=True, **kw)).statistic]
+            rho = [
+                spearmanr(exact, gn.score(top_k=3, **kw)).statistic,
+                spearmanr(exact, gn.score(last_layer_only=True, **kw)).statistic,
+                spearmanr(exact, gn.score(top_k=3, last_layer_only=True, **kw)).statistic,
+            ]
             lines.append(f"| {model_name} | {set_name} | {rho[0]:.4f} | {rho[1]:.4f} | {rho[2]:.4f} |")
             print(model_name, set_name, rho, flush=True)
     lines += ["", f"Total run time {time.perf_counter() - t0:.0f} s."]

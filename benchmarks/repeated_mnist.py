@@ -16,6 +16,7 @@ Scaled down to fit 2 shared CPU cores (the defaults, all stated in the results f
 
     AL_DATA_DIR=../shared/data .venv/bin/python benchmarks/repeated_mnist.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,10 +50,20 @@ def run_all(args: argparse.Namespace) -> None:
     for seed in args.seeds:  # seeds outer: a partial store holds every strategy of the first seeds
         for strat in args.strategies:
             name = f"{ds.name}-{args.model}-{strat}-seed{seed}"
-            cfg = ExperimentConfig(dataset=ds.name, strategy=strat, budget=args.budget, init_size=20,
-                                   init_balanced=True, query_size=10, seed=seed, model=args.model,
-                                   epochs=args.epochs, min_steps=args.min_steps, pool_subset=0,
-                                   mc_samples=args.mc_samples)
+            cfg = ExperimentConfig(
+                dataset=ds.name,
+                strategy=strat,
+                budget=args.budget,
+                init_size=20,
+                init_balanced=True,
+                query_size=10,
+                seed=seed,
+                model=args.model,
+                epochs=args.epochs,
+                min_steps=args.min_steps,
+                pool_subset=0,
+                mc_samples=args.mc_samples,
+            )
             t0 = time.perf_counter()
             st = Experiment(cfg, store, name=name, dataset=ds).run()
             print(f"{name}: {len(st.labels)} labels, {time.perf_counter() - t0:.0f} s", flush=True)
@@ -86,14 +96,25 @@ def report(args: argparse.Namespace, command: str) -> str:
     curves = curves[curves.run.str.startswith(prefix)]
     runs = store.runs()
     runs = runs[runs.run.str.startswith(prefix)]
-    lines = [f"# Repeated-MNIST: query size 10, budget {args.budget}",
-             "", "Produced by:", "", "```", command, "```", ""]
+    lines = [
+        f"# Repeated-MNIST: query size 10, budget {args.budget}",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
     finished = runs[runs.status == "finished"]
     expected = len(args.seeds) * len(args.strategies)
     if len(finished) < expected:
-        lines += [f"**PARTIAL**: {len(finished)} of {expected} runs finished (the others are missing or stopped "
-                  f"part-way; their completed rounds are included below where marked). Resume with the same "
-                  f"command.", ""]
+        lines += [
+            f"**PARTIAL**: {len(finished)} of {expected} runs finished (the others are missing or stopped "
+            f"part-way; their completed rounds are included below where marked). Resume with the same "
+            f"command.",
+            "",
+        ]
     lines += [
         "Protocol (scaled down to 2 shared CPU cores): pool = "
         f"{n_base} MNIST training images (seeded subset) x 3 copies, each copy with its own N(0, 0.1^2) noise "
@@ -123,8 +144,10 @@ def report(args: argparse.Namespace, command: str) -> str:
         aubc_s = f"{np.mean(aubc):.3f} +- {np.std(aubc):.3f} (n={len(aubc)})" if aubc else "-"
         dups = [redundancy(store, r, n_base) for r in c.run.unique()]
         w, b, t = (sum(x[i] for x in dups) for i in range(3))
-        lines.append(f"| {strat} | " + " | ".join(cells) + f" | {aubc_s} | {w}/{t} ({100 * w / max(t, 1):.0f}%) "
-                     f"| {b}/{t} ({100 * b / max(t, 1):.0f}%) |")
+        lines.append(
+            f"| {strat} | " + " | ".join(cells) + f" | {aubc_s} | {w}/{t} ({100 * w / max(t, 1):.0f}%) "
+            f"| {b}/{t} ({100 * b / max(t, 1):.0f}%) |"
+        )
     lines += [
         "",
         "AUBC: mean test accuracy over all rounds from 20 to the budget (one value per run), mean +- std over "
@@ -160,11 +183,16 @@ def diagnose(args: argparse.Namespace) -> str:
     init = np.concatenate([g.choice(np.flatnonzero(y == c), 2, replace=False) for c in range(10)])
     learner = TorchLearner(args.model, 10, ds.input_shape, epochs=args.epochs, min_steps=args.min_steps, seed=0)
     learner.fit(ds.train_x[init], y[init])
-    out = ["", "## Diagnostic: near-copies in one BatchBALD batch", "",
-           f"Model `{args.model}` trained on 2 labels per class (seed 0); one query of 10 from the {ds.n_pool} pool.",
-           "", "| T | strategy | source images of the 10 picks | in-batch copies | gains (nats) "
-           "| mean E_w H[y given w] of picks |",
-           "| --- | --- | --- | --- | --- | --- |"]
+    out = [
+        "",
+        "## Diagnostic: near-copies in one BatchBALD batch",
+        "",
+        f"Model `{args.model}` trained on 2 labels per class (seed 0); one query of 10 from the {ds.n_pool} pool.",
+        "",
+        "| T | strategy | source images of the 10 picks | in-batch copies | gains (nats) "
+        "| mean E_w H[y given w] of picks |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for T in (args.mc_samples, 100):
         mc = learner.mc_predict_proba(ds.train_x, T, seed=1)
         cond = conditional_entropy(mc)
@@ -172,8 +200,10 @@ def diagnose(args: argparse.Namespace) -> str:
         bb, gains = batchbald_select(mc, 10, np.random.default_rng(0))
         for name, pos, gn in (("bald", bald, mutual_information(mc)[bald]), ("batchbald", bb, gains)):
             src = pos % args.base_size
-            out.append(f"| {T} | {name} | {' '.join(map(str, src))} | {10 - len(set(src))} | "
-                       f"{' '.join(f'{v:.2f}' for v in gn)} | {cond[pos].mean():.2f} |")
+            out.append(
+                f"| {T} | {name} | {' '.join(map(str, src))} | {10 - len(set(src))} | "
+                f"{' '.join(f'{v:.2f}' for v in gn)} | {cond[pos].mean():.2f} |"
+            )
     return "\n".join(out) + "\n"
 
 
@@ -195,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "AL_DATA_DIR=../shared/data .venv/bin/python benchmarks/repeated_mnist.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+        sys.argv[1:] if argv is None else argv
+    )
     try:
         if not args.report_only:
             run_all(args)

@@ -15,6 +15,7 @@ Strategies not registered yet (another engineer's module not merged) are skipped
 
 Exit codes: 0 every job finished; 4 some jobs were skipped or failed (run the command again later); 2 usage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,10 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere in the checkout
@@ -68,8 +70,9 @@ def load_protocol(path: str | os.PathLike) -> dict[str, Any]:
     return proto
 
 
-def jobs_of(proto: dict[str, Any], strategies: Sequence[str] | None = None,
-            seeds: Sequence[int] | None = None) -> list[Job]:
+def jobs_of(
+    proto: dict[str, Any], strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None
+) -> list[Job]:
     """The protocol's jobs in seed-major order, optionally restricted to some strategies or seeds."""
     out: list[tuple[int, int, Job]] = []
     for order, spec in enumerate(proto["runs"]):
@@ -78,8 +81,19 @@ def jobs_of(proto: dict[str, Any], strategies: Sequence[str] | None = None,
         for rank, s in enumerate(spec["seeds"]):
             if seeds is not None and s not in seeds:
                 continue
-            out.append((rank, order, Job(proto["name"], spec["strategy"], int(s), dict(proto["config"]),
-                                         dict(spec.get("strategy_kwargs", {})))))
+            out.append(
+                (
+                    rank,
+                    order,
+                    Job(
+                        proto["name"],
+                        spec["strategy"],
+                        int(s),
+                        dict(proto["config"]),
+                        dict(spec.get("strategy_kwargs", {})),
+                    ),
+                )
+            )
     return [j for _, _, j in sorted(out, key=lambda t: (t[0], t[1]))]
 
 
@@ -95,8 +109,10 @@ def run_job(job: Job, store: Any, dataset: Any, log: Any = print) -> str:
     t0 = time.perf_counter()
 
     def on_round(rep: Any) -> None:
-        log(f"  {job.name} round {rep.round_idx:3d} labels {rep.n_labelled:5d} acc {rep.accuracy:.4f} "
-            f"train {rep.train_seconds:5.1f}s select {rep.select_seconds:5.1f}s")
+        log(
+            f"  {job.name} round {rep.round_idx:3d} labels {rep.n_labelled:5d} acc {rep.accuracy:.4f} "
+            f"train {rep.train_seconds:5.1f}s select {rep.select_seconds:5.1f}s"
+        )
 
     try:
         exp = Experiment(cfg, store, name=job.name, dataset=dataset, on_round=on_round)
@@ -166,8 +182,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     p.add_argument("--data-dir", help="data root (default $AL_DATA_DIR)")
     p.add_argument("--list", action="store_true", help="list the jobs and their state in the store, run nothing")
-    p.add_argument("--wait", action="store_true",
-                   help="when only jobs of unregistered strategies are left, wait for their modules to appear")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="when only jobs of unregistered strategies are left, wait for their modules to appear",
+    )
     p.add_argument("--until", metavar="HH:MM", help="start no new job after this UTC time")
     args = p.parse_args(argv)
 
@@ -201,8 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Rescanned after every job: a strategy merged meanwhile is picked up at its seed-major place.
         _import_new_strategy_modules()
         states = {r.run: r.status for r in store.runs().itertuples()}
-        job = next((j for j in jobs if states.get(j.name) != "finished" and j.name not in outcome
-                    and _registered(j.strategy)), None)
+        job = next(
+            (j for j in jobs if states.get(j.name) != "finished" and j.name not in outcome and _registered(j.strategy)),
+            None,
+        )
         if job is None:
             waiting = [j for j in jobs if states.get(j.name) != "finished" and not _registered(j.strategy)]
             if not (args.wait and waiting) or (deadline and time.time() > deadline):
@@ -226,11 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if states.get(j.name) == "finished":
             outcome[j.name] = "finished"
         elif j.name not in outcome:
-            outcome[j.name] = ("skipped: strategy not registered yet" if not _registered(j.strategy)
-                               else "not reached (deadline)")
+            outcome[j.name] = (
+                "skipped: strategy not registered yet" if not _registered(j.strategy) else "not reached (deadline)"
+            )
     left = {k: v for k, v in outcome.items() if v != "finished"}
-    print(f"\n{len(outcome) - len(left)} of {len(outcome)} jobs finished" +
-          ("" if not left else "; not finished:\n" + "\n".join(f"  {k}: {v[:200]}" for k, v in left.items())))
+    print(
+        f"\n{len(outcome) - len(left)} of {len(outcome)} jobs finished"
+        + ("" if not left else "; not finished:\n" + "\n".join(f"  {k}: {v[:200]}" for k, v in left.items()))
+    )
     if left:
         print("run the same command again to continue them", flush=True)
     return 4 if left else 0

@@ -17,6 +17,7 @@ overhead. torch uses its default thread count.
 
     AL_DATA_DIR=../shared/data .venv/bin/python benchmarks/strategy_cost.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ import sys
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,23 +89,32 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/strategy_cost.md"))
     p.add_argument("--n-labelled", type=int, default=1000)
-    p.add_argument("--mc-passes", type=int, default=4,
-                   help="MC-dropout passes actually run over the pool (the time for 20 is extrapolated)")
+    p.add_argument(
+        "--mc-passes",
+        type=int,
+        default=4,
+        help="MC-dropout passes actually run over the pool (the time for 20 is extrapolated)",
+    )
     p.add_argument("--mc-samples", type=int, default=20, help="T the bald/batchbald timings use")
     p.add_argument("--batchbald-subset", type=int, default=5000)
     p.add_argument("--strategies", nargs="*", default=None)
     p.add_argument("--train-steps", type=int, default=200)
-    p.add_argument("--model-based-subset", type=int, default=1000,
-                   help="candidates for strategies that run the model themselves (regrad...)")
+    p.add_argument(
+        "--model-based-subset",
+        type=int,
+        default=1000,
+        help="candidates for strategies that run the model themselves (regrad...)",
+    )
     args = p.parse_args(argv)
     command = "AL_DATA_DIR=../shared/data .venv/bin/python benchmarks/strategy_cost.py " + " ".join(
-        sys.argv[1:] if argv is None else argv)
+        sys.argv[1:] if argv is None else argv
+    )
 
     load0 = os.getloadavg()[0]
     ds = load_dataset("mnist")
     rng = np.random.default_rng(0)
     order = rng.permutation(ds.n_pool)
-    labelled, cand = np.sort(order[:args.n_labelled]), np.sort(order[args.n_labelled:])
+    labelled, cand = np.sort(order[: args.n_labelled]), np.sort(order[args.n_labelled :])
     learner = TorchLearner("cnn", 10, ds.input_shape, epochs=1, min_steps=args.train_steps, seed=0)
     t0 = time.perf_counter()
     learner.fit(ds.train_x[labelled], ds.train_y[labelled])
@@ -119,28 +130,44 @@ def main(argv: list[str] | None = None) -> None:
     print(rows[-1], flush=True)
     mc = Measure(lambda: learner.mc_predict_proba(x_cand, args.mc_passes, seed=1))
     mc_probs_small = mc.result
-    rows.append(f"| MC dropout, {args.mc_passes} passes (measured) | {mc.seconds:.2f} | {mc.seconds / fwd.seconds:.2f} "
-                f"| {mib(mc.traced_peak)} | {mib(mc.rss_extra)} |")
+    rows.append(
+        f"| MC dropout, {args.mc_passes} passes (measured) | {mc.seconds:.2f} | {mc.seconds / fwd.seconds:.2f} "
+        f"| {mib(mc.traced_peak)} | {mib(mc.rss_extra)} |"
+    )
     est = mc.seconds * args.mc_samples / args.mc_passes
-    rows.append(f"| MC dropout, {args.mc_samples} passes (x{args.mc_samples / args.mc_passes:g}, extrapolated) | "
-                f"{est:.2f} | {est / fwd.seconds:.2f} | - | - |")
+    rows.append(
+        f"| MC dropout, {args.mc_samples} passes (x{args.mc_samples / args.mc_passes:g}, extrapolated) | "
+        f"{est:.2f} | {est / fwd.seconds:.2f} | - | - |"
+    )
     emb = Measure(lambda: learner.embed(x_cand))
-    rows.append(f"| embeddings of the pool | {emb.seconds:.2f} | {emb.seconds / fwd.seconds:.2f} | "
-                f"{mib(emb.traced_peak)} | {mib(emb.rss_extra)} |")
+    rows.append(
+        f"| embeddings of the pool | {emb.seconds:.2f} | {emb.seconds / fwd.seconds:.2f} | "
+        f"{mib(emb.traced_peak)} | {mib(emb.rss_extra)} |"
+    )
     lemb = Measure(lambda: learner.embed(ds.train_x[torch.from_numpy(labelled)]))
-    rows.append(f"| embeddings of the labelled set | {lemb.seconds:.2f} | {lemb.seconds / fwd.seconds:.2f} | "
-                f"{mib(lemb.traced_peak)} | {mib(lemb.rss_extra)} |")
+    rows.append(
+        f"| embeddings of the labelled set | {lemb.seconds:.2f} | {lemb.seconds / fwd.seconds:.2f} | "
+        f"{mib(lemb.traced_peak)} | {mib(lemb.rss_extra)} |"
+    )
     print("\n".join(rows[-4:]), flush=True)
     # T = mc_samples for the scoring algorithms: the measured passes tiled, which costs what T real passes cost
-    mc_probs = np.tile(mc_probs_small, (int(np.ceil(args.mc_samples / args.mc_passes)), 1, 1))[:args.mc_samples]
+    mc_probs = np.tile(mc_probs_small, (int(np.ceil(args.mc_samples / args.mc_passes)), 1, 1))[: args.mc_samples]
     arrays = dict(probs=probs, mc_probs=mc_probs, embeddings=emb.result, labelled_embeddings=lemb.result)
 
     def inputs_of(ids: np.ndarray) -> torch.Tensor:
         return ds.train_x[torch.from_numpy(np.asarray(ids, dtype=np.int64))]
 
     def ctx_for(candidates: np.ndarray, arr: dict[str, np.ndarray]) -> Context:
-        return Context(candidates, labelled, learner=learner, inputs_of=inputs_of, mc_samples=args.mc_samples,
-                       seed=1, n_classes=10, **arr)
+        return Context(
+            candidates,
+            labelled,
+            learner=learner,
+            inputs_of=inputs_of,
+            mc_samples=args.mc_samples,
+            seed=1,
+            n_classes=10,
+            **arr,
+        )
 
     names = args.strategies or STRATEGIES.names()
     srows: list[str] = []
@@ -152,22 +179,26 @@ def main(argv: list[str] | None = None) -> None:
             if {"model", "inputs"} & strat.needs:
                 # Model-based strategies run their own passes: measured on a subset, extrapolated linearly
                 # (their work is per candidate) and compared with the forward pass over the same subset.
-                sub = cand[:: max(1, len(cand) // args.model_based_subset)][:args.model_based_subset]
+                sub = cand[:: max(1, len(cand) // args.model_based_subset)][: args.model_based_subset]
                 if n > len(sub):
                     continue
                 f_sub = Measure(lambda: learner.predict_proba(inputs_of(sub))).seconds
                 m = Measure(lambda: strat(ctx_for(sub, {}), n, np.random.default_rng(0)))
                 full = m.seconds * len(cand) / len(sub)
-                srows.append(f"| {name} | {n} | {len(sub)} (subset) | {m.seconds:.2f} (full pool ~{full:.0f}, "
-                             f"extrapolated) | {m.seconds / f_sub:.1f} (vs forward on the subset) | "
-                             f"{mib(m.traced_peak)} | {mib(m.rss_extra)} |")
+                srows.append(
+                    f"| {name} | {n} | {len(sub)} (subset) | {m.seconds:.2f} (full pool ~{full:.0f}, "
+                    f"extrapolated) | {m.seconds / f_sub:.1f} (vs forward on the subset) | "
+                    f"{mib(m.traced_peak)} | {mib(m.rss_extra)} |"
+                )
                 print(srows[-1], flush=True)
                 continue
             m = Measure(lambda: strat(ctx_for(cand, arrays), n, np.random.default_rng(0)))
             if name == "batchbald":
                 bb10 = m.seconds
-            srows.append(f"| {name} | {n} | {len(cand)} | {m.seconds:.2f} | {m.seconds / fwd.seconds:.2f} | "
-                         f"{mib(m.traced_peak)} | {mib(m.rss_extra)} |")
+            srows.append(
+                f"| {name} | {n} | {len(cand)} | {m.seconds:.2f} | {m.seconds / fwd.seconds:.2f} | "
+                f"{mib(m.traced_peak)} | {mib(m.rss_extra)} |"
+            )
             print(srows[-1], flush=True)
 
     notes: list[str] = []
@@ -178,51 +209,82 @@ def main(argv: list[str] | None = None) -> None:
             t = time.perf_counter()
             batchbald_select(mc_probs, k, np.random.default_rng(0))
             return time.perf_counter() - t
+
         t5, t10 = steps(5), bb10
         per_step = (t10 - t5) / 5
         full100 = t10 + 90 * per_step
-        srows.append(f"| batchbald | 100 | {len(cand)} | ~{full100:.0f} (extrapolated) | {full100 / fwd.seconds:.1f} "
-                     f"| - | - |")
+        srows.append(
+            f"| batchbald | 100 | {len(cand)} | ~{full100:.0f} (extrapolated) | {full100 / fwd.seconds:.1f} | - | - |"
+        )
         sub = np.sort(np.random.default_rng(1).choice(len(cand), size=args.batchbald_subset, replace=False))
-        arr_sub = {k: (v[:, sub] if k == "mc_probs" else v[sub] if k != "labelled_embeddings" else v)
-                   for k, v in arrays.items()}
+        arr_sub = {
+            k: (v[:, sub] if k == "mc_probs" else v[sub] if k != "labelled_embeddings" else v)
+            for k, v in arrays.items()
+        }
         for n in (10, 100):
             m = Measure(lambda: build_strategy("batchbald")(ctx_for(cand[sub], arr_sub), n, np.random.default_rng(0)))
-            srows.append(f"| batchbald | {n} | {len(sub)} (subset) | {m.seconds:.2f} | {m.seconds / fwd.seconds:.2f} "
-                         f"| {mib(m.traced_peak)} | {mib(m.rss_extra)} |")
+            srows.append(
+                f"| batchbald | {n} | {len(sub)} (subset) | {m.seconds:.2f} | {m.seconds / fwd.seconds:.2f} "
+                f"| {mib(m.traced_peak)} | {mib(m.rss_extra)} |"
+            )
             print(srows[-1], flush=True)
-        notes.append(f"batchbald on the full pool, 100 picks: extrapolated as t(10 picks) + 90 x per-step time of "
-                     f"picks 6..10 ({per_step:.2f} s/step; from pick 5 on, every step scores "
-                     f"{build_strategy('batchbald').num_samples} sampled configurations).")
+        notes.append(
+            f"batchbald on the full pool, 100 picks: extrapolated as t(10 picks) + 90 x per-step time of "
+            f"picks 6..10 ({per_step:.2f} s/step; from pick 5 on, every step scores "
+            f"{build_strategy('batchbald').num_samples} sampled configurations)."
+        )
     # The issue's memory requirement, on its own: 60k x 128 embeddings, 1000 labelled centres.
     e60 = np.random.default_rng(0).normal(size=(60_000, 128)).astype(np.float32)
     c1k = np.random.default_rng(1).normal(size=(1000, 128)).astype(np.float32)
     kc = Measure(lambda: kcenter_greedy(e60, c1k, 100))
-    notes.append(f"core-set requirement check: greedy k-center on random 60000 x 128 float32 embeddings with 1000 "
-                 f"labelled centres, 100 picks: {kc.seconds:.2f} s, tracemalloc peak {mib(kc.traced_peak)} MiB, "
-                 f"RSS +{mib(kc.rss_extra)} MiB (limit 1024 MiB). An N x N float32 matrix would be "
-                 f"{60_000**2 * 4 / 2**30:.1f} GiB.")
+    notes.append(
+        f"core-set requirement check: greedy k-center on random 60000 x 128 float32 embeddings with 1000 "
+        f"labelled centres, 100 picks: {kc.seconds:.2f} s, tracemalloc peak {mib(kc.traced_peak)} MiB, "
+        f"RSS +{mib(kc.rss_extra)} MiB (limit 1024 MiB). An N x N float32 matrix would be "
+        f"{60_000**2 * 4 / 2**30:.1f} GiB."
+    )
 
-    text = "\n".join([
-        "# Strategy selection cost on the full MNIST pool", "", "Produced by:", "", "```", command.strip(), "```", "",
-        f"Default CNN trained on {len(labelled)} random labels ({args.train_steps} Adam steps, {train_s:.0f} s, "
-        f"test accuracy {acc:.3f}); candidates: the other {len(cand)} pool images. torch threads: "
-        f"{torch.get_num_threads()}; 2 CPU cores shared with other jobs, so compare ratios, not seconds. "
-        f"Load average at start / end: {load0:.1f} / {os.getloadavg()[0]:.1f}.",
-        "", "Memory: 'traced' = tracemalloc peak (Python + NumPy, not torch); 'RSS' = sampled peak process RSS "
-        "minus RSS before the call (includes torch; approximate). Both in MiB.",
-        "", "## Model passes the context provides (once per round, shared by all strategies)", "",
-        "| what | seconds | x forward | traced MiB | RSS MiB |", "| --- | --- | --- | --- | --- |", *rows, "",
-        "## Selection given those arrays", "",
-        f"bald and batchbald use T = {args.mc_samples} MC samples: the {args.mc_passes} measured passes tiled "
-        f"{args.mc_samples // args.mc_passes}x, which costs what {args.mc_samples} real passes cost. Model-based "
-        "strategies (needs `model`/`inputs`: regrad, exgrad, gradnorm) run their own passes inside `select`, so "
-        f"their time includes them; they are measured on {args.model_based_subset} evenly spaced candidates, "
-        "their ratio is to a forward pass over that same subset, and the full-pool time is extrapolated "
-        "linearly.", "",
-        "| strategy | query size | candidates | seconds | x forward | traced MiB | RSS MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- |", *srows, "", *[f"- {n}" for n in notes], "",
-    ])
+    text = "\n".join(
+        [
+            "# Strategy selection cost on the full MNIST pool",
+            "",
+            "Produced by:",
+            "",
+            "```",
+            command.strip(),
+            "```",
+            "",
+            f"Default CNN trained on {len(labelled)} random labels ({args.train_steps} Adam steps, {train_s:.0f} s, "
+            f"test accuracy {acc:.3f}); candidates: the other {len(cand)} pool images. torch threads: "
+            f"{torch.get_num_threads()}; 2 CPU cores shared with other jobs, so compare ratios, not seconds. "
+            f"Load average at start / end: {load0:.1f} / {os.getloadavg()[0]:.1f}.",
+            "",
+            "Memory: 'traced' = tracemalloc peak (Python + NumPy, not torch); 'RSS' = sampled peak process RSS "
+            "minus RSS before the call (includes torch; approximate). Both in MiB.",
+            "",
+            "## Model passes the context provides (once per round, shared by all strategies)",
+            "",
+            "| what | seconds | x forward | traced MiB | RSS MiB |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+            "## Selection given those arrays",
+            "",
+            f"bald and batchbald use T = {args.mc_samples} MC samples: the {args.mc_passes} measured passes tiled "
+            f"{args.mc_samples // args.mc_passes}x, which costs what {args.mc_samples} real passes cost. Model-based "
+            "strategies (needs `model`/`inputs`: regrad, exgrad, gradnorm) run their own passes inside `select`, so "
+            f"their time includes them; they are measured on {args.model_based_subset} evenly spaced candidates, "
+            "their ratio is to a forward pass over that same subset, and the full-pool time is extrapolated "
+            "linearly.",
+            "",
+            "| strategy | query size | candidates | seconds | x forward | traced MiB | RSS MiB |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            *srows,
+            "",
+            *[f"- {n}" for n in notes],
+            "",
+        ]
+    )
     Path(args.out).write_text(text)
     print(text)
 

@@ -26,14 +26,15 @@ References: Nadeem, Zucker & Hanczar (2009) for accuracy-rejection curves.
 Test sets are random subsets (seeded) to keep the run within CPU minutes; their sizes are printed in uq.md.
 Models are cached under $AL_CACHE_DIR/uq-models so that a rerun only rescores.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -58,8 +59,12 @@ def ood_metrics(s_in: np.ndarray, s_out: np.ndarray) -> dict[str, float]:
     s = np.r_[s_in, s_out].astype(np.float64)
     fpr_in, tpr_in, _ = roc_curve(1 - y, -s)  # in-distribution positive, scored by certainty
     fpr95 = float(fpr_in[np.searchsorted(tpr_in, 0.95, side="left")])
-    return {"AUROC": float(roc_auc_score(y, s)), "AUPR-in": float(average_precision_score(1 - y, -s)),
-            "AUPR-out": float(average_precision_score(y, s)), "FPR@95TPR": fpr95}
+    return {
+        "AUROC": float(roc_auc_score(y, s)),
+        "AUPR-in": float(average_precision_score(1 - y, -s)),
+        "AUPR-out": float(average_precision_score(y, s)),
+        "FPR@95TPR": fpr95,
+    }
 
 
 def accuracy_rejection_area(scores: np.ndarray, correct: np.ndarray) -> float:
@@ -102,8 +107,9 @@ def nll(probs: np.ndarray, y: np.ndarray) -> float:
 
 
 # --- scores -------------------------------------------------------------------------------------------------------
-def uncertainty_scores(learner: TorchLearner, x: torch.Tensor, mc_samples: int = 20, seed: int = 0,
-                       timings: dict[str, float] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def uncertainty_scores(
+    learner: TorchLearner, x: torch.Tensor, mc_samples: int = 20, seed: int = 0, timings: dict[str, float] | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every score of :data:`SCORES` for inputs x: (N, 1, 28, 28); returns ({name: (N,)}, probs (N, C))."""
     from strategies import regrad as rg
     from strategies.bayesian import mutual_information
@@ -130,10 +136,13 @@ def uncertainty_scores(learner: TorchLearner, x: torch.Tensor, mc_samples: int =
         t["regrad"] = t.get("regrad", 0.0) + time.perf_counter() - t0
     else:
         timed("regrad", lambda: rg.regrad_scores(model, x))
-        timed("regrad-root", lambda: rg.regrad_scores(model, x, class_weighting="root", layer_alpha=0.0,
-                                                      n_perturbations=0))
-        timed("exgrad", lambda: rg.regrad_scores(model, x, class_weighting="expected", layer_alpha=0.0,
-                                                 n_perturbations=0))
+        timed(
+            "regrad-root",
+            lambda: rg.regrad_scores(model, x, class_weighting="root", layer_alpha=0.0, n_perturbations=0),
+        )
+        timed(
+            "exgrad", lambda: rg.regrad_scores(model, x, class_weighting="expected", layer_alpha=0.0, n_perturbations=0)
+        )
     timed("gradnorm", lambda: -rg.gradnorm_scores(model, x))
     out["msp"] = 1.0 - probs.max(1)
     out["entropy"] = entropy_score(probs)
@@ -208,8 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/uq.py", description=__doc__.splitlines()[0])
     p.add_argument("--n-ood", type=int, default=2000, help="test inputs per set for OOD detection (0: all 10k)")
     p.add_argument("--n-cal", type=int, default=1000, help="test inputs per set for calibration (0: all 10k)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000],
-                   help="labels of the calibration models; the largest also serves for OOD")
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[100, 1000, 10000],
+        help="labels of the calibration models; the largest also serves for OOD",
+    )
     p.add_argument("--rotations", type=float, nargs="+", default=[15, 30, 45, 60])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--min-steps", type=int, default=300)
@@ -235,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # OOD detection
     ood_rows: list[dict] = []
-    ood_cases = [("mnist", mn, [("fashion-mnist", "Fashion-MNIST"), ("notmnist", "notMNIST")]),
-                 ("fashion-mnist", fa, [("mnist", "MNIST")])]
+    ood_cases = [
+        ("mnist", mn, [("fashion-mnist", "Fashion-MNIST"), ("notmnist", "notMNIST")]),
+        ("fashion-mnist", fa, [("mnist", "MNIST")]),
+    ]
     for name, ds, outs in ood_cases:
         learner, secs = train_model(name, large, args.seed, epochs_for(large), args.min_steps)
         trained[f"{name} {large}"] = max(secs, trained.get(f"{name} {large}", 0.0))
@@ -250,16 +266,16 @@ def main(argv: list[str] | None = None) -> int:
             s_out, _ = uncertainty_scores(learner, xo, args.mc_samples, args.seed, timings)
             n_scored += len(xo)
             for k in SCORES:
-                ood_rows.append({"set": f"{name} (acc {acc:.3f}) vs {label}", "score": k,
-                                 **ood_metrics(s_in[k], s_out[k])})
+                ood_rows.append(
+                    {"set": f"{name} (acc {acc:.3f}) vs {label}", "score": k, **ood_metrics(s_in[k], s_out[k])}
+                )
         print(f"OOD {name} done at {time.perf_counter() - t_start:.0f}s", flush=True)
 
     # calibration of the uncertainty
     cal_rows: list[dict] = []
     model_rows: list[dict] = []
     x_c, y_c = subset(mn.test_x, mn.test_y, args.n_cal, args.seed + 2)
-    sets = [("MNIST-test", x_c)] + [(f"rotated {d:g}°", rotate(x_c, d, mn.mean[0], mn.std[0]))
-                                    for d in args.rotations]
+    sets = [("MNIST-test", x_c)] + [(f"rotated {d:g}°", rotate(x_c, d, mn.mean[0], mn.std[0])) for d in args.rotations]
     for n in args.sizes:
         learner, secs = train_model("mnist", n, args.seed, epochs_for(n), args.min_steps)
         # the largest model was already trained (or loaded) for OOD detection: keep that time
@@ -269,16 +285,38 @@ def main(argv: list[str] | None = None) -> int:
             n_scored += len(xs)
             y = y_c.numpy()
             correct = probs.argmax(1) == y
-            model_rows.append({"set": f"{n} labels", "test set": sname, "accuracy": float(correct.mean()),
-                               "NLL": nll(probs, y), "ECE": expected_calibration_error(probs, y)})
+            model_rows.append(
+                {
+                    "set": f"{n} labels",
+                    "test set": sname,
+                    "accuracy": float(correct.mean()),
+                    "NLL": nll(probs, y),
+                    "ECE": expected_calibration_error(probs, y),
+                }
+            )
             for k in SCORES:
-                cal_rows.append({"set": f"{n} labels, {sname} (acc {correct.mean():.3f})", "score": k,
-                                 "misclassification AUROC": misclassification_auroc(scores[k], correct),
-                                 "accuracy-rejection area": accuracy_rejection_area(scores[k], correct)})
+                cal_rows.append(
+                    {
+                        "set": f"{n} labels, {sname} (acc {correct.mean():.3f})",
+                        "score": k,
+                        "misclassification AUROC": misclassification_auroc(scores[k], correct),
+                        "accuracy-rejection area": accuracy_rejection_area(scores[k], correct),
+                    }
+                )
         print(f"calibration {n} labels done at {time.perf_counter() - t_start:.0f}s", flush=True)
 
-    write_markdown(Path(args.out), command, args, ood_rows, cal_rows, model_rows, trained, timings, n_scored,
-                   time.perf_counter() - t_start)
+    write_markdown(
+        Path(args.out),
+        command,
+        args,
+        ood_rows,
+        cal_rows,
+        model_rows,
+        trained,
+        timings,
+        n_scored,
+        time.perf_counter() - t_start,
+    )
     print(f"wrote {args.out}")
     return 0
 
@@ -294,21 +332,36 @@ def _mean_rank(rows: list[dict], metric: str, higher: bool) -> dict[str, float]:
         if np.isnan(vals).any():
             continue
         order = (-vals if higher else vals).argsort().argsort() + 1
-        for k, rk in zip(SCORES, order):
+        for k, rk in zip(SCORES, order, strict=True):
             ranks[k].append(float(rk))
     return {k: float(np.mean(v)) if v else float("nan") for k, v in ranks.items()}
 
 
-def write_markdown(path: Path, command: str, args: argparse.Namespace, ood_rows: list[dict], cal_rows: list[dict],
-                   model_rows: list[dict], trained: dict[str, float], timings: dict[str, float], n_scored: int,
-                   total_s: float) -> None:
+def write_markdown(
+    path: Path,
+    command: str,
+    args: argparse.Namespace,
+    ood_rows: list[dict],
+    cal_rows: list[dict],
+    model_rows: list[dict],
+    trained: dict[str, float],
+    timings: dict[str, float],
+    n_scored: int,
+    total_s: float,
+) -> None:
     ood_rank = _mean_rank(ood_rows, "AUROC", True)
     cal_rank = _mean_rank(cal_rows, "misclassification AUROC", True)
     arc_rank = _mean_rank(cal_rows, "accuracy-rejection area", True)
     large = max(args.sizes)
     lines = [
-        "# Uncertainty quantification: OOD detection and calibration", "",
-        "Produced by (from the repository root, `AL_DATA_DIR` pointing at the data):", "", "```", command, "```", "",
+        "# Uncertainty quantification: OOD detection and calibration",
+        "",
+        "Produced by (from the repository root, `AL_DATA_DIR` pointing at the data):",
+        "",
+        "```",
+        command,
+        "```",
+        "",
         f"Model: the project's `cnn` (2 conv + dense, dropout 0.25), seed {args.seed}, Adam lr 1e-3, batch 64, "
         f"trained on a seeded random subset of the training set: {args.epochs} epochs and at least "
         f"{args.min_steps} steps below 5000 labels, {args.large_epochs} epochs from 5000 labels. "
@@ -316,31 +369,55 @@ def write_markdown(path: Path, command: str, args: argparse.Namespace, ood_rows:
         f"Test sets are seeded random subsets: {args.n_ood or 'all'} inputs per set for OOD, "
         f"{args.n_cal or 'all'} for calibration (the same MNIST-test inputs, rotated, for every rotation). "
         f"MC dropout: {args.mc_samples} passes. One model per setting (one seed), so differences in the third "
-        f"decimal are within noise. Every score is oriented so that higher = more uncertain (GradNorm negated).", "",
+        f"decimal are within noise. Every score is oriented so that higher = more uncertain (GradNorm negated).",
+        "",
         f"Total {total_s:.0f} s on this machine ({n_scored} inputs scored); scoring time by score, all sets "
-        f"together: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) +
-        (" (regrad, regrad-root and exgrad share one gradient pass)" if "exgrad" not in timings else "") + ".", "",
-        "## OOD detection", "",
+        f"together: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        + (" (regrad, regrad-root and exgrad share one gradient pass)" if "exgrad" not in timings else "")
+        + ".",
+        "",
+        "## OOD detection",
+        "",
         f"The {large}-label model of each in-distribution set; OOD inputs normalised with the in-distribution "
-        "statistics. Bold: best per pair.", "",
-        _table(ood_rows, ["set", "score", "AUROC", "AUPR-in", "AUPR-out", "FPR@95TPR"],
-               {"AUROC": "max", "AUPR-in": "max", "AUPR-out": "max", "FPR@95TPR": "min"}), "",
-        "Mean rank by AUROC over the pairs (1 = best): " +
-        ", ".join(f"{k} {v:.2f}" for k, v in sorted(ood_rank.items(), key=lambda t: t[1])) + ".", "",
-        "## Calibration of the uncertainty", "",
+        "statistics. Bold: best per pair.",
+        "",
+        _table(
+            ood_rows,
+            ["set", "score", "AUROC", "AUPR-in", "AUPR-out", "FPR@95TPR"],
+            {"AUROC": "max", "AUPR-in": "max", "AUPR-out": "max", "FPR@95TPR": "min"},
+        ),
+        "",
+        "Mean rank by AUROC over the pairs (1 = best): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(ood_rank.items(), key=lambda t: t[1]))
+        + ".",
+        "",
+        "## Calibration of the uncertainty",
+        "",
         "How well each score ranks the model's own errors. Misclassification AUROC: errors positive. "
         "Accuracy-rejection area: mean accuracy of the kept inputs when rejecting the most uncertain fraction, over "
-        "all fractions (higher is better). Bold: best per model and test set.", "",
-        _table(cal_rows, ["set", "score", "misclassification AUROC", "accuracy-rejection area"],
-               {"misclassification AUROC": "max", "accuracy-rejection area": "max"}), "",
-        "Mean rank over the model x test-set cells (1 = best): misclassification AUROC " +
-        ", ".join(f"{k} {v:.2f}" for k, v in sorted(cal_rank.items(), key=lambda t: t[1])) +
-        "; accuracy-rejection area " +
-        ", ".join(f"{k} {v:.2f}" for k, v in sorted(arc_rank.items(), key=lambda t: t[1])) + ".", "",
-        "## The models' own calibration", "",
-        _table(model_rows, ["set", "test set", "accuracy", "NLL", "ECE"], {}), "",
-        "Training time (s; 0 = loaded from the cache of an earlier run): " +
-        ", ".join(f"{k}: {v:.0f}" for k, v in trained.items()) + ".", "",
+        "all fractions (higher is better). Bold: best per model and test set.",
+        "",
+        _table(
+            cal_rows,
+            ["set", "score", "misclassification AUROC", "accuracy-rejection area"],
+            {"misclassification AUROC": "max", "accuracy-rejection area": "max"},
+        ),
+        "",
+        "Mean rank over the model x test-set cells (1 = best): misclassification AUROC "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cal_rank.items(), key=lambda t: t[1]))
+        + "; accuracy-rejection area "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(arc_rank.items(), key=lambda t: t[1]))
+        + ".",
+        "",
+        "## The models' own calibration",
+        "",
+        _table(model_rows, ["set", "test set", "accuracy", "NLL", "ECE"], {}),
+        "",
+        "Training time (s; 0 = loaded from the cache of an earlier run): "
+        + ", ".join(f"{k}: {v:.0f}" for k, v in trained.items())
+        + ".",
+        "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))

@@ -5,6 +5,7 @@ re-exported here so that ``from strategies import Strategy, register_strategy, t
 strategies reach ``al`` through the ``al.strategies`` entry-point group declared in ``pyproject.toml``, the same
 way a third party's do; importing this package registers nothing by itself.
 """
+
 from __future__ import annotations
 
 from al.registry import STRATEGIES, build_strategy, register_strategy

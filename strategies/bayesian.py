@@ -10,6 +10,7 @@ Gal, Islam & Ghahramani, "Deep Bayesian Active Learning with Image Data" (ICML 2
 Kirsch, van Amersfoort & Gal, "BatchBALD: Efficient and Diverse Batch Acquisition for Deep Bayesian Active
 Learning" (NeurIPS 2019).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,10 @@ def _xlogx(p: np.ndarray) -> np.ndarray:
 def _check_mc(mc_probs: np.ndarray) -> np.ndarray:
     p = np.asarray(mc_probs, dtype=np.float64)
     if p.ndim != 3:
-        raise ConfigError(f"mc_probs must have shape (T, n, n_classes), got {p.shape}; stack the T MC-dropout "
-                          f"passes along the first axis")
+        raise ConfigError(
+            f"mc_probs must have shape (T, n, n_classes), got {p.shape}; stack the T MC-dropout "
+            f"passes along the first axis"
+        )
     if p.shape[0] < 1:
         raise ConfigError("mc_probs holds no MC sample; use at least one (typically 20) MC-dropout passes")
     return p
@@ -77,9 +80,16 @@ class BALD(Strategy):
         return top_n(mutual_information(ctx.mc_probs), ctx.candidates, n)
 
 
-def batchbald_select(mc_probs: np.ndarray, n: int, rng: np.random.Generator, *, ids: np.ndarray | None = None,
-                     max_exact_configs: int = 4096, num_samples: int = 1000,
-                     chunk_bytes: int = 32 * 2**20) -> tuple[np.ndarray, np.ndarray]:
+def batchbald_select(
+    mc_probs: np.ndarray,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    ids: np.ndarray | None = None,
+    max_exact_configs: int = 4096,
+    num_samples: int = 1000,
+    chunk_bytes: int = 32 * 2**20,
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy BatchBALD: positions of ``n`` candidates and the marginal gain of each when it was added.
 
     mc_probs: (T, N, C). ids: (N,) used only to break ties (smaller id first); default ``arange(N)``.
@@ -124,13 +134,13 @@ def batchbald_select(mc_probs: np.ndarray, n: int, rng: np.random.Generator, *, 
     gains_out: list[float] = []
     available = np.ones(N, dtype=bool)
     copy_of_picked = np.zeros(N, dtype=bool)
-    P = np.ones((T, 1))        # posterior weights x T, one column per configuration of the batch
-    w = np.ones(1)             # weight of each configuration in H[y_i | batch]
+    P = np.ones((T, 1))  # posterior weights x T, one column per configuration of the batch
+    w = np.ones(1)  # weight of each configuration in H[y_i | batch]
     exact = True
     counts = np.ones(1, dtype=np.int64)  # draws per distinct configuration, once sampling
     for step in range(n):
         if step == 0:
-            gain = mi.copy()   # with an empty batch the gain is BALD itself: the same top pick, bit for bit
+            gain = mi.copy()  # with an empty batch the gain is BALD itself: the same top pick, bit for bit
         else:
             M = P.shape[1]
             if exact:
@@ -146,9 +156,9 @@ def batchbald_select(mc_probs: np.ndarray, n: int, rng: np.random.Generator, *, 
             chunk = max(1, int(chunk_bytes // (src.itemsize * M * C)))
             for s in range(0, N, chunk):
                 e = min(N, s + chunk)
-                J = (Pw.T @ src[:, s * C:e * C]) * (1.0 / T)                   # (M, chunk*C)
+                J = (Pw.T @ src[:, s * C : e * C]) * (1.0 / T)  # (M, chunk*C)
                 h = -(J * np.log(np.maximum(J, np.finfo(J.dtype).tiny))).reshape(M, e - s, C).sum(axis=2)
-                gain[s:e] = w @ h.astype(np.float64)                          # (chunk,)
+                gain[s:e] = w @ h.astype(np.float64)  # (chunk,)
             gain -= cond
         allowed = available & ~copy_of_picked
         if not allowed.any():  # only copies of picked candidates are left
@@ -160,15 +170,15 @@ def batchbald_select(mc_probs: np.ndarray, n: int, rng: np.random.Generator, *, 
         picked.append(i)
         gains_out.append(float(gain[i]))
         available[i] = False
-        copy_of_picked |= (p == p[:, i:i + 1, :]).all(axis=(0, 2))
+        copy_of_picked |= (p == p[:, i : i + 1, :]).all(axis=(0, 2))
         if step == n - 1:
             break
         # Condition every configuration on the new label.
-        pi = p[:, i, :]                                                       # (T, C)
+        pi = p[:, i, :]  # (T, C)
         if exact:
-            Pn = (P[:, :, None] * pi[:, None, :]).reshape(T, -1)               # (T, M*C)
+            Pn = (P[:, :, None] * pi[:, None, :]).reshape(T, -1)  # (T, M*C)
             q = Pn.mean(axis=0)
-            wn = (w[:, None] * np.ones((1, C))).reshape(-1) * q               # config probabilities
+            wn = (w[:, None] * np.ones((1, C))).reshape(-1) * q  # config probabilities
             keep = q > 0
             Pn, q, wn = Pn[:, keep], q[keep], wn[keep]
             if Pn.shape[1] <= max_exact_configs:
@@ -184,10 +194,10 @@ def batchbald_select(mc_probs: np.ndarray, n: int, rng: np.random.Generator, *, 
                 P, counts, exact = Pn[:, keep] / q[keep], counts[keep], False
                 w = counts / num_samples
         else:
-            cp = (P.T @ pi) / T                                               # (M, C) p(y_i | config)
+            cp = (P.T @ pi) / T  # (M, C) p(y_i | config)
             cp /= cp.sum(axis=1, keepdims=True)
             # Ancestral sampling: each of a configuration's `count` draws extends it with its own label.
-            ext = rng.multinomial(counts, cp)                                 # (M, C)
+            ext = rng.multinomial(counts, cp)  # (M, C)
             m_idx, c_idx = np.nonzero(ext)
             P = P[:, m_idx] * pi[:, c_idx]
             P /= P.mean(axis=0)
@@ -213,13 +223,13 @@ class BatchBALD(Strategy):
 
     def __init__(self, max_exact_configs: int = 4096, num_samples: int = 1000) -> None:
         if max_exact_configs < 1 or num_samples < 1:
-            raise ConfigError(f"max_exact_configs and num_samples must be >= 1, got {max_exact_configs}, "
-                              f"{num_samples}")
+            raise ConfigError(f"max_exact_configs and num_samples must be >= 1, got {max_exact_configs}, {num_samples}")
         self.max_exact_configs = max_exact_configs
         self.num_samples = num_samples
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         mc = ctx.mc_probs
-        pos, gains = batchbald_select(mc, n, rng, ids=ctx.candidates, max_exact_configs=self.max_exact_configs,
-                                      num_samples=self.num_samples)
+        pos, gains = batchbald_select(
+            mc, n, rng, ids=ctx.candidates, max_exact_configs=self.max_exact_configs, num_samples=self.num_samples
+        )
         return Selection(ctx.candidates[pos], gains, mutual_information(mc))

@@ -7,6 +7,7 @@ References: Sener & Savarese, "Active Learning for Convolutional Neural Networks
 (ICLR 2018); Ash et al., "Deep Batch Active Learning by Diverse, Uncertain Gradient Lower Bounds" (ICLR 2020);
 Arthur & Vassilvitskii, "k-means++: The Advantages of Careful Seeding" (SODA 2007).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -23,16 +24,24 @@ if TYPE_CHECKING:
 def _as_2d(x: np.ndarray, what: str, d: int | None = None) -> np.ndarray:
     a = np.asarray(x)
     if a.ndim != 2 or (d is not None and a.shape[1] != d):
-        raise ConfigError(f"{what} must have shape (n, {d if d is not None else 'd'}), got {a.shape}; flatten the "
-                          f"features of each sample into one row")
+        raise ConfigError(
+            f"{what} must have shape (n, {d if d is not None else 'd'}), got {a.shape}; flatten the "
+            f"features of each sample into one row"
+        )
     if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float32)
     return a
 
 
-def kcenter_greedy(embeddings: np.ndarray, centres: np.ndarray, n: int, *, ids: np.ndarray | None = None,
-                   rng: np.random.Generator | None = None,
-                   chunk_bytes: int = 64 * 2**20) -> tuple[np.ndarray, np.ndarray]:
+def kcenter_greedy(
+    embeddings: np.ndarray,
+    centres: np.ndarray,
+    n: int,
+    *,
+    ids: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+    chunk_bytes: int = 64 * 2**20,
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy k-center: repeatedly pick the candidate farthest from every centre, then make it a centre.
 
     embeddings: (N, d) candidates. centres: (L, d) initial centres (the labelled set; L may be 0).
@@ -62,7 +71,7 @@ def kcenter_greedy(embeddings: np.ndarray, centres: np.ndarray, n: int, *, ids: 
     min_d2 = np.full(N, np.inf, dtype=x.dtype)
     block = max(1, int(chunk_bytes // (x.itemsize * N)))
     for s in range(0, len(c), block):
-        cb = c[s:s + block]
+        cb = c[s : s + block]
         d2 = x_sq[:, None] - 2.0 * (x @ cb.T) + np.einsum("ij,ij->i", cb, cb)[None, :]
         np.minimum(min_d2, d2.min(axis=1), out=min_d2)
         del d2
@@ -110,8 +119,7 @@ def gradient_embeddings(probs: np.ndarray, features: np.ndarray) -> np.ndarray:
     return (g[:, :, None] * h.astype(np.float32, copy=False)[:, None, :]).reshape(len(g), -1)
 
 
-def kmeans_pp_unique(x: np.ndarray, n: int, rng: np.random.Generator,
-                     ids: np.ndarray | None = None) -> np.ndarray:
+def kmeans_pp_unique(x: np.ndarray, n: int, rng: np.random.Generator, ids: np.ndarray | None = None) -> np.ndarray:
     """k-means++ seeding (scikit-learn's, greedy variant) returning n distinct positions into ``x``.
 
     x: (N, D). scikit-learn's sampling can return the same row twice once every remaining point lies on a
@@ -190,7 +198,8 @@ class BADGE(Strategy):
             raise IncompatibleStrategyError(
                 "badge builds gradient embeddings from the input of the model's last nn.Linear and the softmax of "
                 "the model's output, which must be that Linear's output; this model transforms it further. Make "
-                "the last nn.Linear the final layer (logits out), or use coreset")
+                "the last nn.Linear the final layer (logits out), or use coreset"
+            )
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         g = gradient_embeddings(ctx.probs, ctx.embeddings)

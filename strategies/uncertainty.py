@@ -3,6 +3,7 @@
 Each score is a plain function of ``probs: (n, n_classes)`` returning ``(n,)``, higher = more uncertain.
 References: Settles, "Active Learning Literature Survey" (2009), section 3.1.
 """
+
 from __future__ import annotations
 
 import numpy as np

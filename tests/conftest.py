@@ -1,4 +1,5 @@
 """Shared fixtures: the tiny offline digits dataset and fast settings."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ def store_url(tmp_path) -> str:
 
 def fast_config(**kw) -> ExperimentConfig:
     """A digits run that trains in well under a second per round."""
-    base = dict(dataset="digits", strategy="entropy", budget=80, init_size=20, query_size=20, epochs=5,
-                min_steps=30, seed=0)
+    base = dict(
+        dataset="digits", strategy="entropy", budget=80, init_size=20, query_size=20, epochs=5, min_steps=30, seed=0
+    )
     base.update(kw)
     return ExperimentConfig(**base)
 

@@ -1,4 +1,5 @@
 """User-style model factories referenced as tests.factories:<name>."""
+
 from torch import nn
 
 

@@ -5,6 +5,7 @@ whatever ``pg_config --bindir`` or ``PATH`` offers. The server refuses to run as
 as root its folder is given to the ``postgres`` user and every server command runs through ``runuser``.
 Durability is switched off (``fsync=off``): the server and its data die with the test session.
 """
+
 from __future__ import annotations
 
 import glob
@@ -24,8 +25,11 @@ class PgUnavailable(Exception):
 def find_bindir() -> Path:
     env = os.environ.get("AL_PG_BINDIR")
     candidates = [env] if env else []
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]) if
-                         p.split("/")[-2].isdigit() else 0, reverse=True)
+    candidates += sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0,
+        reverse=True,
+    )
     if shutil.which("pg_config"):
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
         if out.returncode == 0:
@@ -35,8 +39,10 @@ def find_bindir() -> Path:
     for c in candidates:
         if c and (Path(c) / "initdb").is_file() and (Path(c) / "pg_ctl").is_file():
             return Path(c)
-    raise PgUnavailable("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's postgresql "
-                        "package (.ci/run does) or set AL_PG_BINDIR")
+    raise PgUnavailable(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's postgresql "
+        "package (.ci/run does) or set AL_PG_BINDIR"
+    )
 
 
 def free_port() -> int:
@@ -70,8 +76,11 @@ class PgServer:
         return self.url(name)
 
     def stop(self) -> None:
-        subprocess.run(self.run_as + [str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"), "-m", "immediate",
-                                      "stop"], capture_output=True, timeout=60)
+        subprocess.run(
+            self.run_as + [str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -106,9 +115,21 @@ def start_server() -> PgServer:
             shutil.rmtree(base, ignore_errors=True)
             raise PgUnavailable(f"{Path(cmd[0]).name} failed ({r.returncode}): {r.stderr.strip()[-2000:]} {tail}")
 
-    run(str(bindir / "initdb"), "-D", str(data), "-U", "al", "--auth=trust", "-E", "UTF8", "--no-sync",
-        "--no-instructions")
-    opts = (f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-            f"-c full_page_writes=off -c max_connections=50")
+    run(
+        str(bindir / "initdb"),
+        "-D",
+        str(data),
+        "-U",
+        "al",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+        "--no-instructions",
+    )
+    opts = (
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+        f"-c full_page_writes=off -c max_connections=50"
+    )
     run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start")
     return PgServer(bindir, base, port, run_as)

@@ -1,9 +1,11 @@
 """Known-answer tests for bald, batchbald, coreset and badge, and the pool-subset id mapping."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import fast_config
 from torch import nn
 
 from al.errors import ConfigError, IncompatibleStrategyError
@@ -14,8 +16,6 @@ from al.strategy import Context, Selection, Strategy, top_n
 from strategies import build_strategy
 from strategies.bayesian import batchbald_select, conditional_entropy, mutual_information
 from strategies.diversity import gradient_embeddings, kcenter_greedy, kmeans_pp_unique
-
-from conftest import fast_config
 
 
 def sharp_mc(rng: np.random.Generator, T: int, N: int, C: int, scale: float = 30.0) -> np.ndarray:
@@ -57,16 +57,18 @@ def test_bald_strategy_ranks_by_mutual_information_and_refuses_models_without_dr
     sel = build_strategy("bald")(Context(ids, mc_probs=mc), 5, rng)
     mi = mutual_information(mc)
     np.testing.assert_array_equal(sel.ids, ids[np.argsort(-mi)[:5]])
-    no_dropout = TorchLearner(lambda n_classes, input_shape: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)),
-                              10, (1, 8, 8)).reset()
+    no_dropout = TorchLearner(
+        lambda n_classes, input_shape: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), 10, (1, 8, 8)
+    ).reset()
     for name in ("bald", "batchbald"):
         with pytest.raises(IncompatibleStrategyError, match="dropout"):
             build_strategy(name).check_learner(no_dropout)
 
 
 def test_mc_samples_keep_batchnorm_in_eval_and_only_dropout_stochastic():
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5),
-                        nn.Linear(32, 10))
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10)
+    )
     lr = TorchLearner(lambda n_classes, input_shape: net, 10, (1, 8, 8)).reset()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     x = torch.randn(16, 1, 8, 8)
@@ -106,7 +108,7 @@ def test_batchbald_never_picks_a_copy_on_a_pool_of_exact_duplicates(sharp):
     mc = np.concatenate([base] * R, axis=1)  # candidate j is a copy of j % K
     perm = rng.permutation(K * R)  # copies interleaved at random positions and ids
     mc, group = mc[:, perm], (np.arange(K * R) % K)[perm]
-    ids = rng.permutation(10_000)[:K * R]
+    ids = rng.permutation(10_000)[: K * R]
     for n in range(1, K + 1):
         pos, gains = batchbald_select(mc, n, np.random.default_rng(0), ids=ids)
         assert len(set(group[pos])) == n, f"copy picked at n={n}: groups {group[pos]}"
@@ -139,11 +141,13 @@ def test_batchbald_exact_gains_match_brute_force_joint_entropy():
     def joint_mi(idx):
         # I(y_idx; w) = H(y_idx) - sum_j E_w H(y_j | w), by enumerating all C^b configurations
         configs = np.stack(np.meshgrid(*[np.arange(C)] * len(idx), indexing="ij"), -1).reshape(-1, len(idx))
-        pj = np.array([np.mean(np.prod([mc[:, j, c] for j, c in zip(idx, cfg)], axis=0)) for cfg in configs])
+        pj = np.array(
+            [np.mean(np.prod([mc[:, j, c] for j, c in zip(idx, cfg, strict=True)], axis=0)) for cfg in configs]
+        )
         return -(pj * np.log(pj)).sum() - conditional_entropy(mc)[list(idx)].sum()
 
     for b in range(1, 4):
-        assert joint_mi(pos[:b]) - (joint_mi(pos[:b - 1]) if b > 1 else 0.0) == pytest.approx(gains[b - 1], abs=1e-10)
+        assert joint_mi(pos[:b]) - (joint_mi(pos[: b - 1]) if b > 1 else 0.0) == pytest.approx(gains[b - 1], abs=1e-10)
     best3 = max(joint_mi([pos[0], pos[1], j]) for j in range(N) if j not in pos[:2])
     assert joint_mi(pos) == pytest.approx(best3, abs=1e-10)  # the greedy third pick is the best third pick
 
@@ -221,7 +225,7 @@ def test_gradient_embedding_equals_autograd_of_last_layer():
     g = gradient_embeddings(p.detach().numpy(), h.numpy())
     for i in range(5):
         head.zero_grad()
-        nn.functional.cross_entropy(head(h[i:i + 1]), logits[i:i + 1].argmax(1)).backward()
+        nn.functional.cross_entropy(head(h[i : i + 1]), logits[i : i + 1].argmax(1)).backward()
         np.testing.assert_allclose(g[i], head.weight.grad.numpy().reshape(-1), rtol=1e-5, atol=1e-6)
 
 
@@ -241,8 +245,11 @@ def test_badge_returns_unique_ids_on_repeated_points():
 
 
 def test_badge_refuses_a_model_whose_output_is_not_the_last_linear():
-    bad = TorchLearner(lambda n_classes, input_shape: nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Dropout(0.1),
-                                                                     nn.Tanh()), 10, (1, 8, 8)).reset()
+    bad = TorchLearner(
+        lambda n_classes, input_shape: nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Dropout(0.1), nn.Tanh()),
+        10,
+        (1, 8, 8),
+    ).reset()
     with pytest.raises(IncompatibleStrategyError, match="last nn.Linear"):
         build_strategy("badge").check_learner(bad)
     good = TorchLearner("mlp", 10, (1, 8, 8)).reset()
@@ -293,9 +300,9 @@ def test_repeat_with_noise_has_stable_copy_major_ids(digits):
     n = digits.n_pool
     assert rep.n_pool == 3 * n
     for k in range(3):
-        assert torch.equal(rep.train_y[k * n:(k + 1) * n], digits.train_y)  # id k*n + i is a copy of image i
-        diff = rep.train_x[k * n:(k + 1) * n] - digits.train_x
+        assert torch.equal(rep.train_y[k * n : (k + 1) * n], digits.train_y)  # id k*n + i is a copy of image i
+        diff = rep.train_x[k * n : (k + 1) * n] - digits.train_x
         assert 0.09 < float(diff.std()) < 0.11 and abs(float(diff.mean())) < 0.01
-    assert not torch.equal(rep.train_x[:n], rep.train_x[n:2 * n])  # each copy has its own noise
+    assert not torch.equal(rep.train_x[:n], rep.train_x[n : 2 * n])  # each copy has its own noise
     assert torch.equal(rep.train_x, repeat_with_noise(digits).train_x)  # the same pool in every process
     assert torch.equal(rep.test_x, digits.test_x) and torch.equal(rep.test_y, digits.test_y)

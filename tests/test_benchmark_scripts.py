@@ -5,6 +5,7 @@ allow, and its results file is checked for the tables it promises. The figures t
 sizes; the full runs are the commands at the top of each file in benchmarks/results/.
 (Not covered: strategy_cost.py and mnist_default.py, whose whole point is the full 60k pool and full-length runs.)
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,14 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 
 def run(script: str, args: list[str], env: dict[str, str]) -> str:
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, f"{script} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}"
     return p.stdout
 
@@ -39,7 +46,7 @@ def numbers_in_table(md: str, header: str) -> list[float]:
     lines = md.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith("|") and header in ln)
     rows = []
-    for ln in lines[start + 2:]:
+    for ln in lines[start + 2 :]:
         if not ln.startswith("|"):
             break
         rows.append(ln)
@@ -48,9 +55,32 @@ def numbers_in_table(md: str, header: str) -> list[float]:
 
 def test_uq_writes_ood_and_calibration_tables(env, tmp_path):
     out = tmp_path / "uq.md"
-    run("uq.py", ["--n-ood", "100", "--n-cal", "100", "--sizes", "100", "--rotations", "30", "--epochs", "1",
-                  "--min-steps", "10", "--large-epochs", "1", "--mc-samples", "2", "--threads", "1",
-                  "--out", str(out)], env)
+    run(
+        "uq.py",
+        [
+            "--n-ood",
+            "100",
+            "--n-cal",
+            "100",
+            "--sizes",
+            "100",
+            "--rotations",
+            "30",
+            "--epochs",
+            "1",
+            "--min-steps",
+            "10",
+            "--large-epochs",
+            "1",
+            "--mc-samples",
+            "2",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        env,
+    )
     md = out.read_text()
     assert "## OOD detection" in md and "notMNIST" in md and "FPR@95TPR" in md
     aurocs = numbers_in_table(md, "AUROC")
@@ -63,8 +93,28 @@ def test_uq_writes_ood_and_calibration_tables(env, tmp_path):
 def test_regrad_ood_ablation_chooses_a_default(env, tmp_path):
     out = tmp_path / "ood.md"
     # --sigmas without 0.2: the issue's-reading row (sigma 0.2) must still be scored, outside the grid
-    run("regrad_ood.py", ["--n-train", "300", "--epochs", "1", "--n-eval", "60", "--n-eval-transformer", "30",
-                          "--m", "1", "--sigmas", "0.1", "--param-sigmas", "0.05", "--out", str(out)], env)
+    run(
+        "regrad_ood.py",
+        [
+            "--n-train",
+            "300",
+            "--epochs",
+            "1",
+            "--n-eval",
+            "60",
+            "--n-eval-transformer",
+            "30",
+            "--m",
+            "1",
+            "--sigmas",
+            "0.1",
+            "--param-sigmas",
+            "0.05",
+            "--out",
+            str(out),
+        ],
+        env,
+    )
     md = out.read_text()
     assert "REGrad, chosen setting" in md and "issue's reading" in md and "notMNIST" in md
     aurocs = numbers_in_table(md, "AUROC")
@@ -83,9 +133,29 @@ def test_regrad_speed_compares_with_references(env, tmp_path):
 
 def test_repeated_mnist_runs_into_a_store_and_reports(env, tmp_path):
     out, db = tmp_path / "rm.md", tmp_path / "rm.db"
-    args = ["--store", f"sqlite:///{db}", "--out", str(out), "--base-size", "60", "--strategies", "random", "bald",
-            "--seeds", "0", "--budget", "40", "--epochs", "1", "--min-steps", "5", "--mc-samples", "2",
-            "--threads", "1"]
+    args = [
+        "--store",
+        f"sqlite:///{db}",
+        "--out",
+        str(out),
+        "--base-size",
+        "60",
+        "--strategies",
+        "random",
+        "bald",
+        "--seeds",
+        "0",
+        "--budget",
+        "40",
+        "--epochs",
+        "1",
+        "--min-steps",
+        "5",
+        "--mc-samples",
+        "2",
+        "--threads",
+        "1",
+    ]
     run("repeated_mnist.py", args, env)
     md = out.read_text()
     assert "| random |" in md and "| bald |" in md

@@ -1,4 +1,5 @@
 """python -m al.bench: end to end, resume, and every bad input as a one-line error with exit code 2."""
+
 import subprocess
 import sys
 
@@ -7,8 +8,23 @@ import pytest
 from al.bench import main
 from al.store import Store
 
-DIGITS = ["--dataset", "digits", "--strategy", "entropy", "--budget", "80", "--init-size", "20",
-          "--query-size", "30", "--seed", "0", "--min-steps", "30", "--no-progress"]
+DIGITS = [
+    "--dataset",
+    "digits",
+    "--strategy",
+    "entropy",
+    "--budget",
+    "80",
+    "--init-size",
+    "20",
+    "--query-size",
+    "30",
+    "--seed",
+    "0",
+    "--min-steps",
+    "30",
+    "--no-progress",
+]
 
 
 def test_end_to_end_and_rerun(tmp_path, capsys):
@@ -30,25 +46,28 @@ def test_several_seeds(tmp_path):
     assert sorted(Store(url).runs()["run"]) == ["digits-entropy-seed1", "digits-entropy-seed2"]
 
 
-@pytest.mark.parametrize("extra,msg", [
-    (["--strategy", "entropi"], "did you mean 'entropy'"),
-    (["--dataset", "mnsit"], "did you mean 'mnist'"),
-    (["--budget", "0"], "--budget must be a positive"),
-    (["--budget", "10"], "below --init-size"),
-    (["--budget", "100000"], "exceeds the pool"),
-    (["--query-size", "0"], "--query-size must be at least 1"),
-    (["--query-size", "5000", "--budget", "100"], "exceeds the pool"),
-    (["--strategy-kwargs", "{bad json"], "not valid JSON"),
-    (["--strategy-kwargs", "[1, 2]"], "must be a JSON object"),
-    (["--strategy-kwargs", '{"alpha": 1}'], "no parameter 'alpha'"),
-    (["--store", "nonsense"], "cannot parse store URL"),
-    (["--store", "sqlite:////nonexistent/dir/x.db"], "does not exist"),
-    (["--oracle", "noisy:lots"], "needs a number"),
-    (["--model", "no_such_module:f"], "cannot import model factory"),
-    (["--seed", "-1"], "--seed must be 0 or positive"),
-    (["--min-steps", "-5"], "--min-steps must be 0 or positive"),
-    (["--strategy", "regrad", "--strategy-kwargs", '{"class_weighting": "rot"}'], "class_weighting must be one of"),
-])
+@pytest.mark.parametrize(
+    "extra,msg",
+    [
+        (["--strategy", "entropi"], "did you mean 'entropy'"),
+        (["--dataset", "mnsit"], "did you mean 'mnist'"),
+        (["--budget", "0"], "--budget must be a positive"),
+        (["--budget", "10"], "below --init-size"),
+        (["--budget", "100000"], "exceeds the pool"),
+        (["--query-size", "0"], "--query-size must be at least 1"),
+        (["--query-size", "5000", "--budget", "100"], "exceeds the pool"),
+        (["--strategy-kwargs", "{bad json"], "not valid JSON"),
+        (["--strategy-kwargs", "[1, 2]"], "must be a JSON object"),
+        (["--strategy-kwargs", '{"alpha": 1}'], "no parameter 'alpha'"),
+        (["--store", "nonsense"], "cannot parse store URL"),
+        (["--store", "sqlite:////nonexistent/dir/x.db"], "does not exist"),
+        (["--oracle", "noisy:lots"], "needs a number"),
+        (["--model", "no_such_module:f"], "cannot import model factory"),
+        (["--seed", "-1"], "--seed must be 0 or positive"),
+        (["--min-steps", "-5"], "--min-steps must be 0 or positive"),
+        (["--strategy", "regrad", "--strategy-kwargs", '{"class_weighting": "rot"}'], "class_weighting must be one of"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, msg):
     args = DIGITS + ["--store", f"sqlite:///{tmp_path / 'X.db'}"] + extra
     assert main(args) == 2
@@ -72,9 +91,22 @@ def test_unknown_flag_and_help():
     assert r.returncode == 2 and "unrecognized arguments" in r.stderr
     r = subprocess.run([sys.executable, "-m", "al.bench", "--help"], capture_output=True, text=True)
     assert r.returncode == 0
-    for flag in ["--dataset", "--strategy", "--budget", "--init-size", "--query-size", "--seeds", "--model",
-                 "--epochs", "--pool-subset", "--store", "--data-dir", "--warm-start", "--strategy-kwargs",
-                 "--oracle"]:
+    for flag in [
+        "--dataset",
+        "--strategy",
+        "--budget",
+        "--init-size",
+        "--query-size",
+        "--seeds",
+        "--model",
+        "--epochs",
+        "--pool-subset",
+        "--store",
+        "--data-dir",
+        "--warm-start",
+        "--strategy-kwargs",
+        "--oracle",
+    ]:
         assert flag in r.stdout
 
 
@@ -98,9 +130,30 @@ def test_waiting_for_labels_exits_3_every_time(tmp_path):
     env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
 
     def one(k: int) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "al.bench", "--dataset", "digits", "--budget", "40", "--init-size", "20",
-               "--query-size", "10", "--epochs", "2", "--min-steps", "10", "--oracle", "halfmod:half",
-               "--run-name", f"h{k}", "--store", url, "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "al.bench",
+            "--dataset",
+            "digits",
+            "--budget",
+            "40",
+            "--init-size",
+            "20",
+            "--query-size",
+            "10",
+            "--epochs",
+            "2",
+            "--min-steps",
+            "10",
+            "--oracle",
+            "halfmod:half",
+            "--run-name",
+            f"h{k}",
+            "--store",
+            url,
+            "--no-progress",
+        ]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
     with ThreadPoolExecutor(3) as pool:  # three at a time on one store: also concurrent writers

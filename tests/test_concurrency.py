@@ -5,6 +5,7 @@ The store-level workers are processes forked from the test process (or this file
 overlap; each waits at a barrier (a file) until all are ready. tests/test_postgres.py runs the same workers
 against PostgreSQL.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,14 +84,19 @@ def worker_claim(url: str, run: str, barrier: str, idx: int) -> None:
     Path(barrier, f"tried-{idx}").touch()
     if claimed:  # stay alive (a dead claimant may be taken over) until every worker has tried
         t0 = time.monotonic()
-        while (len(list(Path(barrier).glob("tried-*"))) < len(list(Path(barrier).glob("ready-*")))
-               and time.monotonic() - t0 < 60):
+        while (
+            len(list(Path(barrier).glob("tried-*"))) < len(list(Path(barrier).glob("ready-*")))
+            and time.monotonic() - t0 < 60
+        ):
             time.sleep(0.01)
 
 
-WORKERS = {"rounds": lambda url, run, rounds, barrier, idx: worker_rounds(url, run.replace("IDX", str(idx)),
-                                                                          int(rounds), barrier, idx),
-           "claim": lambda url, run, barrier, idx: worker_claim(url, run, barrier, idx)}
+WORKERS = {
+    "rounds": lambda url, run, rounds, barrier, idx: worker_rounds(
+        url, run.replace("IDX", str(idx)), int(rounds), barrier, idx
+    ),
+    "claim": lambda url, run, barrier, idx: worker_claim(url, run, barrier, idx),
+}
 
 
 def launch(kind: str, url: str, n: int, barrier: Path, *extra: str) -> list[subprocess.CompletedProcess]:
@@ -129,8 +135,11 @@ def launch(kind: str, url: str, n: int, barrier: Path, *extra: str) -> list[subp
     for i, pid in enumerate(pids):
         _, status = os.waitpid(pid, 0)
         rc = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
-        out.append(subprocess.CompletedProcess([kind, url, i], rc, (barrier / f"out-{i}").read_text(),
-                                               (barrier / f"err-{i}").read_text()))
+        out.append(
+            subprocess.CompletedProcess(
+                [kind, url, i], rc, (barrier / f"out-{i}").read_text(), (barrier / f"err-{i}").read_text()
+            )
+        )
     return out
 
 
@@ -151,7 +160,7 @@ def check_rounds(url: str, n: int, rounds: int, results: list[subprocess.Complet
         lab = s.labels(f"run-{i}")
         assert len(lab) == rounds * IDS_PER_ROUND and lab["sample_id"].is_unique
         expected = {r * IDS_PER_ROUND + k: r for r in range(rounds) for k in range(IDS_PER_ROUND)}
-        assert dict(zip(lab["sample_id"], lab["round_idx"])) == expected
+        assert dict(zip(lab["sample_id"], lab["round_idx"], strict=True)) == expected
         q = s.queries(f"run-{i}")
         assert len(q) == rounds * IDS_PER_ROUND and q["sample_id"].is_unique
     s.close()
@@ -186,10 +195,11 @@ def test_same_run_claimed_by_four_processes_at_once(tmp_path):
 def test_same_run_started_twice_at_once(tmp_path, digits):
     """Two processes start the same run at the same instant: one writes it, the other refuses before writing
     anything; the store holds one copy, identical to a single run."""
+    from conftest import fast_config
+
     from al.errors import StoreError
     from al.loop import Experiment
     from al.store import Store
-    from conftest import fast_config
 
     if not hasattr(os, "fork"):
         pytest.skip("needs os.fork")
@@ -235,16 +245,37 @@ def test_same_run_started_twice_at_once(tmp_path, digits):
 def test_same_cli_run_started_twice_at_once(tmp_path, digits):
     """Two `python -m al.bench` with the same settings at the same time: one runs it, the other refuses (or,
     if it came second, finds it finished); the store holds one copy, identical to a single run."""
-    from al.loop import Experiment
-    from al.store import Store
     from conftest import fast_config
 
+    from al.loop import Experiment
+    from al.store import Store
+
     url = f"sqlite:///{tmp_path / 's.db'}"
-    cmd = [sys.executable, "-m", "al.bench", "--dataset", "digits", "--budget", "80", "--init-size", "20",
-           "--query-size", "20", "--epochs", "5", "--min-steps", "30", "--no-progress", "--store", url]
+    cmd = [
+        sys.executable,
+        "-m",
+        "al.bench",
+        "--dataset",
+        "digits",
+        "--budget",
+        "80",
+        "--init-size",
+        "20",
+        "--query-size",
+        "20",
+        "--epochs",
+        "5",
+        "--min-steps",
+        "30",
+        "--no-progress",
+        "--store",
+        url,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
     codes = sorted(rc for _, _, rc in results)
     assert codes in ([0, 0], [0, 1]), results
@@ -298,9 +329,10 @@ def test_heartbeat_thread_beats_during_a_run_and_stops_after(digits, tmp_path):
     error, the run is unchanged, and the thread stops with the run."""
     import threading
 
+    from conftest import fast_config
+
     from al.loop import Experiment
     from al.store import Store
-    from conftest import fast_config
 
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     beats = []
@@ -325,11 +357,38 @@ def test_cli_runs_in_parallel_same_seed_same_result(tmp_path):
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    base = [sys.executable, "-m", "al.bench", "--dataset", "digits", "--budget", "80", "--init-size", "20",
-            "--query-size", "20", "--epochs", "5", "--min-steps", "30", "--no-progress", "--store", url]
+    base = [
+        sys.executable,
+        "-m",
+        "al.bench",
+        "--dataset",
+        "digits",
+        "--budget",
+        "80",
+        "--init-size",
+        "20",
+        "--query-size",
+        "20",
+        "--epochs",
+        "5",
+        "--min-steps",
+        "30",
+        "--no-progress",
+        "--store",
+        url,
+    ]
     runs = [("a", 0), ("b", 0), ("c", 1), ("d", 2)]
-    procs = [subprocess.Popen(base + ["--seed", str(seed), "--run-name", name], env=env, cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name, seed in runs]
+    procs = [
+        subprocess.Popen(
+            base + ["--seed", str(seed), "--run-name", name],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, seed in runs
+    ]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0 and "locked" not in err, err[-3000:]

@@ -5,6 +5,7 @@ generator, leave the context's arrays, the pool inputs and the model unchanged, 
 context is built the way the loop builds it (a trained TorchLearner plus ``inputs_of``), so model-based
 strategies are covered without special cases.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,7 +28,7 @@ def trained(digits):
     """A small MLP trained on 30 digits, the pool inputs, the labelled ids and the candidate ids."""
     g = np.random.default_rng(0)
     order = g.permutation(digits.n_pool)
-    labelled, cand = np.sort(order[:N_LABELLED]), np.sort(order[N_LABELLED:N_LABELLED + N_CAND])
+    labelled, cand = np.sort(order[:N_LABELLED]), np.sort(order[N_LABELLED : N_LABELLED + N_CAND])
     learner = TorchLearner("mlp", digits.n_classes, digits.input_shape, epochs=5, min_steps=40, seed=0)
     learner.fit(digits.train_x[labelled], digits.train_y[labelled])
     return learner, digits.train_x, labelled, cand
@@ -37,13 +38,23 @@ def make_ctx(trained, candidates=None) -> Context:
     learner, x, labelled, cand = trained
     cand = cand if candidates is None else candidates
     # inputs_of hands out a copy each call, as the loop does; the test also checks the source is untouched.
-    return Context(cand, labelled, learner=learner, inputs_of=lambda ids: x[torch.from_numpy(ids)],
-                   mc_samples=5, rng_for=lambda purpose: round_rng(3, 1, purpose), n_classes=10)
+    return Context(
+        cand,
+        labelled,
+        learner=learner,
+        inputs_of=lambda ids: x[torch.from_numpy(ids)],
+        mc_samples=5,
+        rng_for=lambda purpose: round_rng(3, 1, purpose),
+        n_classes=10,
+    )
 
 
 def model_snapshot(model: torch.nn.Module):
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
-            [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()])
+    return (
+        {k: v.detach().clone() for k, v in model.state_dict().items()},
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+    )
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
@@ -74,20 +85,24 @@ def test_strategy_contract(name, trained):
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
 
     # no mutation: the context's cached arrays, the pool inputs, the model (weights, modes, grads, flags)
-    cached = {k: copy.deepcopy(v) for k, v in vars(ctx_a).items()
-              if k in ("probs", "mc_probs", "embeddings", "labelled_embeddings", "inputs")}
+    cached = {
+        k: copy.deepcopy(v)
+        for k, v in vars(ctx_a).items()
+        if k in ("probs", "mc_probs", "embeddings", "labelled_embeddings", "inputs")
+    }
     strategy(ctx_a, 10, np.random.default_rng(6))
     for k, v in cached.items():
         now = vars(ctx_a)[k]
-        assert (torch.equal(now, v) if isinstance(v, torch.Tensor) else np.array_equal(now, v)), f"{name} changed {k}"
+        assert torch.equal(now, v) if isinstance(v, torch.Tensor) else np.array_equal(now, v), f"{name} changed {k}"
     assert torch.equal(x, x_before), f"{name} changed the pool inputs"
     state, modes, flags = model_snapshot(learner.module_)
     for k, v in state.items():
         assert torch.equal(v, model_before[0][k]), f"{name} changed model tensor {k}"
     assert modes == model_before[1], f"{name} left a module in another train/eval mode"
     assert flags == model_before[2], f"{name} flipped requires_grad"
-    assert all(p.grad is None or not p.grad.any() for p in learner.module_.parameters()), \
+    assert all(p.grad is None or not p.grad.any() for p in learner.module_.parameters()), (
         f"{name} left gradients in .grad"
+    )
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())

@@ -4,6 +4,7 @@
 SIGKILL runs no ``finally`` and no ``except``: the process dies as under the OOM killer. The named points are
 ``al.store.crash_point`` hooks, armed by the ``AL_CRASH_AT`` environment variable of the killed process only.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fast_config
 
 from al.loop import Experiment
 from al.store import Store
-from conftest import fast_config
 
 RUN = "digits-entropy-seed0"
 CFG = dict(budget=100)  # 5 rounds of 20 labels: 0 (random) .. 4
@@ -116,9 +117,30 @@ def test_killed_at_every_named_point_then_resumed_equals_uninterrupted(digits, t
 
 
 def cli(url: str, budget: int) -> list[str]:
-    return [sys.executable, "-m", "al.bench", "--dataset", "digits", "--strategy", "entropy", "--budget", str(budget),
-            "--init-size", "20", "--query-size", "20", "--epochs", "5", "--min-steps", "30", "--seed", "0",
-            "--no-progress", "--store", url]
+    return [
+        sys.executable,
+        "-m",
+        "al.bench",
+        "--dataset",
+        "digits",
+        "--strategy",
+        "entropy",
+        "--budget",
+        str(budget),
+        "--init-size",
+        "20",
+        "--query-size",
+        "20",
+        "--epochs",
+        "5",
+        "--min-steps",
+        "30",
+        "--seed",
+        "0",
+        "--no-progress",
+        "--store",
+        url,
+    ]
 
 
 def cli_env() -> dict[str, str]:

@@ -40,11 +40,14 @@ def test_read_only_root_is_mirrored_not_written(tmp_path, monkeypatch):
         raw.chmod(0o755)
 
 
-@pytest.mark.parametrize("name,tv_class,folder,extra", [
-    ("mnist", "MNIST", ("MNIST", "raw"), ["AL_DATA_DIR"]),
-    # CIFAR-10 has no raw/ folder of .gz files: the fix names the archive and its unpacked folder
-    ("cifar10", "CIFAR10", ("cifar-10-batches-py",), ["cifar-10-python.tar.gz"]),
-])
+@pytest.mark.parametrize(
+    "name,tv_class,folder,extra",
+    [
+        ("mnist", "MNIST", ("MNIST", "raw"), ["AL_DATA_DIR"]),
+        # CIFAR-10 has no raw/ folder of .gz files: the fix names the archive and its unpacked folder
+        ("cifar10", "CIFAR10", ("cifar-10-batches-py",), ["cifar-10-python.tar.gz"]),
+    ],
+)
 def test_missing_dataset_error_names_folders_and_fixes(tmp_path, monkeypatch, name, tv_class, folder, extra):
     import torchvision
 
@@ -61,8 +64,9 @@ def test_missing_dataset_error_names_folders_and_fixes(tmp_path, monkeypatch, na
 
 
 def test_unknown_dataset_suggests():
-    with pytest.raises(data.UnknownNameError if hasattr(data, "UnknownNameError") else Exception,
-                       match="did you mean 'mnist'"):
+    with pytest.raises(
+        data.UnknownNameError if hasattr(data, "UnknownNameError") else Exception, match="did you mean 'mnist'"
+    ):
         data.load_dataset("mnsit")
 
 

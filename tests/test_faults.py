@@ -3,6 +3,7 @@
 Each test checks what is in the store afterwards: nothing lost, nothing wrong stored, and a later run finishes
 the job with the same result as a run that never failed.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import fast_config
 
+from al import CsvOracle, PromptOracle  # the public names a user imports
 from al.bench import main
 from al.errors import LabelsPending, OracleError
-from al import CsvOracle, PromptOracle  # the public names a user imports
-from al.oracles.human import render_blocks
 from al.loop import Experiment
 from al.oracles import CallbackOracle
+from al.oracles.human import render_blocks
 from al.store import SCHEMA_VERSION, Store
 from al.strategy import Strategy, top_n
-from conftest import fast_config
 
 RUN = "digits-entropy-seed0"
 
@@ -98,13 +99,16 @@ def test_oracle_timeout_must_be_positive(digits, store_url):
 
 
 # --- an invalid answer from a programmatic oracle: refused whole, nothing recorded -------------------------------
-@pytest.mark.parametrize("bad,msg", [
-    (lambda ids: {int(ids[0]): 10}, "is not a class in 0..9"),
-    (lambda ids: {int(ids[0]): float("nan")}, "nan"),
-    (lambda ids: {int(ids[0]): ""}, "label '' is not a class"),
-    (lambda ids: {int(ids[0]): "three"}, "label 'three' is not a class"),
-    (lambda ids: {99999: 1}, "id 99999: was not queried"),
-])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        (lambda ids: {int(ids[0]): 10}, "is not a class in 0..9"),
+        (lambda ids: {int(ids[0]): float("nan")}, "nan"),
+        (lambda ids: {int(ids[0]): ""}, "label '' is not a class"),
+        (lambda ids: {int(ids[0]): "three"}, "label 'three' is not a class"),
+        (lambda ids: {99999: 1}, "id 99999: was not queried"),
+    ],
+)
 def test_invalid_answer_from_an_oracle_records_nothing(digits, store_url, bad, msg):
     def oracle(ids):
         good = {int(i): truth(digits, i) for i in ids[1:]}
@@ -125,7 +129,7 @@ def test_label_for_an_already_labelled_sample_is_refused(digits, store_url):
             return {int(i): truth(digits, i) for i in ids}
         return {**{int(i): truth(digits, i) for i in ids[1:]}, int(calls[0][0]): 0}  # relabel a round-0 sample
 
-    with pytest.raises(OracleError, match=f"id {int(0)}|was not queried|already labelled"):
+    with pytest.raises(OracleError, match=f"id {0}|was not queried|already labelled"):
         Experiment(fast_config(), store_url, dataset=digits, oracle=CallbackOracle(oracle)).run()
     st = Store(store_url).state(RUN)
     assert len(st.labels) == 20 and st.last_round.round_idx == 1 and st.last_round.state == "queried"
@@ -183,19 +187,20 @@ def start_round_0(digits, tmp_path) -> tuple[str, Path, list[int]]:
     return url, folder, queried_ids(folder, 0)
 
 
-@pytest.mark.parametrize("case", ["out-of-range", "nan", "empty", "non-numeric", "not-queried", "twice",
-                                  "empty-id", "bad-header"])
+@pytest.mark.parametrize(
+    "case", ["out-of-range", "nan", "empty", "non-numeric", "not-queried", "twice", "empty-id", "bad-header"]
+)
 def test_csv_invalid_row_refused_by_line_valid_rows_taken(digits, tmp_path, case):
     url, folder, ids = start_round_0(digits, tmp_path)
     good = [f"{i},{truth(digits, i)}" for i in ids[:5]]
     a, b = ids[5], ids[6]
     bad, msg = {
-        "out-of-range": ([f"{a},10"], "line 7: id %d has label 10, outside the classes 0..9" % a),
-        "nan": ([f"{a},NaN"], "line 7: id %d has label NaN" % a),
-        "empty": ([f"{a},"], "line 7: id %d has an empty label" % a),
-        "non-numeric": ([f"{a},seven"], "line 7: id %d has label 'seven', which is not an integer" % a),
+        "out-of-range": ([f"{a},10"], f"line 7: id {a} has label 10, outside the classes 0..9"),
+        "nan": ([f"{a},NaN"], f"line 7: id {a} has label NaN"),
+        "empty": ([f"{a},"], f"line 7: id {a} has an empty label"),
+        "non-numeric": ([f"{a},seven"], f"line 7: id {a} has label 'seven', which is not an integer"),
         "not-queried": (["99999,3"], "line 7: id 99999 was not queried in round 0"),
-        "twice": ([f"{a},1", f"{b},{truth(digits, b)}", f"{a},2"], "line 7, 9: id %d is given 2 times" % a),
+        "twice": ([f"{a},1", f"{b},{truth(digits, b)}", f"{a},2"], f"line 7, 9: id {a} is given 2 times"),
         "empty-id": ([",3"], "line 7: empty id"),
         "bad-header": (None, "line 1: the first row must be the header 'id,label'"),
     }[case]
@@ -224,9 +229,15 @@ def test_csv_conflicting_relabel_and_earlier_round_answers_refused(digits, tmp_p
     ids1 = queried_ids(folder, 1)
     late = next(i for i in ids1[1:])  # a round-1 sample answered in round 0's file (the wrong file)
     append(folder, 0, [f"{ids0[0]},{(truth(digits, ids0[0]) + 1) % 10}", f"{late},{truth(digits, late)}"])
-    append(folder, 1, [f"{ids1[0]},{truth(digits, ids1[0])}",
-                       f"{ids0[1]},{(truth(digits, ids0[1]) + 1) % 10}",  # relabels a round-0 sample
-                       f"{ids0[2]},{truth(digits, ids0[2])}"])  # a round-0 sample in round 1's file
+    append(
+        folder,
+        1,
+        [
+            f"{ids1[0]},{truth(digits, ids1[0])}",
+            f"{ids0[1]},{(truth(digits, ids0[1]) + 1) % 10}",  # relabels a round-0 sample
+            f"{ids0[2]},{truth(digits, ids0[2])}",
+        ],
+    )  # a round-0 sample in round 1's file
     with pytest.raises(LabelsPending) as e:
         csv_experiment(digits, url, folder).run()
     msg = str(e.value)
@@ -243,8 +254,27 @@ def test_csv_conflicting_relabel_and_earlier_round_answers_refused(digits, tmp_p
 
 def test_csv_bad_row_beside_a_complete_round_is_reported_and_the_run_goes_on(digits, tmp_path, capsys):
     folder, url = tmp_path / "lab", f"sqlite:///{tmp_path / 's.db'}"
-    args = ["--dataset", "digits", "--budget", "40", "--init-size", "20", "--query-size", "20", "--epochs", "5",
-            "--min-steps", "30", "--no-progress", "--store", url, "--oracle", "csv", "--oracle-dir", str(folder)]
+    args = [
+        "--dataset",
+        "digits",
+        "--budget",
+        "40",
+        "--init-size",
+        "20",
+        "--query-size",
+        "20",
+        "--epochs",
+        "5",
+        "--min-steps",
+        "30",
+        "--no-progress",
+        "--store",
+        url,
+        "--oracle",
+        "csv",
+        "--oracle-dir",
+        str(folder),
+    ]
     assert main(args) == 3
     append(folder, 0, [f"{i},{truth(digits, i)}" for i in queried_ids(folder, 0)] + ["77777,1"])
     assert main(args) == 3  # round 0 complete, round 1 waiting
@@ -270,8 +300,27 @@ def test_csv_rows_already_taken_are_not_reported_again(digits, tmp_path):
 
 def test_csv_cli_exit_3_then_finishes(digits, tmp_path, capsys):
     folder, url = tmp_path / "lab", f"sqlite:///{tmp_path / 's.db'}"
-    args = ["--dataset", "digits", "--budget", "40", "--init-size", "20", "--query-size", "20", "--epochs", "5",
-            "--min-steps", "30", "--no-progress", "--store", url, "--oracle", "csv", "--oracle-dir", str(folder)]
+    args = [
+        "--dataset",
+        "digits",
+        "--budget",
+        "40",
+        "--init-size",
+        "20",
+        "--query-size",
+        "20",
+        "--epochs",
+        "5",
+        "--min-steps",
+        "30",
+        "--no-progress",
+        "--store",
+        url,
+        "--oracle",
+        "csv",
+        "--oracle-dir",
+        str(folder),
+    ]
     for r in range(2):
         assert main(args) == 3
         assert "20 of 20 queried samples still await" in capsys.readouterr().err
@@ -293,12 +342,15 @@ def test_csv_folder_made_unwritable_mid_run_is_a_clear_error(digits, tmp_path, m
     assert st.status == "stopped" and st.last_round.state == "queried"
 
 
-@pytest.mark.parametrize("extra,msg", [
-    (["--oracle", "csv"], "--oracle csv needs --oracle-dir"),
-    (["--oracle-dir", "somewhere"], "--oracle-dir is only used by --oracle csv"),
-    (["--oracle-timeout", "0"], "--oracle-timeout must be a positive"),
-    (["--oracle", "csvv"], "unknown oracle 'csvv'"),
-])
+@pytest.mark.parametrize(
+    "extra,msg",
+    [
+        (["--oracle", "csv"], "--oracle csv needs --oracle-dir"),
+        (["--oracle-dir", "somewhere"], "--oracle-dir is only used by --oracle csv"),
+        (["--oracle-timeout", "0"], "--oracle-timeout must be a positive"),
+        (["--oracle", "csvv"], "unknown oracle 'csvv'"),
+    ],
+)
 def test_bad_oracle_settings_exit_2_nothing_written(tmp_path, capsys, extra, msg):
     assert main(["--dataset", "digits", "--budget", "40", "--store", f"sqlite:///{tmp_path / 's.db'}"] + extra) == 2
     assert msg in capsys.readouterr().err
@@ -322,8 +374,12 @@ class Keyboard(io.StringIO):
 
 def test_prompt_skip_quit_and_each_answer_saved(digits, store_url):
     out = io.StringIO()
-    exp = Experiment(fast_config(), store_url, dataset=digits,
-                     oracle=PromptOracle(digits, Keyboard("3\nseven\n\n12\n7\ns\n1\nq\n"), out))
+    exp = Experiment(
+        fast_config(),
+        store_url,
+        dataset=digits,
+        oracle=PromptOracle(digits, Keyboard("3\nseven\n\n12\n7\ns\n1\nq\n"), out),
+    )
     with pytest.raises(LabelsPending, match="17 of 20.*stopped by the user"):
         exp.run()
     ids = Store(store_url).queries(RUN)["sample_id"].tolist()
@@ -338,8 +394,12 @@ def test_prompt_skip_quit_and_each_answer_saved(digits, store_url):
 
 def test_prompt_answers_survive_a_dead_terminal(digits, store_url):
     """Each answer is stored as it is given: when the terminal dies after two answers, both are in the store."""
-    exp = Experiment(fast_config(), store_url, dataset=digits,
-                     oracle=PromptOracle(digits, Keyboard("4\n5\n", fail_at_end=True), io.StringIO()))
+    exp = Experiment(
+        fast_config(),
+        store_url,
+        dataset=digits,
+        oracle=PromptOracle(digits, Keyboard("4\n5\n", fail_at_end=True), io.StringIO()),
+    )
     with pytest.raises(OracleError, match="terminal closed"):
         exp.run()
     ids = Store(store_url).queries(RUN)["sample_id"].tolist()
@@ -351,8 +411,9 @@ def test_prompt_end_of_input_is_quit_and_class_names_accepted(digits, store_url)
     ds.classes = [f"digit-{k}" for k in range(10)]
     out = io.StringIO()
     with pytest.raises(LabelsPending, match="18 of 20"):
-        Experiment(fast_config(), store_url, dataset=ds,
-                   oracle=PromptOracle(ds, Keyboard("digit-4\nDIGIT-2\n"), out)).run()
+        Experiment(
+            fast_config(), store_url, dataset=ds, oracle=PromptOracle(ds, Keyboard("digit-4\nDIGIT-2\n"), out)
+        ).run()
     assert sorted(Store(store_url).state(RUN).labels.values()) == [2, 4]
     assert "0=digit-0" in out.getvalue()
 
@@ -367,13 +428,27 @@ def test_render_blocks_shape_and_levels():
 
 
 # --- bad configuration: a clear error before anything is written --------------------------------------------------
-DIGITS = ["--dataset", "digits", "--budget", "40", "--init-size", "20", "--query-size", "20", "--epochs", "5",
-          "--min-steps", "30", "--no-progress"]
+DIGITS = [
+    "--dataset",
+    "digits",
+    "--budget",
+    "40",
+    "--init-size",
+    "20",
+    "--query-size",
+    "20",
+    "--epochs",
+    "5",
+    "--min-steps",
+    "30",
+    "--no-progress",
+]
 
 
 def test_model_with_wrong_output_size_cli(tmp_path, capsys):
-    assert main(DIGITS + ["--store", f"sqlite:///{tmp_path / 's.db'}", "--model",
-                          "tests.factories:three_class_mlp"]) == 2
+    assert (
+        main(DIGITS + ["--store", f"sqlite:///{tmp_path / 's.db'}", "--model", "tests.factories:three_class_mlp"]) == 2
+    )
     assert "outputs 3 classes but dataset 'digits' has 10" in capsys.readouterr().err
     assert not (tmp_path / "s.db").exists()
 
@@ -396,8 +471,11 @@ def test_unusable_store_file_refused_and_never_replaced(tmp_path, capsys, kind):
     before = path.read_bytes()
     assert main(DIGITS + ["--store", f"sqlite:///{path}"]) == 2
     err = capsys.readouterr().err
-    assert {"corrupt": "not an SQLite database", "newer-schema": "written by a newer al",
-            "truncated": "cannot open store"}[kind] in err
+    assert {
+        "corrupt": "not an SQLite database",
+        "newer-schema": "written by a newer al",
+        "truncated": "cannot open store",
+    }[kind] in err
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) in (["s.db"], ["s.db", "s.db-shm", "s.db-wal"])
 
@@ -469,7 +547,7 @@ def test_ties_broken_by_sample_id(digits, store_url):
     exp.run()
     q = Store(store_url).queries(RUN)
     init = set(q.query("round_idx == 0")["sample_id"])
-    for r in (1, 2):
+    for r in (1, 2):  # noqa: B007 - read by DataFrame.query as @r
         labelled = set(q.query("round_idx < @r")["sample_id"])
         expected = [i for i in range(digits.n_pool) if i not in labelled][:20]
         assert q.query("round_idx == @r")["sample_id"].tolist() == expected

@@ -1,4 +1,5 @@
 """TorchLearner and the model zoo."""
+
 import numpy as np
 import pytest
 import torch
@@ -9,8 +10,16 @@ from al.learner import TorchLearner, eval_mode
 from al.models import MODELS, build_model
 
 
-@pytest.mark.parametrize("name,shape", [("cnn", (1, 28, 28)), ("lenet5", (1, 28, 28)), ("mlp", (1, 8, 8)),
-                                        ("resnet18", (3, 32, 32)), ("patch-transformer", (1, 28, 28))])
+@pytest.mark.parametrize(
+    "name,shape",
+    [
+        ("cnn", (1, 28, 28)),
+        ("lenet5", (1, 28, 28)),
+        ("mlp", (1, 8, 8)),
+        ("resnet18", (3, 32, 32)),
+        ("patch-transformer", (1, 28, 28)),
+    ],
+)
 def test_models_output_logits(name, shape):
     m = build_model(name, 7, shape).eval()
     with torch.no_grad():
@@ -132,18 +141,30 @@ def _mc_whole_passes(est: TorchLearner, x: torch.Tensor, n: int, seed: int) -> n
     with torch.no_grad(), torch.random.fork_rng(devices=[]), eval_mode(net, dropout=True):
         torch.manual_seed(seed)
         for t in range(n):
-            out[t] = torch.cat([torch.softmax(net(x[i:i + est.eval_batch_size]).double(), 1)
-                                for i in range(0, len(x), est.eval_batch_size)])
+            out[t] = torch.cat(
+                [
+                    torch.softmax(net(x[i : i + est.eval_batch_size]).double(), 1)
+                    for i in range(0, len(x), est.eval_batch_size)
+                ]
+            )
     return out
 
 
-@pytest.mark.parametrize("build,shape,trunk", [
-    ("cnn", (1, 28, 28), 7),       # conv stack + Flatten run once: only the dense tail repeats
-    ("mlp", (1, 8, 8), 3),         # Flatten, Linear, ReLU
-    (lambda n_classes, input_shape: nn.Sequential(nn.Flatten(), Scaled(), nn.Linear(64, 32), nn.Dropout(0.5),
-                                                  nn.Linear(32, n_classes)), (1, 8, 8), 1),
-    (lambda n_classes, input_shape: BNDropNet(), (1, 8, 8), 0),   # not a Sequential: whole passes
-])
+@pytest.mark.parametrize(
+    "build,shape,trunk",
+    [
+        ("cnn", (1, 28, 28), 7),  # conv stack + Flatten run once: only the dense tail repeats
+        ("mlp", (1, 8, 8), 3),  # Flatten, Linear, ReLU
+        (
+            lambda n_classes, input_shape: nn.Sequential(
+                nn.Flatten(), Scaled(), nn.Linear(64, 32), nn.Dropout(0.5), nn.Linear(32, n_classes)
+            ),
+            (1, 8, 8),
+            1,
+        ),
+        (lambda n_classes, input_shape: BNDropNet(), (1, 8, 8), 0),  # not a Sequential: whole passes
+    ],
+)
 def test_mc_dropout_shares_the_deterministic_trunk_and_matches_whole_passes(build, shape, trunk):
     from al.learner import deterministic_trunk
 
@@ -161,8 +182,11 @@ def test_mc_dropout_shares_the_deterministic_trunk_and_matches_whole_passes(buil
 def test_reset_fit_and_mc_dropout_leave_the_global_torch_rng_alone(digits):
     est = TorchLearner("mlp", 10, (1, 8, 8), epochs=2, min_steps=20)
     x, y = digits.train_x[:60], digits.train_y[:60]
-    for call in (lambda: est.reset(3), lambda: est.fit(x, y, seed=4),
-                 lambda: est.mc_predict_proba(digits.test_x[:10], 3, seed=5)):
+    for call in (
+        lambda: est.reset(3),
+        lambda: est.fit(x, y, seed=4),
+        lambda: est.mc_predict_proba(digits.test_x[:10], 3, seed=5),
+    ):
         torch.manual_seed(1234)
         state = torch.get_rng_state()
         call()

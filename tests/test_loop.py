@@ -1,17 +1,17 @@
 """The loop: budget stop, pool exhaustion, ids never repeated, resume, determinism."""
+
 import json
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
-import torch
+from conftest import fast_config
+from factories import failing_after
 
 from al.data import Dataset
 from al.errors import ConfigError, ConfigMismatchError
 from al.loop import Experiment
 from al.store import Store
-from conftest import fast_config
-from factories import failing_after
 
 
 def tiny(digits: Dataset, n_pool: int) -> Dataset:
@@ -20,8 +20,12 @@ def tiny(digits: Dataset, n_pool: int) -> Dataset:
 
 def test_runs_to_budget_with_rising_accuracy(digits, store_url):
     rounds = []
-    exp = Experiment(fast_config(budget=200, init_size=20, query_size=30, min_steps=100), store_url,
-                     dataset=digits, on_round=rounds.append)
+    exp = Experiment(
+        fast_config(budget=200, init_size=20, query_size=30, min_steps=100),
+        store_url,
+        dataset=digits,
+        on_round=rounds.append,
+    )
     st = exp.run()
     assert st.status == "finished"
     assert len(st.labels) == 200
@@ -133,16 +137,19 @@ def test_scores_recorded_match_strategy(digits, store_url):
     assert (np.diff(r1["score"].to_numpy()) <= 1e-12).all()  # rank order = descending score
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(budget=0), "--budget must be a positive"),
-    (dict(budget=-5), "--budget must be a positive"),
-    (dict(budget=10, init_size=20), "below --init-size"),
-    (dict(query_size=0), "--query-size must be at least 1"),
-    (dict(budget=5000), "exceeds the pool"),
-    (dict(query_size=5000, budget=100), "exceeds the pool"),
-    (dict(pool_subset=10, query_size=20), "exceeds --pool-subset"),
-    (dict(init_size=0), "--init-size must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(budget=0), "--budget must be a positive"),
+        (dict(budget=-5), "--budget must be a positive"),
+        (dict(budget=10, init_size=20), "below --init-size"),
+        (dict(query_size=0), "--query-size must be at least 1"),
+        (dict(budget=5000), "exceeds the pool"),
+        (dict(query_size=5000, budget=100), "exceeds the pool"),
+        (dict(pool_subset=10, query_size=20), "exceeds --pool-subset"),
+        (dict(init_size=0), "--init-size must be at least 1"),
+    ],
+)
 def test_bad_config_refused_before_anything_is_written(digits, tmp_path, kw, msg):
     path = tmp_path / "s.db"
     with pytest.raises(ConfigError, match=msg):
@@ -185,15 +192,20 @@ def test_run_recorded_before_a_strategy_setting_existed_resumes(digits, tmp_path
         (text,) = conn.execute(sa.text("SELECT config FROM al_runs WHERE name = :n"), {"n": exp.name}).one()
         old = json.loads(text)
         del old["strategy_params"]["perturb"]
-        conn.execute(sa.text("UPDATE al_runs SET config = :c WHERE name = :n"),
-                     {"c": json.dumps(old, sort_keys=True, separators=(",", ":")), "n": exp.name})
+        conn.execute(
+            sa.text("UPDATE al_runs SET config = :c WHERE name = :n"),
+            {"c": json.dumps(old, sort_keys=True, separators=(",", ":")), "n": exp.name},
+        )
     with pytest.raises(ConfigMismatchError, match="perturb"):
-        Experiment(fast_config(strategy="regrad", strategy_kwargs={"perturb": "params", "aggregate": "mean-norm"}),
-                   url, dataset=digits, name=exp.name).run()
+        Experiment(
+            fast_config(strategy="regrad", strategy_kwargs={"perturb": "params", "aggregate": "mean-norm"}),
+            url,
+            dataset=digits,
+            name=exp.name,
+        ).run()
     st = Experiment(cfg, url, dataset=digits).run()
     assert st.status == "finished" and len(st.labels) == cfg.budget
     assert "perturb" not in Store(url).state(exp.name).config["strategy_params"]
-
 
 
 class _Interrupting:
@@ -215,8 +227,10 @@ class _Interrupting:
         return {int(i): int(self.labels[i]) for i in ids}
 
 
-@pytest.mark.parametrize("how,exc", [("done", None), ("waiting", "LabelsPending"), ("error", "OracleError"),
-                                     ("interrupt", "KeyboardInterrupt")])
+@pytest.mark.parametrize(
+    "how,exc",
+    [("done", None), ("waiting", "LabelsPending"), ("error", "OracleError"), ("interrupt", "KeyboardInterrupt")],
+)
 def test_heartbeat_thread_is_joined_on_every_exit(digits, store_url, how, exc):
     """After ``run`` returns or raises, no heartbeat thread is left: one still alive at interpreter shutdown can
     abort the process (exit 134) instead of its exit code (issue 12 item 1)."""

@@ -1,4 +1,5 @@
 """al strategies driving modAL's ActiveLearner with a TorchLearner."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,7 +69,11 @@ def test_modal_adapter_is_deterministic_and_refuses_foreign_estimators(digits_np
     np.testing.assert_array_equal(a, b)
     from sklearn.linear_model import LogisticRegression
 
-    lr = ActiveLearner(estimator=LogisticRegression(max_iter=50), X_training=x0.reshape(20, -1), y_training=y0,
-                       query_strategy=query_strategy("entropy"))
+    lr = ActiveLearner(
+        estimator=LogisticRegression(max_iter=50),
+        X_training=x0.reshape(20, -1),
+        y_training=y0,
+        query_strategy=query_strategy("entropy"),
+    )
     with pytest.raises(IncompatibleStrategyError, match="TorchLearner"):
         query_strategy("entropy")(lr, xp.reshape(len(xp), -1), 3)

@@ -1,5 +1,6 @@
 """The oracle contract (al.oracles): base-class defaults, wrapping a user's object or function, the registry of
 --oracle kinds, and the labelling session that asks for a round's labels."""
+
 from __future__ import annotations
 
 import inspect
@@ -109,8 +110,11 @@ def test_base_defaults():
 def test_session_uses_the_defaults_and_the_overrides(digits, store_url):
     y = digits.train_y.numpy()
     o = Half(y)
-    with pytest.raises(LabelsPending, match="round 0: 10 of 20 queried samples still await a label; answer them and "
-                                            "run the same command again to continue") as e:
+    with pytest.raises(
+        LabelsPending,
+        match="round 0: 10 of 20 queried samples still await a label; answer them and "
+        "run the same command again to continue",
+    ) as e:
         Experiment(fast_config(), store_url, dataset=digits, oracle=o).run()
     assert e.value.awaited == 10 and len(o.calls) == 1 and len(o.calls[0]) == 20  # one call for the whole query
 

@@ -4,6 +4,7 @@ The contract tests are the ones of tests/test_store.py that take only ``store_ur
 with a fresh PostgreSQL database each, so a new contract test is picked up without touching this file. Then a
 whole experiment, a crash inside a commit, concurrent writers, one claimant per run, and the CLI.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -13,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-
 import test_store
 from pg import PgUnavailable, start_server
 
@@ -37,8 +37,11 @@ def pg_url(pg_server) -> str:
     return pg_server.create_database(f"t{os.getpid()}_{next(_counter)}")
 
 
-CONTRACT = [f for name, f in sorted(vars(test_store).items())
-            if name.startswith("test_") and callable(f) and list(inspect.signature(f).parameters) == ["store_url"]]
+CONTRACT = [
+    f
+    for name, f in sorted(vars(test_store).items())
+    if name.startswith("test_") and callable(f) and list(inspect.signature(f).parameters) == ["store_url"]
+]
 
 
 def test_contract_tests_were_found():
@@ -70,10 +73,11 @@ def test_newer_schema_refused_on_postgres(pg_url):
 def test_experiment_with_a_crash_inside_a_commit_on_postgres(pg_url, digits, tmp_path):
     """A whole run on PostgreSQL, killed (SIGKILL) inside the labels transaction of round 1 and resumed:
     the same labels and accuracies as the same run on SQLite."""
-    from al.loop import Experiment
-    from al.store import Store
     from conftest import fast_config
     from test_crash import run_forked
+
+    from al.loop import Experiment
+    from al.store import Store
 
     ref = f"sqlite:///{tmp_path / 'ref.db'}"
     Experiment(fast_config(budget=100), ref, dataset=digits).run()
@@ -93,10 +97,11 @@ def test_experiment_with_a_crash_inside_a_commit_on_postgres(pg_url, digits, tmp
 @pytest.mark.slow  # several CLI processes: ~40 s on 2 shared cores
 def test_cli_killed_at_random_times_on_postgres(pg_url, digits, tmp_path):
     """The CLI on PostgreSQL, SIGKILLed at random times and resumed: the same run as on SQLite uninterrupted."""
-    from al.loop import Experiment
-    from al.store import Store
     from conftest import fast_config
     from test_crash import kill_at_random_times
+
+    from al.loop import Experiment
+    from al.store import Store
 
     ref = f"sqlite:///{tmp_path / 'ref.db'}"
     t0 = time.perf_counter()
@@ -127,8 +132,23 @@ def test_cli_with_postgres_store(pg_url, capsys):
     from al.bench import main
     from al.store import Store
 
-    args = ["--dataset", "digits", "--budget", "60", "--init-size", "20", "--query-size", "20", "--epochs", "5",
-            "--min-steps", "30", "--no-progress", "--store", pg_url]
+    args = [
+        "--dataset",
+        "digits",
+        "--budget",
+        "60",
+        "--init-size",
+        "20",
+        "--query-size",
+        "20",
+        "--epochs",
+        "5",
+        "--min-steps",
+        "30",
+        "--no-progress",
+        "--store",
+        pg_url,
+    ]
     assert main(args) == 0
     assert Store(pg_url).curves()["n_labelled"].tolist() == [20, 40, 60]
     assert main(args) == 0
@@ -139,8 +159,7 @@ def test_unreachable_server_is_a_clear_error(capsys):
     from al.bench import main
 
     port = __import__("pg").free_port()  # nothing listens there
-    assert main(["--dataset", "digits", "--budget", "40", "--store",
-                 f"postgresql://al:secret@127.0.0.1:{port}/x"]) == 2
+    assert main(["--dataset", "digits", "--budget", "40", "--store", f"postgresql://al:secret@127.0.0.1:{port}/x"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot connect to store postgresql+") and f"127.0.0.1:{port}/x" in err
     assert "Connection refused" in err and "Check that the server is running" in err

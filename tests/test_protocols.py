@@ -1,4 +1,5 @@
 """benchmarks/run_protocol.py: protocol files checked, jobs seed-major, runs resumable through the store."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -7,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from factories import failing_after
 
 from al.errors import ConfigError, OracleError
 from al.loop import Experiment, ExperimentConfig
 from al.store import Store
-from factories import failing_after
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("run_protocol", ROOT / "benchmarks" / "run_protocol.py")
@@ -19,9 +20,19 @@ rp = importlib.util.module_from_spec(_spec)
 sys.modules["run_protocol"] = rp  # dataclasses look their module up there
 _spec.loader.exec_module(rp)
 
-TINY = {"name": "tiny", "config": {"dataset": "digits", "budget": 60, "init_size": 20, "init_balanced": True,
-                                   "query_size": 20, "epochs": 5, "min_steps": 30},
-        "runs": [{"strategy": "entropy", "seeds": [0, 1]}, {"strategy": "random", "seeds": [0]}]}
+TINY = {
+    "name": "tiny",
+    "config": {
+        "dataset": "digits",
+        "budget": 60,
+        "init_size": 20,
+        "init_balanced": True,
+        "query_size": 20,
+        "epochs": 5,
+        "min_steps": 30,
+    },
+    "runs": [{"strategy": "entropy", "seeds": [0, 1]}, {"strategy": "random", "seeds": [0]}],
+}
 
 
 @pytest.fixture
@@ -31,12 +42,15 @@ def proto_file(tmp_path: Path) -> Path:
     return f
 
 
-@pytest.mark.parametrize("text,msg", [
-    (None, "not found"),
-    ("{not json", "not valid JSON"),
-    (json.dumps({"name": "x", "config": {}}), "no 'runs' field"),
-    (json.dumps({"name": "x", "config": {"budgt": 3}, "runs": []}), "unknown config field(s) ['budgt']"),
-])
+@pytest.mark.parametrize(
+    "text,msg",
+    [
+        (None, "not found"),
+        ("{not json", "not valid JSON"),
+        (json.dumps({"name": "x", "config": {}}), "no 'runs' field"),
+        (json.dumps({"name": "x", "config": {"budgt": 3}, "runs": []}), "unknown config field(s) ['budgt']"),
+    ],
+)
 def test_bad_protocol_files_are_named(tmp_path, text, msg):
     f = tmp_path / "p.json"
     if text is not None:
@@ -51,10 +65,11 @@ def test_shipped_protocols_load_and_name_their_jobs_seed_major():
         jobs = rp.jobs_of(proto)
         assert len({j.name for j in jobs}) == len(jobs) == sum(len(r["seeds"]) for r in proto["runs"])
         ranks = [[r["strategy"] for r in proto["runs"]].index(j.strategy) for j in jobs]
-        seeds_rank = [next(r["seeds"].index(j.seed) for r in proto["runs"] if r["strategy"] == j.strategy)
-                      for j in jobs]
+        seeds_rank = [
+            next(r["seeds"].index(j.seed) for r in proto["runs"] if r["strategy"] == j.strategy) for j in jobs
+        ]
         assert seeds_rank == sorted(seeds_rank)  # every strategy's first seed before any second seed
-        assert ranks[:len(proto["runs"])] == list(range(len(proto["runs"])))
+        assert ranks[: len(proto["runs"])] == list(range(len(proto["runs"])))
     jobs = rp.jobs_of(TINY, strategies=["entropy"], seeds=[1])
     assert [j.name for j in jobs] == ["tiny-entropy-seed1"]
 

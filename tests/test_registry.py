@@ -1,9 +1,8 @@
 import pytest
 
-from al.errors import DuplicateNameError, UnknownNameError
+from al.errors import ConfigError, DuplicateNameError, UnknownNameError
 from al.registry import Registry
 from strategies import STRATEGIES, build_strategy
-from al.errors import ConfigError
 
 
 def test_duplicate_registration_is_refused():
@@ -42,9 +41,10 @@ def test_readme_custom_strategy_example_runs(digits, store_url):
     import pathlib
     import re
 
+    from conftest import fast_config
+
     from al.loop import Experiment
     from al.store import Store
-    from conftest import fast_config
 
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
     section = readme.split("### Your own strategy", 1)[1]
@@ -53,8 +53,9 @@ def test_readme_custom_strategy_example_runs(digits, store_url):
     try:
         exec(compile(definition, "README.md", "exec"), {})
         assert "top-two-ratio" in STRATEGIES
-        st = Experiment(fast_config(strategy="top-two-ratio", strategy_kwargs={"power": 2.0}), store_url,
-                        dataset=digits).run()
+        st = Experiment(
+            fast_config(strategy="top-two-ratio", strategy_kwargs={"power": 2.0}), store_url, dataset=digits
+        ).run()
         assert st.status == "finished" and len(st.labels) == 80
         q = Store(store_url).queries("digits-top-two-ratio-seed0")
         q = q[q["round_idx"] > 0]  # round 0 is the random initial set, unscored
@@ -84,8 +85,10 @@ def test_al_never_imports_the_strategies_package(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys, al, al.bench, al.loop, al.report, al.interop.modal; "
-            "print(sorted(m for m in sys.modules if m == 'strategies' or m.startswith('strategies.')))")
+    code = (
+        "import sys, al, al.bench, al.loop, al.report, al.interop.modal; "
+        "print(sorted(m for m in sys.modules if m == 'strategies' or m.startswith('strategies.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -3,6 +3,7 @@
 Every fast-path kind (Linear on vectors and tokens, Conv1d/Conv2d, BatchNorm, LayerNorm, Embedding) and the
 autograd fallback (a module's own nn.Parameter, GroupNorm, nn.MultiheadAttention) is compared to 1e-4 relative.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -35,16 +36,29 @@ class Scale(nn.Module):
 
 def mlp() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Dropout(0.5), nn.Linear(12, 10), nn.Tanh(),
-                         nn.Linear(10, 4))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Dropout(0.5), nn.Linear(12, 10), nn.Tanh(), nn.Linear(10, 4)
+    )
 
 
 def cnn_bn() -> nn.Module:
     torch.manual_seed(1)
-    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                      nn.Conv2d(4, 5, 3, stride=2, padding=1, dilation=1, bias=False), nn.BatchNorm2d(5),
-                      nn.ReLU(), nn.Conv2d(5, 3, 1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(3 * 2 * 2, 6),
-                      nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4))
+    m = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3, stride=2, padding=1, dilation=1, bias=False),
+        nn.BatchNorm2d(5),
+        nn.ReLU(),
+        nn.Conv2d(5, 3, 1),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(3 * 2 * 2, 6),
+        nn.BatchNorm1d(6),
+        nn.ReLU(),
+        nn.Linear(6, 4),
+    )
     # non-trivial running statistics, so that eval-mode BatchNorm is not the identity
     for bn in (m[1], m[5], m[11]):
         bn.running_mean.uniform_(-0.5, 0.5)
@@ -110,8 +124,15 @@ def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
 
 
 # ------------------------------------------------------------------------------------------------ naive loop
-def naive_norms(model: nn.Module, x: torch.Tensor, groups: list[list[nn.Parameter]], m: int, sigma: float,
-                aggregate: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def naive_norms(
+    model: nn.Module,
+    x: torch.Tensor,
+    groups: list[list[nn.Parameter]],
+    m: int,
+    sigma: float,
+    aggregate: str,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """norms (N, C, L) by one autograd call per sample, class and copy; probs (N, C)."""
     model.eval()  # dropout off, BatchNorm on its running statistics
     params = [p for g in groups for p in g]
@@ -138,8 +159,9 @@ def naive_norms(model: nn.Module, x: torch.Tensor, groups: list[list[nn.Paramete
     return out, probs
 
 
-def naive_score(norms: np.ndarray, probs: np.ndarray, weighting: str, alpha: float,
-                combine: str = "linear") -> np.ndarray:
+def naive_score(
+    norms: np.ndarray, probs: np.ndarray, weighting: str, alpha: float, combine: str = "linear"
+) -> np.ndarray:
     n, c, L = norms.shape
     if weighting == "root":
         cw = np.sqrt(probs) / np.sqrt(probs).sum(1, keepdims=True)
@@ -183,21 +205,37 @@ def _naive(name: str, m: int, sigma: float, aggregate: str):
 # ------------------------------------------------------------------------------------------------ exactness
 def test_layers_are_discovered_in_forward_order_with_the_right_kinds() -> None:
     kinds = [(L.name, L.kind) for L in discover_layers(cnn_bn(), _inputs("cnn"))]
-    assert kinds == [("0", "conv"), ("1", "batchnorm"), ("4", "conv"), ("5", "batchnorm"), ("7", "conv"),
-                     ("10", "linear"), ("11", "batchnorm"), ("13", "linear")]
+    assert kinds == [
+        ("0", "conv"),
+        ("1", "batchnorm"),
+        ("4", "conv"),
+        ("5", "batchnorm"),
+        ("7", "conv"),
+        ("10", "linear"),
+        ("11", "batchnorm"),
+        ("13", "linear"),
+    ]
     fb = [(L.name, L.kind, [n for n, _ in L.params]) for L in discover_layers(FallbackNet(), _inputs("fallback"))]
-    assert fb == [("FallbackNet", "fallback", ["bias"]), ("inp", "linear", ["weight", "bias"]),
-                  ("scale", "fallback", ["s"]), ("gn", "fallback", ["weight", "bias"]),
-                  ("attn", "fallback", ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]),
-                  ("head", "linear", ["weight", "bias"])]
+    assert fb == [
+        ("FallbackNet", "fallback", ["bias"]),
+        ("inp", "linear", ["weight", "bias"]),
+        ("scale", "fallback", ["s"]),
+        ("gn", "fallback", ["weight", "bias"]),
+        ("attn", "fallback", ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]),
+        ("head", "linear", ["weight", "bias"]),
+    ]
     tok = [(L.name, L.kind) for L in discover_layers(TokenNet(), _inputs("tokens"))]
-    assert tok == [("emb", "embedding"), ("proj", "linear"), ("norm", "layernorm"), ("conv", "conv"),
-                   ("head", "linear")]
+    assert tok == [
+        ("emb", "embedding"),
+        ("proj", "linear"),
+        ("norm", "layernorm"),
+        ("conv", "conv"),
+        ("head", "linear"),
+    ]
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize("m,sigma,aggregate", [(0, 0.0, "mean-grad"), (2, 0.3, "mean-grad"),
-                                               (2, 0.3, "mean-norm")])
+@pytest.mark.parametrize("m,sigma,aggregate", [(0, 0.0, "mean-grad"), (2, 0.3, "mean-grad"), (2, 0.3, "mean-norm")])
 def test_scores_match_the_naive_loop(name: str, m: int, sigma: float, aggregate: str) -> None:
     if name == "tokens" and m:
         pytest.skip("token ids cannot be perturbed with Gaussian noise")
@@ -207,12 +245,28 @@ def test_scores_match_the_naive_loop(name: str, m: int, sigma: float, aggregate:
     assert fast.norms.shape == (len(x), probs.shape[1], len(layer_groups(model)))
     for weighting, alpha in itertools.product(["root", "expected", "predicted", "uniform"], [0.0, 3.0]):
         want = naive_score(norms, probs, weighting, alpha)
-        got = regrad_scores(model, x, class_weighting=weighting, layer_alpha=alpha, n_perturbations=m,
-                            sigma=sigma, aggregate=aggregate, batch_size=6)
+        got = regrad_scores(
+            model,
+            x,
+            class_weighting=weighting,
+            layer_alpha=alpha,
+            n_perturbations=m,
+            sigma=sigma,
+            aggregate=aggregate,
+            batch_size=6,
+        )
         assert got.dtype == np.float64 and got.shape == (len(x),)
         np.testing.assert_allclose(got, want, rtol=RTOL, err_msg=f"{weighting} alpha={alpha}")
-    got = regrad_scores(model, x, class_weighting="expected", layer_alpha=3.0, combine="squared",
-                        n_perturbations=m, sigma=sigma, aggregate=aggregate)
+    got = regrad_scores(
+        model,
+        x,
+        class_weighting="expected",
+        layer_alpha=3.0,
+        combine="squared",
+        n_perturbations=m,
+        sigma=sigma,
+        aggregate=aggregate,
+    )
     np.testing.assert_allclose(got, naive_score(norms, probs, "expected", 3.0, "squared"), rtol=RTOL)
 
 
@@ -222,8 +276,16 @@ def test_direct_and_gram_forms_agree_with_the_naive_loop(rule: str, name: str) -
     m, sigma = (0, 0.0) if name == "tokens" else (2, 0.3)
     model, x = MODELS[name](), _inputs(name)
     norms, probs = _naive(name, m, sigma, "mean-grad")
-    got = regrad_scores(model, x, class_weighting="uniform", layer_alpha=0.0, n_perturbations=m, sigma=sigma,
-                        aggregate="mean-grad", pair_rule=rule)
+    got = regrad_scores(
+        model,
+        x,
+        class_weighting="uniform",
+        layer_alpha=0.0,
+        n_perturbations=m,
+        sigma=sigma,
+        aggregate="mean-grad",
+        pair_rule=rule,
+    )
     np.testing.assert_allclose(got, naive_score(norms, probs, "uniform", 0.0), rtol=RTOL)
 
 
@@ -256,7 +318,7 @@ def test_chunking_and_batch_iterables_do_not_change_scores() -> None:
     kw = dict(n_perturbations=2, sigma=0.2, seed=5)
     whole = regrad_scores(model, x, batch_size=1000, **kw)
     np.testing.assert_allclose(regrad_scores(model, x, batch_size=3, **kw), whole, rtol=1e-5)
-    loader = [(x[i:i + 4], torch.zeros(4)) for i in range(0, 11, 4)]
+    loader = [(x[i : i + 4], torch.zeros(4)) for i in range(0, 11, 4)]
     np.testing.assert_allclose(regrad_scores(model, loader, **kw), whole, rtol=1e-5)
     assert not np.allclose(regrad_scores(model, x, batch_size=1000, n_perturbations=2, sigma=0.2, seed=6), whole)
 
@@ -318,7 +380,7 @@ def test_gradnorm_closed_form_matches_autograd_of_the_kl() -> None:
     head = model[-1]
     want = []
     for i in range(len(x)):
-        logp = torch.log_softmax(model.eval()(x[i:i + 1]), 1)
+        logp = torch.log_softmax(model.eval()(x[i : i + 1]), 1)
         kl = -(logp.mean())  # KL(u || p) up to a constant
         (g,) = torch.autograd.grad(kl, [head.weight])
         want.append(float(g.abs().sum()))
@@ -330,15 +392,17 @@ def test_gradnorm_closed_form_matches_autograd_of_the_kl() -> None:
 def test_strategies_are_registered_and_select_through_a_context(digits) -> None:
     for name in ("regrad", "exgrad", "gradnorm"):
         assert name in STRATEGIES
-    learner = TorchLearner("mlp", 10, (1, 8, 8), epochs=2, min_steps=20).fit(digits.train_x[:60],
-                                                                              digits.train_y[:60])
+    learner = TorchLearner("mlp", 10, (1, 8, 8), epochs=2, min_steps=20).fit(digits.train_x[:60], digits.train_y[:60])
     cand = np.arange(60, 160)
 
     def ctx() -> Context:
         return Context(cand, np.arange(60), learner=learner, inputs_of=lambda ids: digits.train_x[ids])
 
-    for name, kw in (("regrad", {"layer_alpha": 2, "n_perturbations": 2, "sigma": 0.1, "top_k": 3}),
-                     ("exgrad", {}), ("gradnorm", {})):
+    for name, kw in (
+        ("regrad", {"layer_alpha": 2, "n_perturbations": 2, "sigma": 0.1, "top_k": 3}),
+        ("exgrad", {}),
+        ("gradnorm", {}),
+    ):
         strat = build_strategy(name, **kw)
         strat.check_learner(learner)
         a = strat(ctx(), 10, np.random.default_rng(0))
@@ -351,8 +415,9 @@ def test_strategies_are_registered_and_select_through_a_context(digits) -> None:
         assert a.pool_scores.shape == (100,)
         assert np.all(a.scores[:-1] >= a.scores[1:])
     ex = build_strategy("exgrad")
-    ref = regrad_scores(learner.network, digits.train_x[cand], class_weighting="expected", layer_alpha=0,
-                        n_perturbations=0)
+    ref = regrad_scores(
+        learner.network, digits.train_x[cand], class_weighting="expected", layer_alpha=0, n_perturbations=0
+    )
     np.testing.assert_allclose(ex(ctx(), 5, np.random.default_rng(0)).pool_scores, ref)
     gn = build_strategy("gradnorm")(ctx(), 5, np.random.default_rng(0))
     np.testing.assert_allclose(gn.pool_scores, -gradnorm_scores(learner.network, digits.train_x[cand]))
@@ -373,11 +438,24 @@ def test_every_keyword_of_regrad_scores_is_a_strategy_setting() -> None:
     import inspect
 
     # ids, rng and pair_rule are per call (which rows, which round, which speed path), not settings
-    kw = {k for k in inspect.signature(regrad_scores).parameters if k not in ("model", "inputs", "ids", "rng",
-                                                                             "pair_rule")}
-    settings = dict(class_weighting="expected", layer_alpha=2.5, n_perturbations=3, sigma=0.2,
-                    aggregate="mean-norm", combine="squared", top_k=4, seed=7, batch_size=64, last_layer_only=True,
-                    perturb="params")
+    kw = {
+        k
+        for k in inspect.signature(regrad_scores).parameters
+        if k not in ("model", "inputs", "ids", "rng", "pair_rule")
+    }
+    settings = dict(
+        class_weighting="expected",
+        layer_alpha=2.5,
+        n_perturbations=3,
+        sigma=0.2,
+        aggregate="mean-norm",
+        combine="squared",
+        top_k=4,
+        seed=7,
+        batch_size=64,
+        last_layer_only=True,
+        perturb="params",
+    )
     assert set(settings) == kw
     for name in ("regrad", "exgrad"):  # noise is drawn here, so params() also says how it is keyed
         assert build_strategy(name, **settings).params() == {**settings, "noise_key": "sample-id"}

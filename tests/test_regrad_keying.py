@@ -42,8 +42,9 @@ def pool() -> tuple[torch.nn.Module, torch.Tensor, np.ndarray]:
     return model, torch.randn(N, 1, 8, 8), ids
 
 
-def _select_scores(strat: REGrad, model: torch.nn.Module, x: torch.Tensor, ids: np.ndarray, cand: np.ndarray,
-                   seed: int = 11) -> dict[int, float]:
+def _select_scores(
+    strat: REGrad, model: torch.nn.Module, x: torch.Tensor, ids: np.ndarray, cand: np.ndarray, seed: int = 11
+) -> dict[int, float]:
     """{id: score} of ``cand`` scored as one round's candidates through ``REGrad.select``."""
     row = {int(i): j for j, i in enumerate(ids)}
     ctx = Context(cand, learner=_Learner(model), inputs_of=lambda c: x[[row[int(i)] for i in c]])
@@ -74,8 +75,9 @@ def test_a_samples_perturbed_score_does_not_depend_on_its_batch(pool, noise: str
     # ... and keyed by ids without an rng, a sample's score is equally independent of its neighbours
     alone = regrad_scores(model, x, ids=ids, batch_size=3, **kw)
     perm = np.random.default_rng(4).permutation(N)[:10]
-    np.testing.assert_allclose(regrad_scores(model, x[perm], ids=ids[perm], batch_size=256, **kw), alone[perm],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        regrad_scores(model, x[perm], ids=ids[perm], batch_size=256, **kw), alone[perm], rtol=1e-6
+    )
 
 
 def test_the_same_rng_gives_the_same_picks_and_another_rng_other_noise(pool) -> None:
@@ -108,31 +110,38 @@ def test_without_ids_noise_is_keyed_by_the_index_in_the_full_inputs(pool) -> Non
         regrad_scores(model, x, ids=ids - 200, **kw)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(n_perturbations=1.7), "n_perturbations must be a whole number"),
-    (dict(n_perturbations=True), "n_perturbations must be a whole number"),
-    (dict(n_perturbations="2"), "without quotes"),
-    (dict(n_perturbations=-1), "n_perturbations must be >= 0"),
-    (dict(sigma=float("nan")), "sigma must be a finite number"),
-    (dict(sigma=float("inf")), "sigma must be a finite number"),
-    (dict(sigma="0.5"), "sigma must be a number"),
-    (dict(sigma=False), "sigma must be a number"),
-    (dict(layer_alpha=float("nan")), "layer_alpha must be a finite number"),
-    (dict(layer_alpha="-10"), "layer_alpha must be a number"),
-    (dict(top_k=0), "top_k must be >= 1"),
-    (dict(top_k=2.5), "top_k must be None"),
-    (dict(batch_size=0), "batch_size must be >= 1"),
-    (dict(batch_size=True), "batch_size must be a whole number"),
-    (dict(seed=-1), "seed must be >= 0"),
-    (dict(seed=0.5), "seed must be a whole number"),
-    (dict(last_layer_only=1), "last_layer_only must be true or false"),
-    (dict(class_weighting=None), "class_weighting must be one of"),
-    (dict(combine="cubic"), "combine must be one of"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(n_perturbations=1.7), "n_perturbations must be a whole number"),
+        (dict(n_perturbations=True), "n_perturbations must be a whole number"),
+        (dict(n_perturbations="2"), "without quotes"),
+        (dict(n_perturbations=-1), "n_perturbations must be >= 0"),
+        (dict(sigma=float("nan")), "sigma must be a finite number"),
+        (dict(sigma=float("inf")), "sigma must be a finite number"),
+        (dict(sigma="0.5"), "sigma must be a number"),
+        (dict(sigma=False), "sigma must be a number"),
+        (dict(layer_alpha=float("nan")), "layer_alpha must be a finite number"),
+        (dict(layer_alpha="-10"), "layer_alpha must be a number"),
+        (dict(top_k=0), "top_k must be >= 1"),
+        (dict(top_k=2.5), "top_k must be None"),
+        (dict(batch_size=0), "batch_size must be >= 1"),
+        (dict(batch_size=True), "batch_size must be a whole number"),
+        (dict(seed=-1), "seed must be >= 0"),
+        (dict(seed=0.5), "seed must be a whole number"),
+        (dict(last_layer_only=1), "last_layer_only must be true or false"),
+        (dict(class_weighting=None), "class_weighting must be one of"),
+        (dict(combine="cubic"), "combine must be one of"),
+    ],
+)
 def test_settings_are_checked_once_for_every_entry_point(pool, bad: dict, match: str) -> None:
     model, x, _ = pool
-    for make in (lambda: REGradSettings(**bad), lambda: build_strategy("regrad", **bad),
-                 lambda: build_strategy("exgrad", **bad), lambda: regrad_scores(model, x[:2], **bad)):
+    for make in (
+        lambda: REGradSettings(**bad),
+        lambda: build_strategy("regrad", **bad),
+        lambda: build_strategy("exgrad", **bad),
+        lambda: regrad_scores(model, x[:2], **bad),
+    ):
         with pytest.raises(ConfigError, match=match):
             make()
 
@@ -140,8 +149,16 @@ def test_settings_are_checked_once_for_every_entry_point(pool, bad: dict, match:
 def test_counts_spelt_as_integral_floats_are_normalised() -> None:
     s = REGradSettings(n_perturbations=4.0, top_k=np.int64(2), batch_size=64.0, layer_alpha=-10, seed=np.int32(3))
     assert (s.n_perturbations, s.top_k, s.batch_size, s.layer_alpha, s.seed) == (4, 2, 64, -10.0, 3)
-    assert all(type(v) is t for v, t in ((s.n_perturbations, int), (s.top_k, int), (s.batch_size, int),
-                                         (s.layer_alpha, float), (s.seed, int)))
+    assert all(
+        type(v) is t
+        for v, t in (
+            (s.n_perturbations, int),
+            (s.top_k, int),
+            (s.batch_size, int),
+            (s.layer_alpha, float),
+            (s.seed, int),
+        )
+    )
     with pytest.raises(AttributeError, match="fixed at construction"):
         REGrad().sigma = 0.1
 
@@ -154,10 +171,22 @@ def test_exgrad_is_a_preset_of_regrad_with_the_same_keywords() -> None:
     rg, ex = inspect.signature(REGrad.__init__), inspect.signature(ExGrad.__init__)
     assert list(rg.parameters) == list(ex.parameters)
     assert {k: p.default for k, p in ex.parameters.items() if p.default is not p.empty} == {
-        **{k: p.default for k, p in rg.parameters.items() if p.default is not p.empty}, **ExGrad.preset}
-    assert ExGrad().params() == {"class_weighting": "expected", "layer_alpha": 0.0, "n_perturbations": 0,
-                                 "sigma": 0.0, "aggregate": "mean-grad", "combine": "linear", "top_k": None,
-                                 "seed": 0, "batch_size": 256, "last_layer_only": False, "perturb": "input"}
+        **{k: p.default for k, p in rg.parameters.items() if p.default is not p.empty},
+        **ExGrad.preset,
+    }
+    assert ExGrad().params() == {
+        "class_weighting": "expected",
+        "layer_alpha": 0.0,
+        "n_perturbations": 0,
+        "sigma": 0.0,
+        "aggregate": "mean-grad",
+        "combine": "linear",
+        "top_k": None,
+        "seed": 0,
+        "batch_size": 256,
+        "last_layer_only": False,
+        "perturb": "input",
+    }
     with pytest.raises(ConfigError, match="no parameter 'noise_key'"):
         build_strategy("exgrad", noise_key="sample-id")
 
@@ -168,8 +197,9 @@ def _resume(url: str, stored_params: dict, strategy: REGrad) -> None:
     base = {"strategy": strategy.name, "dataset": "digits", "model": "mlp", "seed": 0}
     store = Store(url)
     store.open_run("r", {**base, "strategy_params": stored_params})
-    store.open_run("r", {**base, "strategy_params": strategy.params()},
-                   absent_means={"strategy_params": strategy.params_added})
+    store.open_run(
+        "r", {**base, "strategy_params": strategy.params()}, absent_means={"strategy_params": strategy.params_added}
+    )
 
 
 def test_stored_unperturbed_runs_resume_and_stored_perturbed_runs_are_refused(tmp_path) -> None:
@@ -201,8 +231,9 @@ def test_every_committed_regrad_family_run_resumes_under_this_code(tmp_path) -> 
         strat = build_strategy(cfg["strategy"], **cfg["strategy_params"])
         assert strat.params() == cfg["strategy_params"], cfg["strategy"]
         store.open_run(f"r{i}", cfg)
-        store.open_run(f"r{i}", {**cfg, "strategy_params": strat.params()},
-                       absent_means={"strategy_params": strat.params_added})
+        store.open_run(
+            f"r{i}", {**cfg, "strategy_params": strat.params()}, absent_means={"strategy_params": strat.params_added}
+        )
 
 
 def test_the_noise_itself_is_bit_identical_whatever_is_drawn_beside_it() -> None:

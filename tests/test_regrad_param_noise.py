@@ -6,6 +6,7 @@ takes one autograd call per sample, class and perturbed model, and averages the 
 bit-identical (also when scoring raises, including while the weights are perturbed), the noise does not depend on
 batching, and the strategy takes ``perturb`` through its kwargs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,16 +31,28 @@ WEIGHTINGS = ["root", "expected", "predicted", "uniform"]
 # ------------------------------------------------------------------------------------------------ test models
 def mlp() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Dropout(0.5), nn.Linear(12, 10), nn.Tanh(),
-                         nn.Linear(10, 4))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Dropout(0.5), nn.Linear(12, 10), nn.Tanh(), nn.Linear(10, 4)
+    )
 
 
 def cnn_bn() -> nn.Sequential:
     torch.manual_seed(1)
-    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                      nn.Conv2d(4, 5, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(5), nn.ReLU(),
-                      nn.Flatten(), nn.Dropout(0.3), nn.Linear(5 * 2 * 2, 6), nn.BatchNorm1d(6), nn.ReLU(),
-                      nn.Linear(6, 4))
+    m = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(5),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(5 * 2 * 2, 6),
+        nn.BatchNorm1d(6),
+        nn.ReLU(),
+        nn.Linear(6, 4),
+    )
     # non-trivial running statistics and affine parameters, so that eval-mode BatchNorm is not the identity and
     # its weight tensors have a non-zero std (all-ones gains would get no noise)
     for bn in (m[1], m[5], m[10]):
@@ -68,8 +81,9 @@ def inputs(name: str, n: int | None = None) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ naive reference
-def naive_param_noise_norms(model: nn.Module, x: torch.Tensor, m: int, sigma: float,
-                            seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def naive_param_noise_norms(
+    model: nn.Module, x: torch.Tensor, m: int, sigma: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """norms (N, C, L): mean over the clean and m perturbed copies of ||d log p(k|x_i) / d theta_l||; probs (N, C)
     of the clean model. Layers: modules owning trainable parameters, in registration order (= forward order for
     the Sequential models above)."""
@@ -93,7 +107,7 @@ def naive_param_noise_norms(model: nn.Module, x: torch.Tensor, m: int, sigma: fl
         flat = [p for g in groups for p in g]
         out = np.zeros((len(x), n_cls, len(groups)))
         for i, k in itertools.product(range(len(x)), range(n_cls)):
-            lp = torch.log_softmax(mj(x[i:i + 1]), 1)[0, k]
+            lp = torch.log_softmax(mj(x[i : i + 1]), 1)[0, k]
             gs = dict(zip(map(id, flat), torch.autograd.grad(lp, flat), strict=True))
             for li, g in enumerate(groups):
                 out[i, k, li] = float(torch.cat([gs[id(p)].reshape(-1).double() for p in g]).norm())
@@ -101,8 +115,9 @@ def naive_param_noise_norms(model: nn.Module, x: torch.Tensor, m: int, sigma: fl
     return np.mean(per_model, 0), probs
 
 
-def naive_score(norms: np.ndarray, probs: np.ndarray, weighting: str, alpha: float,
-                combine: str = "linear") -> np.ndarray:
+def naive_score(
+    norms: np.ndarray, probs: np.ndarray, weighting: str, alpha: float, combine: str = "linear"
+) -> np.ndarray:
     n, c, L = norms.shape
     if weighting == "root":
         cw = np.sqrt(probs) / np.sqrt(probs).sum(1, keepdims=True)
@@ -115,14 +130,16 @@ def naive_score(norms: np.ndarray, probs: np.ndarray, weighting: str, alpha: flo
     w = np.exp(alpha * np.arange(L) / max(L - 1, 1))
     w = w / w.sum()
     if combine == "squared":
-        return np.sqrt(np.einsum("nk,nkl,l->n", cw, norms ** 2, w))
+        return np.sqrt(np.einsum("nk,nkl,l->n", cw, norms**2, w))
     return np.einsum("nk,nkl,l->n", cw, norms, w)
 
 
 def snapshot(model: nn.Module) -> dict:
-    return {"state": {k: v.clone() for k, v in model.state_dict().items()},
-            "flags": [mod.training for mod in model.modules()],
-            "req": [p.requires_grad for p in model.parameters()]}
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "flags": [mod.training for mod in model.modules()],
+        "req": [p.requires_grad for p in model.parameters()],
+    }
 
 
 def assert_unchanged(model: nn.Module, snap: dict) -> None:
@@ -141,23 +158,44 @@ def test_param_noise_scores_match_the_naive_reference(name: str) -> None:
     model, x = MODELS[name](), inputs(name)
     m, sigma = 2, 0.3
     norms, probs = naive_param_noise_norms(model, x, m, sigma, seed=3)
-    fast = gradient_norms(model, x, n_perturbations=m, sigma=sigma, aggregate="mean-norm", seed=3,
-                          perturb="params", batch_size=3)
+    fast = gradient_norms(
+        model, x, n_perturbations=m, sigma=sigma, aggregate="mean-norm", seed=3, perturb="params", batch_size=3
+    )
     assert fast.norms.shape == (len(x), probs.shape[1], norms.shape[2])
     np.testing.assert_allclose(fast.probs, probs, rtol=1e-6)  # class weights come from the clean model
     for weighting, alpha in itertools.product(WEIGHTINGS, [0.0, 3.0]):
-        got = regrad_scores(model, x, class_weighting=weighting, layer_alpha=alpha, n_perturbations=m, sigma=sigma,
-                            aggregate="mean-norm", seed=3, perturb="params", batch_size=3)
+        got = regrad_scores(
+            model,
+            x,
+            class_weighting=weighting,
+            layer_alpha=alpha,
+            n_perturbations=m,
+            sigma=sigma,
+            aggregate="mean-norm",
+            seed=3,
+            perturb="params",
+            batch_size=3,
+        )
         assert got.dtype == np.float64 and got.shape == (len(x),)
-        np.testing.assert_allclose(got, naive_score(norms, probs, weighting, alpha), rtol=RTOL,
-                                   err_msg=f"{weighting} alpha={alpha}")
-    got = regrad_scores(model, x, class_weighting="root", layer_alpha=-2.0, combine="squared", n_perturbations=m,
-                        sigma=sigma, aggregate="mean-norm", seed=3, perturb="params")
+        np.testing.assert_allclose(
+            got, naive_score(norms, probs, weighting, alpha), rtol=RTOL, err_msg=f"{weighting} alpha={alpha}"
+        )
+    got = regrad_scores(
+        model,
+        x,
+        class_weighting="root",
+        layer_alpha=-2.0,
+        combine="squared",
+        n_perturbations=m,
+        sigma=sigma,
+        aggregate="mean-norm",
+        seed=3,
+        perturb="params",
+    )
     np.testing.assert_allclose(got, naive_score(norms, probs, "root", -2.0, "squared"), rtol=RTOL)
     # the noise matters: the clean-model (M = 0) norms are clearly different, so this comparison can fail
     clean, _ = naive_param_noise_norms(model, x, 0, 0.0)
-    assert not np.allclose(naive_score(clean, probs, "root", 0.0), naive_score(norms, probs, "root", 0.0),
-                           rtol=1e-3)
+    assert not np.allclose(naive_score(clean, probs, "root", 0.0), naive_score(norms, probs, "root", 0.0), rtol=1e-3)
 
 
 def test_noise_is_relative_to_each_tensors_std() -> None:
@@ -187,12 +225,15 @@ def test_sigma_zero_or_no_copies_give_the_clean_score() -> None:
     for weighting in ("root", "predicted"):
         kw = dict(class_weighting=weighting, layer_alpha=1.0, aggregate="mean-norm")
         base = regrad_scores(model, x, n_perturbations=0, **kw)
-        np.testing.assert_array_equal(regrad_scores(model, x, n_perturbations=3, sigma=0.0, perturb="params", **kw),
-                                      base)
-        np.testing.assert_array_equal(regrad_scores(model, x, n_perturbations=0, sigma=0.5, perturb="params", **kw),
-                                      base)
-        assert not np.allclose(regrad_scores(model, x, n_perturbations=3, sigma=0.2, perturb="params", **kw), base,
-                               rtol=1e-4)
+        np.testing.assert_array_equal(
+            regrad_scores(model, x, n_perturbations=3, sigma=0.0, perturb="params", **kw), base
+        )
+        np.testing.assert_array_equal(
+            regrad_scores(model, x, n_perturbations=0, sigma=0.5, perturb="params", **kw), base
+        )
+        assert not np.allclose(
+            regrad_scores(model, x, n_perturbations=3, sigma=0.2, perturb="params", **kw), base, rtol=1e-4
+        )
     # mean-grad with parameter noise is refused only when the noise is actually used
     regrad_scores(model, x, n_perturbations=0, aggregate="mean-grad", perturb="params")
     regrad_scores(model, x, n_perturbations=2, sigma=0.0, aggregate="mean-grad", perturb="params")
@@ -205,14 +246,14 @@ def test_model_is_left_bit_identical_after_scoring() -> None:
     model[1].eval()  # mixed flags must come back as they were
     model[4].requires_grad_(False)  # a frozen conv: not perturbed, stays frozen
     snap = snapshot(model)
-    s = regrad_scores(model, x, n_perturbations=3, sigma=0.5, perturb="params", class_weighting="root",
-                      batch_size=3)
+    s = regrad_scores(model, x, n_perturbations=3, sigma=0.5, perturb="params", class_weighting="root", batch_size=3)
     assert np.isfinite(s).all()
     assert_unchanged(model, snap)
     # dropout is off while scoring, so the same call twice is the same answer even from train mode
     np.testing.assert_array_equal(
         regrad_scores(model, x, n_perturbations=3, sigma=0.5, perturb="params", class_weighting="root"),
-        regrad_scores(model, x, n_perturbations=3, sigma=0.5, perturb="params", class_weighting="root"))
+        regrad_scores(model, x, n_perturbations=3, sigma=0.5, perturb="params", class_weighting="root"),
+    )
     assert_unchanged(model, snap)
 
 
@@ -258,7 +299,7 @@ def test_deterministic_and_independent_of_batch_size() -> None:
     np.testing.assert_array_equal(regrad_scores(model, x, batch_size=1000, **kw), whole)
     for bs in (1, 3, 4):
         np.testing.assert_allclose(regrad_scores(model, x, batch_size=bs, **kw), whole, rtol=1e-5)
-    loader = [(x[i:i + 4], torch.zeros(4)) for i in range(0, 11, 4)]  # a DataLoader-like iterable of (x, y)
+    loader = [(x[i : i + 4], torch.zeros(4)) for i in range(0, 11, 4)]  # a DataLoader-like iterable of (x, y)
     np.testing.assert_allclose(regrad_scores(model, loader, **kw), whole, rtol=1e-5)
     # the first samples' scores do not depend on which other samples are scored with them
     np.testing.assert_allclose(regrad_scores(model, x[:5], batch_size=2, **kw), whole[:5], rtol=1e-5)
@@ -274,16 +315,18 @@ def test_strategy_accepts_perturb_and_rejects_bad_values(digits) -> None:
     assert build_strategy("regrad").params()["perturb"] == "input"  # the default is unchanged
     assert build_strategy("exgrad", perturb="params").params()["perturb"] == "params"
 
-    learner = TorchLearner("mlp", 10, (1, 8, 8), epochs=2, min_steps=20).fit(digits.train_x[:60],
-                                                                              digits.train_y[:60])
+    learner = TorchLearner("mlp", 10, (1, 8, 8), epochs=2, min_steps=20).fit(digits.train_x[:60], digits.train_y[:60])
     cand = np.arange(60, 120)
     ctx = Context(cand, np.arange(60), learner=learner, inputs_of=lambda ids: digits.train_x[ids])
     sel = strat(ctx, 5, np.random.default_rng(0))
     # select keys the noise by the candidates' ids and one draw from the round's rng
     want = regrad_scores(learner.network, digits.train_x[cand], ids=cand, rng=np.random.default_rng(0), **kw)
     np.testing.assert_allclose(sel.pool_scores, want)
-    assert not np.allclose(want, regrad_scores(learner.network, digits.train_x[cand], class_weighting="root",
-                                               n_perturbations=2, sigma=0.1), rtol=1e-4)
+    assert not np.allclose(
+        want,
+        regrad_scores(learner.network, digits.train_x[cand], class_weighting="root", n_perturbations=2, sigma=0.1),
+        rtol=1e-4,
+    )
 
     with pytest.raises(ConfigError, match=r"perturb must be one of \('input', 'params'\).*'weights'"):
         build_strategy("regrad", perturb="weights")
@@ -298,11 +341,24 @@ def test_strategy_accepts_perturb_and_rejects_bad_values(digits) -> None:
 def test_every_keyword_of_regrad_scores_including_perturb_is_a_strategy_setting() -> None:
     import inspect
 
-    kw = {k for k in inspect.signature(regrad_scores).parameters if k not in ("model", "inputs", "ids", "rng",
-                                                                             "pair_rule")}
-    settings = dict(class_weighting="expected", layer_alpha=2.5, n_perturbations=3, sigma=0.2,
-                    aggregate="mean-norm", combine="squared", top_k=4, seed=7, batch_size=64, last_layer_only=True,
-                    perturb="params")
+    kw = {
+        k
+        for k in inspect.signature(regrad_scores).parameters
+        if k not in ("model", "inputs", "ids", "rng", "pair_rule")
+    }
+    settings = dict(
+        class_weighting="expected",
+        layer_alpha=2.5,
+        n_perturbations=3,
+        sigma=0.2,
+        aggregate="mean-norm",
+        combine="squared",
+        top_k=4,
+        seed=7,
+        batch_size=64,
+        last_layer_only=True,
+        perturb="params",
+    )
     assert set(settings) == kw
     assert set(inspect.signature(gradient_norms).parameters) >= {"perturb"}
     for name in ("regrad", "exgrad"):

@@ -1,24 +1,23 @@
 """al.report: AUBC and table maths on hand-built curves, and the full report (DataFrames, PNG, Markdown,
 notebook) on a tiny digits store with finished, in-progress and fewer-seed runs and two protocols."""
+
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import fast_config
 
 from al import report
 from al.errors import OracleError
 from al.loop import Experiment
 from al.oracles import CallbackOracle
 from al.store import Store
-
-from conftest import fast_config
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -68,12 +67,16 @@ def _per_run(rows):
 
 
 def test_summarise_uses_finished_runs_flags_fewer_seeds_and_marks_winners():
-    pr = _per_run([
-        ("a0", "a", False, 0.80, 0.85, 30.0), ("a1", "a", False, 0.84, 0.87, 50.0),
-        ("a2", "a", True, 0.10, 0.10, math.inf),            # in progress: must not drag the mean down
-        ("b0", "b", False, 0.90, 0.87, 40.0),               # one seed only: flagged
-        ("c0", "c", False, 0.70, 0.60, math.inf), ("c1", "c", False, 0.72, 0.62, math.inf),
-    ])
+    pr = _per_run(
+        [
+            ("a0", "a", False, 0.80, 0.85, 30.0),
+            ("a1", "a", False, 0.84, 0.87, 50.0),
+            ("a2", "a", True, 0.10, 0.10, math.inf),  # in progress: must not drag the mean down
+            ("b0", "b", False, 0.90, 0.87, 40.0),  # one seed only: flagged
+            ("c0", "c", False, 0.70, 0.60, math.inf),
+            ("c1", "c", False, 0.72, 0.62, math.inf),
+        ]
+    )
     t = report.summarise(pr, [30], [0.9])
     assert list(t.index) == ["b", "a", "c"]  # sorted by AUBC
     assert t.loc["a", "aubc_mean"] == pytest.approx(0.82)
@@ -90,11 +93,14 @@ def test_summarise_uses_finished_runs_flags_fewer_seeds_and_marks_winners():
 
 
 def test_paired_comparison_counts_seeds_and_calls_a_clear_gap_a_win():
-    pr = pd.DataFrame({
-        "strategy": ["r"] * 3 + ["x"] * 3 + ["y"] * 3 + ["z"] * 2 + ["r"],
-        "seed": [0, 1, 2] * 3 + [0, 1, 3],
-        "in_progress": [False] * 11 + [True],
-        "aubc": [0.80, 0.82, 0.84, 0.70, 0.73, 0.75, 0.81, 0.81, 0.85, 0.90, 0.91, 0.0]})
+    pr = pd.DataFrame(
+        {
+            "strategy": ["r"] * 3 + ["x"] * 3 + ["y"] * 3 + ["z"] * 2 + ["r"],
+            "seed": [0, 1, 2] * 3 + [0, 1, 3],
+            "in_progress": [False] * 11 + [True],
+            "aubc": [0.80, 0.82, 0.84, 0.70, 0.73, 0.75, 0.81, 0.81, 0.85, 0.90, 0.91, 0.0],
+        }
+    )
     c = report.paired_comparison(pr, "r")
     assert c.loc["x", "n_pairs"] == 3 and c.loc["x", "diff_mean"] == pytest.approx(0.28 / 3)
     assert c.loc["x", "verdict"] == "wins" and c.loc["x", "seeds_won"] == 3
@@ -105,10 +111,17 @@ def test_paired_comparison_counts_seeds_and_calls_a_clear_gap_a_win():
 
 def test_interim_table_cuts_every_curve_at_the_common_reach():
     def rows(run, strat, prog, accs, start=20, step=10):
-        return [dict(run=run, strategy=strat, in_progress=prog, n_labelled=start + i * step, accuracy=a)
-                for i, a in enumerate(accs)]
-    cur = pd.DataFrame(rows("a0", "a", False, [0.5, 0.6, 0.7, 0.8]) + rows("a1", "a", True, [0.5, 0.7])
-                       + rows("b0", "b", True, [0.5, 0.9, 0.9]) + rows("c0", "c", True, [0.5]))
+        return [
+            dict(run=run, strategy=strat, in_progress=prog, n_labelled=start + i * step, accuracy=a)
+            for i, a in enumerate(accs)
+        ]
+
+    cur = pd.DataFrame(
+        rows("a0", "a", False, [0.5, 0.6, 0.7, 0.8])
+        + rows("a1", "a", True, [0.5, 0.7])
+        + rows("b0", "b", True, [0.5, 0.9, 0.9])
+        + rows("c0", "c", True, [0.5])
+    )
     t, n = report.interim_table(cur)
     assert n == 40  # b reached 40 at most; c has a single round and cannot be compared yet
     assert set(t.index) == {"a", "b"}
@@ -133,6 +146,7 @@ def _raise_on_round(r_fail: int):
         if calls["n"] > r_fail:
             raise RuntimeError("labeller went home")
         from al.data import load_dataset
+
         return load_dataset("digits").train_y.numpy()[ids].tolist()
 
     return ask
@@ -156,10 +170,12 @@ def tiny_store(tmp_path_factory) -> str:
             Experiment(fast_config(strategy=strat, seed=seed, **kw), store, dataset=ds).run()
     Experiment(fast_config(strategy="margin", seed=0, **kw), store, dataset=ds).run()
     with pytest.raises(OracleError):
-        Experiment(fast_config(strategy="entropy", seed=2, **kw), store, dataset=ds,
-                   oracle=CallbackOracle(_raise_on_round(2))).run()
-    Experiment(fast_config(strategy="random", seed=0, **{**kw, "budget": 40}), store, dataset=ds,
-               name="other-protocol-random").run()
+        Experiment(
+            fast_config(strategy="entropy", seed=2, **kw), store, dataset=ds, oracle=CallbackOracle(_raise_on_round(2))
+        ).run()
+    Experiment(
+        fast_config(strategy="random", seed=0, **{**kw, "budget": 40}), store, dataset=ds, name="other-protocol-random"
+    ).run()
     return url
 
 
@@ -188,8 +204,10 @@ def test_tables_from_the_store_match_the_curves(tiny_store):
             vals.append(report.aubc(g["n_labelled"], g["accuracy"]))
         assert t.loc[strat, "aubc_mean"] == pytest.approx(np.mean(vals))
         assert t.loc[strat, "acc@80_mean"] == pytest.approx(
-            cur[cur["strategy"].eq(strat) & cur["n_labelled"].eq(80) & cur["run"].str.startswith("digits")]
-            ["accuracy"].mean())
+            cur[cur["strategy"].eq(strat) & cur["n_labelled"].eq(80) & cur["run"].str.startswith("digits")][
+                "accuracy"
+            ].mean()
+        )
     prog = s.runs[s.runs["in_progress"]]
     assert list(prog["run"]) == ["digits-entropy-seed2"] and prog["final_labels"].iloc[0] == 40
 
@@ -231,8 +249,24 @@ def test_write_report_makes_pngs_and_markdown(tiny_store, tmp_path):
 
 
 def test_cli_writes_report_and_refuses_an_empty_store(tiny_store, tmp_path, capsys):
-    assert report.main(["--store", tiny_store, "--out", str(tmp_path / "r"), "--dataset", "digits",
-                        "--at", "40", "80", "--targets", "0.5"]) == 0
+    assert (
+        report.main(
+            [
+                "--store",
+                tiny_store,
+                "--out",
+                str(tmp_path / "r"),
+                "--dataset",
+                "digits",
+                "--at",
+                "40",
+                "80",
+                "--targets",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     md = (tmp_path / "r" / "report.md").read_text()
     assert "acc @ 40" in md and "labels to 50%" in md
     Store(f"sqlite:///{tmp_path / 'empty.db'}").close()
@@ -258,16 +292,23 @@ def test_notebook_executes_on_the_tiny_store(tiny_store, tmp_path, monkeypatch):
     # A kernel spec pointing at this interpreter, so the notebook runs in the project's venv on any machine.
     kdir = tmp_path / "jupyter" / "kernels" / "al-test"
     kdir.mkdir(parents=True)
-    (kdir / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "al test", "language": "python"}))
+    (kdir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "al test",
+                "language": "python",
+            }
+        )
+    )
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("AL_STORE", tiny_store)
     monkeypatch.setenv("AL_FIG_DIR", str(tmp_path / "figs"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(ROOT / "notebooks" / "learning_curves.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="al-test", timeout=120,
-                                     resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name="al-test", timeout=120, resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    )
     client.execute()
     text = json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
     assert "error" not in [o.get("output_type") for c in nb.cells if c.cell_type == "code" for o in c.outputs]

@@ -1,5 +1,6 @@
 """The base of the strategy contract (al.strategy): where a Context's randomness comes from, settings that every
 strategy must store under their own names, and the typed errors a strategy breaking its contract raises."""
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,15 @@ def mlp(digits):
 
 
 def _ctx(mlp, digits, **kw) -> Context:
-    return Context(np.arange(40, 70), np.arange(40), learner=mlp, inputs_of=lambda ids: digits.train_x[ids],
-                   mc_samples=4, n_classes=10, **kw)
+    return Context(
+        np.arange(40, 70),
+        np.arange(40),
+        learner=mlp,
+        inputs_of=lambda ids: digits.train_x[ids],
+        mc_samples=4,
+        n_classes=10,
+        **kw,
+    )
 
 
 # --- the MC-dropout seed reaches the context through rng_for, from the round's "mc" generator --------------------
@@ -70,8 +78,11 @@ class TakesKwargs(Strategy):
 
 def test_a_setting_not_stored_under_its_name_is_an_error_naming_class_and_attribute():
     s = Misstored(top=5)
-    with pytest.raises(StrategyError, match=r"Misstored takes 'top' .*store each constructor setting as "
-                                            r"self\.<name> \(self\.top = top\)"):
+    with pytest.raises(
+        StrategyError,
+        match=r"Misstored takes 'top' .*store each constructor setting as "
+        r"self\.<name> \(self\.top = top\)",
+    ):
         s.params()
     with pytest.raises(StrategyError, match="self.top"):  # raised before select() runs
         s(Context(np.arange(10)), 2, np.random.default_rng(0))
@@ -101,7 +112,7 @@ class ReturnsTooFew(Strategy):
     name = "returns-too-few"
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
-        return Selection(ctx.candidates[:n - 1], np.zeros(n - 1))
+        return Selection(ctx.candidates[: n - 1], np.zeros(n - 1))
 
 
 @pytest.mark.parametrize("cls,got", [(ReturnsDuplicates, "3 ids (1 unique)"), (ReturnsTooFew, "2 ids (2 unique)")])

@@ -1,4 +1,5 @@
 """The classic scores on hand-built probabilities with known answers."""
+
 import numpy as np
 import pytest
 
@@ -7,18 +8,21 @@ from al.strategy import Context, top_n
 from strategies import build_strategy
 from strategies.uncertainty import entropy_score, least_confidence_score, margin_score
 
-P = np.array([
-    [1.0, 0.0, 0.0],      # id 10: certain
-    [1 / 3, 1 / 3, 1 / 3],  # id 11: uniform
-    [0.5, 0.5, 0.0],      # id 12: coin flip between two
-    [0.6, 0.3, 0.1],      # id 13
-])
+P = np.array(
+    [
+        [1.0, 0.0, 0.0],  # id 10: certain
+        [1 / 3, 1 / 3, 1 / 3],  # id 11: uniform
+        [0.5, 0.5, 0.0],  # id 12: coin flip between two
+        [0.6, 0.3, 0.1],  # id 13
+    ]
+)
 IDS = np.array([10, 11, 12, 13])
 
 
 def test_entropy_values():
-    np.testing.assert_allclose(entropy_score(P), [0.0, np.log(3), np.log(2),
-                                                  -(0.6 * np.log(0.6) + 0.3 * np.log(0.3) + 0.1 * np.log(0.1))])
+    np.testing.assert_allclose(
+        entropy_score(P), [0.0, np.log(3), np.log(2), -(0.6 * np.log(0.6) + 0.3 * np.log(0.3) + 0.1 * np.log(0.1))]
+    )
 
 
 def test_margin_and_least_confidence_values():
@@ -26,11 +30,14 @@ def test_margin_and_least_confidence_values():
     np.testing.assert_allclose(least_confidence_score(P), [0.0, 2 / 3, 0.5, 0.4])
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("entropy", [11, 13]),  # H(.6,.3,.1)=0.90 > log 2
-    ("least-confidence", [11, 12]),
-    ("margin", [11, 12]),  # tie at 0 broken by the smaller id
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("entropy", [11, 13]),  # H(.6,.3,.1)=0.90 > log 2
+        ("least-confidence", [11, 12]),
+        ("margin", [11, 12]),  # tie at 0 broken by the smaller id
+    ],
+)
 def test_strategy_picks(name, expected):
     sel = build_strategy(name)(Context(IDS, probs=P), 2, np.random.default_rng(0))
     assert sel.ids.tolist() == expected

@@ -27,6 +27,7 @@ scikit-learn 1.8, which breaks ``ActiveLearner.teach``; importing this module pa
 
 References: Danka & Horvath, "modAL: A modular active learning framework for Python" (arXiv 1805.00979).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -80,8 +81,9 @@ class ModalQueryStrategy:
     seed: the k-th call draws from ``round_rng(seed, k, ...)``, so a fresh adapter replays the same picks.
     """
 
-    def __init__(self, strategy: str | Strategy, *, mc_samples: int = 20, seed: int = 0,
-                 **strategy_kwargs: Any) -> None:
+    def __init__(
+        self, strategy: str | Strategy, *, mc_samples: int = 20, seed: int = 0, **strategy_kwargs: Any
+    ) -> None:
         from ..registry import build_strategy
 
         if isinstance(strategy, Strategy):
@@ -102,7 +104,8 @@ class ModalQueryStrategy:
         if not isinstance(est, TorchLearner):
             raise IncompatibleStrategyError(
                 f"al strategies need an al.TorchLearner as the modAL estimator, got {type(est).__name__}; "
-                f"wrap your torch model as TorchLearner(model_factory, n_classes, input_shape)")
+                f"wrap your torch model as TorchLearner(model_factory, n_classes, input_shape)"
+            )
         self.strategy.check_learner(est)
         pool = as_tensor(X_pool)
         n_pool = len(pool)
@@ -117,9 +120,15 @@ class ModalQueryStrategy:
         k = self.calls
         self.calls += 1
         # Call k is round k: the same (seed, round, purpose) generators as the loop's, MC-dropout masks included.
-        ctx = Context(np.arange(n_pool), np.arange(n_pool, n_pool + len(train)), learner=est, inputs_of=inputs_of,
-                      mc_samples=self.mc_samples, rng_for=lambda purpose: round_rng(self.seed, k, purpose),
-                      n_classes=est.n_classes)
+        ctx = Context(
+            np.arange(n_pool),
+            np.arange(n_pool, n_pool + len(train)),
+            learner=est,
+            inputs_of=inputs_of,
+            mc_samples=self.mc_samples,
+            rng_for=lambda purpose: round_rng(self.seed, k, purpose),
+            n_classes=est.n_classes,
+        )
         sel = self.strategy(ctx, int(n_instances), ctx.rng_for("select"))
         return np.asarray(sel.ids, dtype=np.int64), np.asarray(sel.scores, dtype=np.float64)
 
@@ -127,8 +136,9 @@ class ModalQueryStrategy:
         return f"query_strategy({self.strategy!r}, mc_samples={self.mc_samples}, seed={self.seed})"
 
 
-def query_strategy(strategy: str | Strategy, *, mc_samples: int = 20, seed: int = 0,
-                   **strategy_kwargs: Any) -> ModalQueryStrategy:
+def query_strategy(
+    strategy: str | Strategy, *, mc_samples: int = 20, seed: int = 0, **strategy_kwargs: Any
+) -> ModalQueryStrategy:
     """A modAL query strategy running ``strategy`` (a registered name or instance). See the module docstring."""
     return ModalQueryStrategy(strategy, mc_samples=mc_samples, seed=seed, **strategy_kwargs)
 

@@ -5,12 +5,30 @@
 function); ``human`` the CSV hand-off and the terminal prompt; ``adapt`` the one place where a user's object
 becomes an Oracle (:func:`as_oracle`); ``registry`` the ``--oracle`` kinds and :func:`make_oracle`.
 """
+
 from .adapt import WrappedOracle, as_oracle
 from .base import Answers, LabellingStopped, Oracle, RefusedAnswersWarning, RoundInfo, validate_answers
 from .human import CsvOracle, PromptOracle
 from .registry import ORACLES, OracleContext, OracleKind, make_oracle, register_oracle_kind
 from .simulated import CallbackOracle, GroundTruthOracle, NoisyOracle
 
-__all__ = ["ORACLES", "Answers", "CallbackOracle", "CsvOracle", "GroundTruthOracle", "LabellingStopped",
-           "NoisyOracle", "Oracle", "OracleContext", "OracleKind", "PromptOracle", "RefusedAnswersWarning",
-           "RoundInfo", "WrappedOracle", "as_oracle", "make_oracle", "register_oracle_kind", "validate_answers"]
+__all__ = [
+    "ORACLES",
+    "Answers",
+    "CallbackOracle",
+    "CsvOracle",
+    "GroundTruthOracle",
+    "LabellingStopped",
+    "NoisyOracle",
+    "Oracle",
+    "OracleContext",
+    "OracleKind",
+    "PromptOracle",
+    "RefusedAnswersWarning",
+    "RoundInfo",
+    "WrappedOracle",
+    "as_oracle",
+    "make_oracle",
+    "register_oracle_kind",
+    "validate_answers",
+]

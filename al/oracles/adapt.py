@@ -3,6 +3,7 @@
 Past this edge the loop sees only ``Oracle`` instances, so it calls every optional feature directly; what a
 user's object lacks is filled in here, once, with the base class's defaults.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -52,11 +53,14 @@ def as_oracle(obj: Any, *, name: str | None = None) -> Oracle:
     if isinstance(obj, Oracle):
         return obj
     if isinstance(obj, type):  # checked first: a class has a `label` attribute, but calling it lacks `self`
-        raise OracleError(f"the oracle is the class {obj.__qualname__}, not an instance of it; pass "
-                          f"{obj.__qualname__}(...)")
+        raise OracleError(
+            f"the oracle is the class {obj.__qualname__}, not an instance of it; pass {obj.__qualname__}(...)"
+        )
     if callable(getattr(obj, "label", None)):
         return WrappedOracle(obj, name=name)
     if callable(obj):
         return CallbackOracle(obj, name=name or CallbackOracle.name)
-    raise OracleError(f"the oracle is a {type(obj).__name__}, which cannot label; give an object with "
-                      f"label(ids) -> {{id: label}}, a function ids -> labels, or an al.Oracle subclass")
+    raise OracleError(
+        f"the oracle is a {type(obj).__name__}, which cannot label; give an object with "
+        f"label(ids) -> {{id: label}}, a function ids -> labels, or an al.Oracle subclass"
+    )

@@ -20,6 +20,7 @@ quit): the answers given so far are kept and the run waits.
 A user's object that has only ``label(ids)``, or a plain function ``ids -> labels``, needs no subclassing:
 :func:`al.oracles.as_oracle` wraps it once, where it enters the framework.
 """
+
 from __future__ import annotations
 
 import abc
@@ -95,8 +96,9 @@ class Oracle(abc.ABC):
         return "answer them and run the same command again to continue"
 
 
-def validate_answers(answers: Mapping, queried: Iterable[int], n_classes: int,
-                     already_labelled: Iterable[int] = ()) -> dict[int, int]:
+def validate_answers(
+    answers: Mapping, queried: Iterable[int], n_classes: int, already_labelled: Iterable[int] = ()
+) -> dict[int, int]:
     """Check an oracle's answer as a whole; return it as {id: label} or raise OracleError naming bad rows.
 
     Refused: ids that were not queried, labels that are not integers in [0, n_classes), NaN or empty values,
@@ -126,8 +128,11 @@ def validate_answers(answers: Mapping, queried: Iterable[int], n_classes: int,
             continue
         out[i] = y
     if bad:
-        raise OracleError(f"{len(bad)} invalid answer(s), nothing recorded: " + "; ".join(bad[:20])
-                          + (" ..." if len(bad) > 20 else ""))
+        raise OracleError(
+            f"{len(bad)} invalid answer(s), nothing recorded: "
+            + "; ".join(bad[:20])
+            + (" ..." if len(bad) > 20 else "")
+        )
     return out
 
 

@@ -22,6 +22,7 @@ Answer-file policy (why: a person's work must never be lost, and a wrong row mus
 Taking the valid rows, rather than refusing the whole file for one typo, is the choice that loses nothing: the
 good answers are stored at once, and the bad ones are still in the file, named in the message, to be fixed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -137,14 +138,18 @@ class CsvOracle(Oracle):
                 f.write("id,label\n")
 
     def how_to_answer(self, round_idx: int) -> str:
-        return (f"add rows 'id,label' to {self.answers_path(round_idx)} (the queried samples and their images are "
-                f"listed in {self.queries_path(round_idx)}), then run the same command again")
+        return (
+            f"add rows 'id,label' to {self.answers_path(round_idx)} (the queried samples and their images are "
+            f"listed in {self.queries_path(round_idx)}), then run the same command again"
+        )
 
     def label(self, ids: np.ndarray) -> Answers:
         """Valid answers for ``ids`` (the pending ids) from the current round's file; refused rows listed."""
         if self.info is None:
-            raise OracleError("CsvOracle.label was called before begin_round; the loop calls begin_round(info) "
-                              "first so that the oracle knows the round and its query")
+            raise OracleError(
+                "CsvOracle.label was called before begin_round; the loop calls begin_round(info) "
+                "first so that the oracle knows the round and its query"
+            )
         info = self.info
         pending = {int(i) for i in ids}
         queried = {int(i) for i in info.query["sample_id"]}
@@ -154,22 +159,30 @@ class CsvOracle(Oracle):
         for sid, (lines, labels) in rows.items():
             where = f"{self.answers_path(info.round_idx).name} line {', '.join(map(str, lines))}"
             if len(lines) > 1:
-                refused.append(f"{where}: id {sid} is given {len(lines)} times (labels "
-                               f"{', '.join(map(str, labels))}); keep exactly one row per id")
+                refused.append(
+                    f"{where}: id {sid} is given {len(lines)} times (labels "
+                    f"{', '.join(map(str, labels))}); keep exactly one row per id"
+                )
                 continue
             y = labels[0]
             if sid not in queried:
                 if sid in info.label_round:
-                    refused.append(f"{where}: id {sid} was queried in round {info.label_round[sid]}, not in round "
-                                   f"{info.round_idx}; its label ({info.labels[sid]}) is already stored")
+                    refused.append(
+                        f"{where}: id {sid} was queried in round {info.label_round[sid]}, not in round "
+                        f"{info.round_idx}; its label ({info.labels[sid]}) is already stored"
+                    )
                 else:
-                    refused.append(f"{where}: id {sid} was not queried in round {info.round_idx} (see "
-                                   f"{self.queries_path(info.round_idx).name})")
+                    refused.append(
+                        f"{where}: id {sid} was not queried in round {info.round_idx} (see "
+                        f"{self.queries_path(info.round_idx).name})"
+                    )
                 continue
             if sid in info.labels:
                 if info.labels[sid] != y:  # the same label again is a row taken on an earlier run: expected
-                    refused.append(f"{where}: id {sid} is already labelled {info.labels[sid]}; stored labels are "
-                                   f"final, so fix or delete this row")
+                    refused.append(
+                        f"{where}: id {sid} is already labelled {info.labels[sid]}; stored labels are "
+                        f"final, so fix or delete this row"
+                    )
                 continue
             if sid in pending:
                 taken[sid] = y
@@ -193,8 +206,10 @@ class CsvOracle(Oracle):
                 if header is None:
                     header = [c.strip().lower() for c in row]
                     if "id" not in header or "label" not in header:
-                        refused.append(f"{path.name} line {line}: the first row must be the header 'id,label', "
-                                       f"found {','.join(row)!r}; nothing in this file was read")
+                        refused.append(
+                            f"{path.name} line {line}: the first row must be the header 'id,label', "
+                            f"found {','.join(row)!r}; nothing in this file was read"
+                        )
                         return {}
                     i_id, i_lab = header.index("id"), header.index("label")
                     continue
@@ -217,8 +232,9 @@ class CsvOracle(Oracle):
                     continue
                 y = _parse_int(t)
                 if y is None:
-                    refused.append(f"{where}: id {sid} has label {t!r}, which is not an integer class index "
-                                   f"0..{n_classes - 1}")
+                    refused.append(
+                        f"{where}: id {sid} has label {t!r}, which is not an integer class index 0..{n_classes - 1}"
+                    )
                     continue
                 if not 0 <= y < n_classes:
                     refused.append(f"{where}: id {sid} has label {y}, outside the classes 0..{n_classes - 1}")
@@ -240,9 +256,11 @@ class CsvOracle(Oracle):
             for sid, (lines, labels) in self._read(path, info.n_classes, problems).items():
                 if len(labels) == 1 and info.labels.get(sid) == labels[0] and info.label_round.get(sid) == r:
                     continue
-                out.append(f"{path.name} line {', '.join(map(str, lines))}: round {r} is closed and the store does "
-                           f"not hold id {sid} = {', '.join(map(str, labels))} from it; if id {sid} is in round "
-                           f"{info.round_idx}'s query, move the row to {self.answers_path(info.round_idx).name}")
+                out.append(
+                    f"{path.name} line {', '.join(map(str, lines))}: round {r} is closed and the store does "
+                    f"not hold id {sid} = {', '.join(map(str, labels))} from it; if id {sid} is in round "
+                    f"{info.round_idx}'s query, move the row to {self.answers_path(info.round_idx).name}"
+                )
             # malformed rows of closed rounds were already reported while those rounds were open
         return out
 
@@ -269,8 +287,10 @@ class PromptOracle(Oracle):
         self.info = info
         out = self.stdout or sys.stdout
         n_left = sum(1 for i in info.query["sample_id"] if int(i) not in info.labels)
-        out.write(f"\nround {info.round_idx}: {n_left} of {len(info.query)} queried samples to label. "
-                  f"Type a class, s to skip, q to quit.\n")
+        out.write(
+            f"\nround {info.round_idx}: {n_left} of {len(info.query)} queried samples to label. "
+            f"Type a class, s to skip, q to quit.\n"
+        )
         if any(c != str(k) for k, c in enumerate(self.dataset.classes)):
             out.write("classes: " + ", ".join(f"{k}={c}" for k, c in enumerate(self.dataset.classes)) + "\n")
         out.flush()
@@ -301,10 +321,11 @@ class PromptOracle(Oracle):
                     break
                 y = self._class_of(text, n_classes)
                 if y is None:
-                    out.write(f"  {text!r} is not a class; type 0-{n_classes - 1}"
-                              f"{' or a class name' if self._names else ''}, s or q\n")
+                    out.write(
+                        f"  {text!r} is not a class; type 0-{n_classes - 1}"
+                        f"{' or a class name' if self._names else ''}, s or q\n"
+                    )
                     continue
                 answers[sid] = y
                 break
         return answers
-

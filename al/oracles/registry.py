@@ -10,6 +10,7 @@ a labelling tool) is one module that defines its Oracle subclass and registers o
     def _web(arg: str, ctx: OracleContext) -> Oracle:
         return WebOracle(int(arg), ctx.dataset)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -54,8 +55,9 @@ OracleBuilder = Callable[[str, OracleContext], Oracle]
 class OracleKind:
     """One registered way of building an oracle: its name, its builder, and how its spec is written."""
 
-    def __init__(self, name: str, build: OracleBuilder, *, usage: str | None = None,
-                 takes_argument: bool = False) -> None:
+    def __init__(
+        self, name: str, build: OracleBuilder, *, usage: str | None = None, takes_argument: bool = False
+    ) -> None:
         self.name = name
         self.build = build
         self.usage = usage or name
@@ -73,14 +75,16 @@ ORACLES: Registry[OracleKind] = Registry("oracle")
 IMPORT_KIND = "import"
 
 
-def register_oracle_kind(name: str, *, usage: str | None = None,
-                         takes_argument: bool = False) -> Callable[[OracleBuilder], OracleBuilder]:
+def register_oracle_kind(
+    name: str, *, usage: str | None = None, takes_argument: bool = False
+) -> Callable[[OracleBuilder], OracleBuilder]:
     """Decorator: register ``builder(arg, ctx) -> Oracle`` as the oracle kind ``name``.
 
     ``usage`` is how the spec is written in messages (default: the name); ``takes_argument``: whether the kind
     reads the text after ``name:`` (a kind that does not refuses one, so that a typo is not silently dropped).
     A name already registered raises DuplicateNameError.
     """
+
     def deco(build: OracleBuilder) -> OracleBuilder:
         ORACLES.register(name, OracleKind(name, build, usage=usage, takes_argument=takes_argument))
         return build
@@ -88,8 +92,15 @@ def register_oracle_kind(name: str, *, usage: str | None = None,
     return deco
 
 
-def make_oracle(spec: str, labels: np.ndarray, n_classes: int, seed: int = 0, *, dataset: Dataset | None = None,
-                oracle_dir: str | None = None) -> Oracle:
+def make_oracle(
+    spec: str,
+    labels: np.ndarray,
+    n_classes: int,
+    seed: int = 0,
+    *,
+    dataset: Dataset | None = None,
+    oracle_dir: str | None = None,
+) -> Oracle:
     """Build an oracle from a CLI spec.
 
     ``ground-truth``; ``noisy:0.1`` (10% of answers wrong); ``csv`` (file hand-off in ``oracle_dir``, see
@@ -107,8 +118,9 @@ def make_oracle(spec: str, labels: np.ndarray, n_classes: int, seed: int = 0, *,
         raise OracleError(f"{e}; use {', '.join(usages)} or package.module:factory") from None
     if arg and not kind.takes_argument:
         raise OracleError(f"--oracle {kind.name} takes no argument, got {spec!r}; write --oracle {kind.name}")
-    ctx = OracleContext(labels=labels, n_classes=n_classes, seed=seed, dataset=dataset, oracle_dir=oracle_dir,
-                        spec=spec)
+    ctx = OracleContext(
+        labels=labels, n_classes=n_classes, seed=seed, dataset=dataset, oracle_dir=oracle_dir, spec=spec
+    )
     return kind.build(arg, ctx)
 
 
@@ -137,8 +149,10 @@ def _dataset_for(kind: str, ctx: OracleContext) -> Dataset:
 def _csv(arg: str, ctx: OracleContext) -> Oracle:
     dataset = _dataset_for("csv", ctx)
     if not ctx.oracle_dir:
-        raise OracleError("--oracle csv needs --oracle-dir DIR: the folder where queries-round-N.csv is "
-                          "written and answers-round-N.csv is read")
+        raise OracleError(
+            "--oracle csv needs --oracle-dir DIR: the folder where queries-round-N.csv is "
+            "written and answers-round-N.csv is read"
+        )
     return CsvOracle(ctx.oracle_dir, dataset)
 
 
@@ -162,5 +176,7 @@ def _import(arg: str, ctx: OracleContext) -> Oracle:
     try:
         return as_oracle(made, name=arg)
     except OracleError:
-        raise OracleError(f"oracle factory {arg!r} returned {type(made).__name__}; return an object with "
-                          f"label(ids) or a function ids -> labels") from None
+        raise OracleError(
+            f"oracle factory {arg!r} returned {type(made).__name__}; return an object with "
+            f"label(ids) or a function ids -> labels"
+        ) from None

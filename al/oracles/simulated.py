@@ -1,4 +1,5 @@
 """Oracles that answer without a person: the true labels, the true labels with seeded noise, a user's function."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
@@ -64,6 +65,8 @@ class CallbackOracle(Oracle):
             return dict(answer)
         answer = list(answer)
         if len(answer) != len(ids):
-            raise OracleError(f"oracle {self.name!r} returned {len(answer)} labels for {len(ids)} ids; return one "
-                              f"label per id, in order, or a mapping id -> label for those it can answer")
+            raise OracleError(
+                f"oracle {self.name!r} returned {len(answer)} labels for {len(ids)} ids; return one "
+                f"label per id, in order, or a mapping id -> label for those it can answer"
+            )
         return {int(i): y for i, y in zip(ids, answer, strict=True)}

@@ -45,8 +45,15 @@ class Engine:
     pair_rule: "auto", "gram" or "direct" for Linear/Conv layers (speed only).
     """
 
-    def __init__(self, model: nn.Module, layers: list[Layer], n_ranks: int, group: int, aggregate: str,
-                 pair_rule: PairRule = "auto") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[Layer],
+        n_ranks: int,
+        group: int,
+        aggregate: str,
+        pair_rule: PairRule = "auto",
+    ) -> None:
         self.model = model
         self.layers = layers
         self.n_ranks = n_ranks
@@ -60,7 +67,6 @@ class Engine:
     def close(self) -> None:
         self.rec.remove()
 
-
     def _batch_first(self, t: torch.Tensor, layer: Layer) -> torch.Tensor:
         # Sequence models built with batch_first=False feed layers (T, B, d); per-sample sums need B first.
         if t.dim() > 1 and t.shape[0] != self.n_rows and t.shape[1] == self.n_rows:
@@ -68,7 +74,8 @@ class Engine:
         if t.shape[0] != self.n_rows:
             raise IncompatibleStrategyError(
                 f"layer {layer.name!r} sees a tensor of shape {tuple(t.shape)} whose first two dims are not the "
-                f"batch ({self.n_rows}); REGrad needs per-sample inputs to every layer (no batch reshaping)")
+                f"batch ({self.n_rows}); REGrad needs per-sample inputs to every layer (no batch reshaping)"
+            )
         return t
 
     def _channels_first(self, t: torch.Tensor, layer: Layer) -> torch.Tensor:
@@ -79,7 +86,7 @@ class Engine:
             return t.reshape(len(t), t.shape[1], -1)
         if kind == "layernorm":
             nd = len(layer.module.normalized_shape)  # type: ignore[arg-type]
-            return t.reshape(len(t), -1, math.prod(t.shape[t.dim() - nd:])).transpose(1, 2)
+            return t.reshape(len(t), -1, math.prod(t.shape[t.dim() - nd :])).transpose(1, 2)
         return t.reshape(len(t), -1, t.shape[-1]).transpose(1, 2)  # linear, embedding: (n, *, d)
 
     # --- per-layer state computed once per chunk ---------------------------------------------------------------
@@ -92,7 +99,8 @@ class Engine:
             if [a._version for a in args] != c["versions"]:
                 raise IncompatibleStrategyError(
                     f"an in-place operation modified the input of layer {layer.name!r} after the layer used it; "
-                    f"REGrad needs that input: make the op out-of-place (e.g. nn.ReLU(inplace=False))")
+                    f"REGrad needs that input: make the op out-of-place (e.g. nn.ReLU(inplace=False))"
+                )
         mod: Any = layer.module  # its type is what layer.kind says (layers._fast_kind checked it)
         kind = layer.kind
         folded = self.aggregate == "mean-grad" and self.group > 1
@@ -105,16 +113,24 @@ class Engine:
             a = cat([conv_patches(mod, x) for x in xs], 2)
         elif kind == "batchnorm":
             sh = [1, -1] + [1] * (xs[0].dim() - 2)
-            a = cat([self._channels_first((x - mod.running_mean.view(sh)) /
-                                          torch.sqrt(mod.running_var.view(sh) + mod.eps), layer) for x in xs], 2)
+            a = cat(
+                [
+                    self._channels_first(
+                        (x - mod.running_mean.view(sh)) / torch.sqrt(mod.running_var.view(sh) + mod.eps), layer
+                    )
+                    for x in xs
+                ],
+                2,
+            )
         elif kind == "layernorm":
-            a = cat([self._channels_first(F.layer_norm(x, mod.normalized_shape, None, None, mod.eps), layer)
-                     for x in xs], 2)
+            a = cat(
+                [self._channels_first(F.layer_norm(x, mod.normalized_shape, None, None, mod.eps), layer) for x in xs], 2
+            )
         elif kind == "embedding":
             a = cat([x.reshape(len(x), -1) for x in xs], 1)
             if folded:
                 a = a.reshape(len(a) // self.group, -1)
-            eq = (a.unsqueeze(2) == a.unsqueeze(1))
+            eq = a.unsqueeze(2) == a.unsqueeze(1)
             if mod.padding_idx is not None:
                 keep = a.ne(mod.padding_idx)
                 eq = eq & keep.unsqueeze(2) & keep.unsqueeze(1)
@@ -177,13 +193,14 @@ class Engine:
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise IncompatibleStrategyError(
                 f"REGrad needs a model returning logits of shape (batch, n_classes); this one returned "
-                f"{getattr(logits, 'shape', type(logits).__name__)}")
+                f"{getattr(logits, 'shape', type(logits).__name__)}"
+            )
         n_rows, n_cls = logits.shape
         self.n_rows = n_rows
         g = self.group
         probs = torch.softmax(logits.detach()[::g].double(), 1)  # the clean copy of each sample
         if classes is None:
-            order = torch.argsort(probs, dim=1, descending=True, stable=True)[:, :self.n_ranks]
+            order = torch.argsort(probs, dim=1, descending=True, stable=True)[:, : self.n_ranks]
         else:
             order = classes
         states = {i: self._prepare(i) for i in range(len(self.layers))}
@@ -202,8 +219,9 @@ class Engine:
             cls = order[:, r].repeat_interleave(g)
             gout = -p_rows
             gout[torch.arange(n_rows), cls] += 1.0
-            grads = torch.autograd.grad(logits, [rec.probes[p] for p in wanted], gout, retain_graph=True,
-                                        allow_unused=True)
+            grads = torch.autograd.grad(
+                logits, [rec.probes[p] for p in wanted], gout, retain_graph=True, allow_unused=True
+            )
             full: list[torch.Tensor | None] = [None] * len(rec.probes)
             for p in wanted:
                 full[p] = grads[pos[p]]
@@ -221,7 +239,7 @@ def iter_batches(inputs: torch.Tensor | Iterable[Any], batch_size: int) -> Itera
     """Chunks of at most ``batch_size`` rows from a tensor, an array or an iterable of batches (or (x, y) pairs)."""
     if isinstance(inputs, torch.Tensor):
         for i in range(0, len(inputs), batch_size):
-            yield inputs[i:i + batch_size]
+            yield inputs[i : i + batch_size]
         return
     if isinstance(inputs, np.ndarray):
         yield from iter_batches(torch.from_numpy(inputs), batch_size)
@@ -231,5 +249,4 @@ def iter_batches(inputs: torch.Tensor | Iterable[Any], batch_size: int) -> Itera
             b = b[0]
         b = torch.as_tensor(b)
         for i in range(0, len(b), batch_size):  # re-chunk large batches to keep memory bounded
-            yield b[i:i + batch_size]
-
+            yield b[i : i + batch_size]

@@ -27,8 +27,9 @@ def can_vmap(layer: Layer) -> bool:
     return not (isinstance(layer.module, nn.MultiheadAttention) and not layer.module.batch_first)
 
 
-def fallback_vmap(layer: Layer, calls: list[dict], deltas: Deltas, probes: list[torch.Tensor], n_rows: int,
-                  group: int, n_ranks: int) -> torch.Tensor:
+def fallback_vmap(
+    layer: Layer, calls: list[dict], deltas: Deltas, probes: list[torch.Tensor], n_rows: int, group: int, n_ranks: int
+) -> torch.Tensor:
     """(n_units, R) squared norms by torch.func; ``group`` rows form one unit (1 for ``mean-norm``)."""
     from torch.func import functional_call, vjp, vmap
 
@@ -63,8 +64,7 @@ def fallback_vmap(layer: Layer, calls: list[dict], deltas: Deltas, probes: list[
             pd = dict(zip(names, params, strict=True))
             outs: list[torch.Tensor] = []
             for a_idx, k_idx in specs:
-                o = functional_call(mod, pd, tuple(flat_u[j] for j in a_idx),
-                                    {k: flat_u[j] for k, j in k_idx.items()})
+                o = functional_call(mod, pd, tuple(flat_u[j] for j in a_idx), {k: flat_u[j] for k, j in k_idx.items()})
                 o = [o] if isinstance(o, torch.Tensor) else [t for t in o if t is not None]
                 outs += [t for t in o if t.is_floating_point()]
             return tuple(outs)
@@ -85,14 +85,17 @@ def fallback_vmap(layer: Layer, calls: list[dict], deltas: Deltas, probes: list[
     with sdpa_kernel([SDPBackend.MATH]):
         for s0 in range(0, n_units, step):
             s1 = min(n_units, s0 + step)
-            flat_c = tuple(v.detach()[s0 * group:s1 * group].reshape(s1 - s0, group, *v.shape[1:]) if b
-                           else v for v, b in zip(flat, batched, strict=True))
+            flat_c = tuple(
+                v.detach()[s0 * group : s1 * group].reshape(s1 - s0, group, *v.shape[1:]) if b else v
+                for v, b in zip(flat, batched, strict=True)
+            )
             out.append(vm(flat_c, tuple(d[s0:s1] for d in dls)))
     return torch.cat(out).detach().double()
 
 
-def fallback_loop(layer: Layer, calls: list[dict], deltas: Deltas, n_rows: int, group: int,
-                  n_ranks: int) -> torch.Tensor:
+def fallback_loop(
+    layer: Layer, calls: list[dict], deltas: Deltas, n_rows: int, group: int, n_ranks: int
+) -> torch.Tensor:
     """(n_units, R) squared norms by one autograd call per unit and rank; ``group`` rows form one unit."""
     mod = layer.module
     params = [p for _, p in layer.params]
@@ -122,8 +125,7 @@ def fallback_loop(layer: Layer, calls: list[dict], deltas: Deltas, n_rows: int, 
                     g = deltas[r][pid]
                     grads_by_rank[r].append(torch.zeros_like(t) if g is None else out_take(g, sl))
         for r in range(n_ranks):
-            gs = torch.autograd.grad(outs, params, grads_by_rank[r], retain_graph=r < n_ranks - 1,
-                                     allow_unused=True)
+            gs = torch.autograd.grad(outs, params, grads_by_rank[r], retain_graph=r < n_ranks - 1, allow_unused=True)
             scale = 1.0 / group
             out[u, r] = sum(float((g.double() * scale).pow(2).sum()) for g in gs if g is not None)
     return out

@@ -32,18 +32,34 @@ def _fast_kind(module: nn.Module, params: list[tuple[str, nn.Parameter]]) -> str
     names = {n for n, _ in params}
     if isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward and names <= {"weight", "bias"}:
         return "linear"
-    if (isinstance(module, (nn.Conv1d, nn.Conv2d)) and type(module).forward in (nn.Conv1d.forward, nn.Conv2d.forward)
-            and module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
-            and names <= {"weight", "bias"}):
+    if (
+        isinstance(module, (nn.Conv1d, nn.Conv2d))
+        and type(module).forward in (nn.Conv1d.forward, nn.Conv2d.forward)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+        and names <= {"weight", "bias"}
+    ):
         return "conv"
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats \
-            and module.running_mean is not None and names <= {"weight", "bias"}:
+    if (
+        isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and module.track_running_stats
+        and module.running_mean is not None
+        and names <= {"weight", "bias"}
+    ):
         return "batchnorm"
-    if isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward \
-            and names <= {"weight", "bias"}:
+    if (
+        isinstance(module, nn.LayerNorm)
+        and type(module).forward is nn.LayerNorm.forward
+        and names <= {"weight", "bias"}
+    ):
         return "layernorm"
-    if isinstance(module, nn.Embedding) and type(module).forward is nn.Embedding.forward and module.max_norm is None \
-            and names == {"weight"}:
+    if (
+        isinstance(module, nn.Embedding)
+        and type(module).forward is nn.Embedding.forward
+        and module.max_norm is None
+        and names == {"weight"}
+    ):
         return "embedding"
     return None
 
@@ -95,7 +111,8 @@ def discover_layers(model: nn.Module, example: torch.Tensor) -> list[Layer]:
         kind = _fast_kind(m, params) or "fallback"
         layers.append(Layer(names[m] or type(m).__name__, m, params, kind))
     if not layers:
-        raise IncompatibleStrategyError("the model has no trainable parameter that its forward pass uses; REGrad "
-                                        "needs gradients: unfreeze at least the last layer (requires_grad=True)")
+        raise IncompatibleStrategyError(
+            "the model has no trainable parameter that its forward pass uses; REGrad "
+            "needs gradients: unfreeze at least the last layer (requires_grad=True)"
+        )
     return layers
-

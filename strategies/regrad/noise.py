@@ -32,8 +32,14 @@ def _entropy(key: int | None, seed: int, *words: int) -> list[int]:
     return [int(seed), *map(int, words)] if key is None else [int(key), int(seed), *map(int, words)]
 
 
-def perturbation_noise(sample_shape: Sequence[int], indices: Iterable[int], n_perturbations: int, seed: int = 0,
-                       dtype: torch.dtype = torch.float32, key: int | None = None) -> torch.Tensor:
+def perturbation_noise(
+    sample_shape: Sequence[int],
+    indices: Iterable[int],
+    n_perturbations: int,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    key: int | None = None,
+) -> torch.Tensor:
     """Standard-normal input noise, ``(len(indices), n_perturbations, *sample_shape)``.
 
     indices: the keys of the samples (global sample ids, or indices into the full input sequence); sample ``i`` gets
@@ -53,8 +59,13 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def parameter_noise(shapes: Sequence[Sequence[int]], n_perturbations: int, seed: int = 0,
-                    dtype: torch.dtype = torch.float32, key: int | None = None) -> list[list[torch.Tensor]]:
+def parameter_noise(
+    shapes: Sequence[Sequence[int]],
+    n_perturbations: int,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    key: int | None = None,
+) -> list[list[torch.Tensor]]:
     """Standard-normal parameter noise: ``noise[m][j]`` has ``shapes[j]`` (m = 0..n_perturbations-1 stands for
     the perturbed models 1..M; model 0 is the clean one).
 
@@ -62,9 +73,15 @@ def parameter_noise(shapes: Sequence[Sequence[int]], n_perturbations: int, seed:
     key), so the draw depends only on those and the parameter list, never on how the inputs are batched.
     Unscaled: :func:`~strategies.regrad.gradient_norms` multiplies tensor j by ``sigma * std(theta_j)``.
     """
-    return [[torch.from_numpy(np.random.default_rng(_entropy(key, seed, m, j)).standard_normal(tuple(sh),
-                                                                                              dtype=np.float32))
-             .to(dtype) for j, sh in enumerate(shapes)] for m in range(n_perturbations)]
+    return [
+        [
+            torch.from_numpy(
+                np.random.default_rng(_entropy(key, seed, m, j)).standard_normal(tuple(sh), dtype=np.float32)
+            ).to(dtype)
+            for j, sh in enumerate(shapes)
+        ]
+        for m in range(n_perturbations)
+    ]
 
 
 def parameter_scales(params: Sequence[torch.Tensor]) -> list[float]:

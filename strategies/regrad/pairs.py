@@ -31,8 +31,9 @@ BLOCK_ELEMENTS = 1 << 24
 
 def check_pair_rule(pair_rule: str) -> PairRule:
     if not isinstance(pair_rule, str) or pair_rule not in PAIR_RULES:
-        raise ConfigError(f"pair_rule must be one of {PAIR_RULES} (\"auto\" picks the faster form per layer), "
-                          f"got {pair_rule!r}")
+        raise ConfigError(
+            f'pair_rule must be one of {PAIR_RULES} ("auto" picks the faster form per layer), got {pair_rule!r}'
+        )
     return cast(PairRule, pair_rule)
 
 
@@ -51,8 +52,8 @@ def gram_sqnorm(a_gram: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     q = d.shape[2]
     bs = rows_block(len(d), q * q)
     for s in range(0, len(d), bs):
-        dd = torch.bmm(d[s:s + bs].transpose(1, 2), d[s:s + bs])
-        out[s:s + bs] = (dd * a_gram[s:s + bs]).sum((1, 2))
+        dd = torch.bmm(d[s : s + bs].transpose(1, 2), d[s : s + bs])
+        out[s : s + bs] = (dd * a_gram[s : s + bs]).sum((1, 2))
     return out
 
 
@@ -61,7 +62,7 @@ def direct_sqnorm(a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     out = torch.empty(len(d), dtype=d.dtype, device=d.device)
     bs = rows_block(len(d), a.shape[1] * d.shape[1])
     for s in range(0, len(d), bs):
-        out[s:s + bs] = sqsum(torch.bmm(d[s:s + bs], a[s:s + bs].transpose(1, 2)))
+        out[s : s + bs] = sqsum(torch.bmm(d[s : s + bs], a[s : s + bs].transpose(1, 2)))
     return out
 
 
@@ -91,8 +92,9 @@ class PairLayer:
         elif use_gram:
             if self.gram is None:
                 bs = rows_block(n, q * q)
-                self.gram = torch.cat([torch.bmm(self.a[i:i + bs].transpose(1, 2), self.a[i:i + bs])
-                                       for i in range(0, n, bs)])
+                self.gram = torch.cat(
+                    [torch.bmm(self.a[i : i + bs].transpose(1, 2), self.a[i : i + bs]) for i in range(0, n, bs)]
+                )
             s = gram_sqnorm(self.gram, d)
         else:
             s = direct_sqnorm(self.a, d)
@@ -125,4 +127,3 @@ def conv_patches(mod: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     else:
         k, p, s, dl = mod.kernel_size, pad, mod.stride, mod.dilation
     return F.unfold(x, k, dilation=dl, padding=p, stride=s)
-

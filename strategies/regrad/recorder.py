@@ -29,8 +29,7 @@ class Recorder:
         self.active = False
         self.calls: dict[int, list[dict[str, Any]]] = {}
         self.probes: list[torch.Tensor] = []
-        self._handles = [L.module.register_forward_hook(self._hook(i), with_kwargs=True)
-                         for i, L in enumerate(layers)]
+        self._handles = [L.module.register_forward_hook(self._hook(i), with_kwargs=True) for i, L in enumerate(layers)]
 
     def _hook(self, i: int) -> Callable[..., Any]:
         def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
@@ -55,11 +54,17 @@ class Recorder:
             else:
                 raise IncompatibleStrategyError(
                     f"layer {self.layers[i].name!r} returns {type(out).__name__}; REGrad handles modules returning "
-                    f"a tensor or a tuple of tensors")
-            rec = {"args": args, "kwargs": kwargs, "probes": probe_ids,
-                   "versions": [a._version for a in args if isinstance(a, torch.Tensor)]}
+                    f"a tensor or a tuple of tensors"
+                )
+            rec = {
+                "args": args,
+                "kwargs": kwargs,
+                "probes": probe_ids,
+                "versions": [a._version for a in args if isinstance(a, torch.Tensor)],
+            }
             self.calls.setdefault(i, []).append(rec)
             return new_out
+
         return hook
 
     def reset(self) -> None:
@@ -68,4 +73,3 @@ class Recorder:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
-

@@ -62,8 +62,14 @@ class GradientNorms:
     classes: np.ndarray
     layers: list[str]
 
-    def score(self, class_weighting: str = DEFAULT_CLASS_WEIGHTING, layer_alpha: float = DEFAULT_LAYER_ALPHA,
-              combine: str = DEFAULT_COMBINE, top_k: int | None = None, last_layer_only: bool = False) -> np.ndarray:
+    def score(
+        self,
+        class_weighting: str = DEFAULT_CLASS_WEIGHTING,
+        layer_alpha: float = DEFAULT_LAYER_ALPHA,
+        combine: str = DEFAULT_COMBINE,
+        top_k: int | None = None,
+        last_layer_only: bool = False,
+    ) -> np.ndarray:
         """U: (N,) float64 from these norms (no gradient is recomputed)."""
         norms = self.norms
         if last_layer_only:
@@ -78,7 +84,7 @@ class GradientNorms:
         if combine == "linear":
             return np.einsum("nr,nrl,l->n", c, norms, w)
         if combine == "squared":
-            return np.sqrt(np.einsum("nr,nrl,l->n", c, norms ** 2, w))
+            return np.sqrt(np.einsum("nr,nrl,l->n", c, norms**2, w))
         raise ConfigError(f"combine must be one of {COMBINES}, got {combine!r}")
 
 
@@ -87,13 +93,22 @@ def _sample_ids(ids: Sequence[int] | np.ndarray | None) -> np.ndarray | None:
         return None
     a = np.asarray(ids)
     if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)) or (a.size and a.min() < 0):
-        raise ConfigError(f"ids must be a 1-d sequence of non-negative integer sample ids, one per input row; got "
-                          f"an array of shape {a.shape} and dtype {a.dtype}")
+        raise ConfigError(
+            f"ids must be a 1-d sequence of non-negative integer sample ids, one per input row; got "
+            f"an array of shape {a.shape} and dtype {a.dtype}"
+        )
     return a.astype(np.int64)
 
 
-def _gradient_norms(model: nn.Module, inputs: Inputs, s: REGradSettings, top_k: int | None,
-                    ids: np.ndarray | None, rng: np.random.Generator | None, pair_rule: PairRule) -> GradientNorms:
+def _gradient_norms(
+    model: nn.Module,
+    inputs: Inputs,
+    s: REGradSettings,
+    top_k: int | None,
+    ids: np.ndarray | None,
+    rng: np.random.Generator | None,
+    pair_rule: PairRule,
+) -> GradientNorms:
     """:func:`gradient_norms` for settings already validated; ``top_k`` overrides ``s.top_k``."""
     if torch.is_inference_mode_enabled():
         raise ConfigError("REGrad needs autograd; call it outside torch.inference_mode()")
@@ -115,8 +130,13 @@ def _gradient_norms(model: nn.Module, inputs: Inputs, s: REGradSettings, top_k: 
             clean = [p.detach().clone() for p in perturbed]
         scales = parameter_scales(clean)
         draws = parameter_noise([p.shape for p in clean], m, s.seed, key=key)
-        noise = [[(s.sigma * sc * e).to(device=p.device, dtype=p.dtype)
-                  for e, sc, p in zip(eps_m, scales, clean, strict=True)] for eps_m in draws]
+        noise = [
+            [
+                (s.sigma * sc * e).to(device=p.device, dtype=p.dtype)
+                for e, sc, p in zip(eps_m, scales, clean, strict=True)
+            ]
+            for eps_m in draws
+        ]
     try:
         with eval_mode(model), torch.enable_grad():
             for xb in iter_batches(inputs, chunk):
@@ -150,7 +170,7 @@ def _gradient_norms(model: nn.Module, inputs: Inputs, s: REGradSettings, top_k: 
                     start += len(xb)
                     continue
                 if m:
-                    keys = ids[start:start + len(xb)] if ids is not None else range(start, start + len(xb))
+                    keys = ids[start : start + len(xb)] if ids is not None else range(start, start + len(xb))
                     eps = perturbation_noise(xb.shape[1:], keys, m, s.seed, xb.dtype, key=key)
                     rows = torch.cat([xb.unsqueeze(1), xb.unsqueeze(1) + s.sigma * eps], 1)
                     rows = rows.reshape(len(xb) * group, *xb.shape[1:])
@@ -174,8 +194,12 @@ def _gradient_norms(model: nn.Module, inputs: Inputs, s: REGradSettings, top_k: 
         raise ConfigError(f"ids has {len(ids)} entries but inputs have {start} rows; pass one id per row")
     if engine is None:
         return GradientNorms(np.zeros((0, 0, 0)), np.zeros((0, 0)), np.zeros((0, 0), np.int64), [])
-    return GradientNorms(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                         np.concatenate([p[2] for p in parts]).astype(np.int64), [L.name for L in engine.layers])
+    return GradientNorms(
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]).astype(np.int64),
+        [L.name for L in engine.layers],
+    )
 
 
 _KEYING_DOC = """ids: optional ``(N,)`` non-negative sample ids, one per input row; a row's input noise is
@@ -189,11 +213,22 @@ _KEYING_DOC = """ids: optional ``(N,)`` non-negative sample ids, one per input r
     setting."""
 
 
-def gradient_norms(model: nn.Module, inputs: Inputs, *, n_perturbations: int = 0, sigma: float = DEFAULT_SIGMA,
-                   aggregate: Aggregate = DEFAULT_AGGREGATE, top_k: int | None = None, seed: int = 0,
-                   batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False,
-                   perturb: Perturb = DEFAULT_PERTURB, ids: Sequence[int] | np.ndarray | None = None,
-                   rng: np.random.Generator | None = None, pair_rule: PairRule = "auto") -> GradientNorms:
+def gradient_norms(
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    n_perturbations: int = 0,
+    sigma: float = DEFAULT_SIGMA,
+    aggregate: Aggregate = DEFAULT_AGGREGATE,
+    top_k: int | None = None,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    last_layer_only: bool = False,
+    perturb: Perturb = DEFAULT_PERTURB,
+    ids: Sequence[int] | np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+    pair_rule: PairRule = "auto",
+) -> GradientNorms:
     """Per-sample, per-class-rank, per-layer gradient norms of log p(k|x) (see :class:`GradientNorms`).
 
     inputs: a tensor ``(N, ...)`` or an iterable of batches (tensors, or ``(x, y)`` pairs as a DataLoader gives).
@@ -225,14 +260,28 @@ def gradient_norms(model: nn.Module, inputs: Inputs, *, n_perturbations: int = 0
     The model is left exactly as found: parameters, buffers, train/eval flags, ``requires_grad``, no ``.grad``.
     References: Wang & Ji, CVPR 2024 (arXiv 2404.10124).
     """
-    s = REGradSettings(n_perturbations=n_perturbations, sigma=sigma, aggregate=aggregate, top_k=top_k, seed=seed,
-                       batch_size=batch_size, last_layer_only=last_layer_only, perturb=perturb)
+    s = REGradSettings(
+        n_perturbations=n_perturbations,
+        sigma=sigma,
+        aggregate=aggregate,
+        top_k=top_k,
+        seed=seed,
+        batch_size=batch_size,
+        last_layer_only=last_layer_only,
+        perturb=perturb,
+    )
     return _gradient_norms(model, inputs, s, s.top_k, _sample_ids(ids), rng, check_pair_rule(pair_rule))
 
 
-def score_with(settings: REGradSettings, model: nn.Module, inputs: Inputs, *,
-               ids: Sequence[int] | np.ndarray | None = None, rng: np.random.Generator | None = None,
-               pair_rule: PairRule = "auto") -> np.ndarray:
+def score_with(
+    settings: REGradSettings,
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    ids: Sequence[int] | np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+    pair_rule: PairRule = "auto",
+) -> np.ndarray:
     """:func:`regrad_scores` for settings validated already (the strategy's own): ``(N,)`` float64."""
     # a weighting that puts weight on fewer ranks needs fewer backward passes ("predicted": one)
     needed = RANKS_NEEDED.get(settings.class_weighting)
@@ -243,14 +292,25 @@ def score_with(settings: REGradSettings, model: nn.Module, inputs: Inputs, *,
     return gn.score(settings.class_weighting, settings.layer_alpha, settings.combine)
 
 
-def regrad_scores(model: nn.Module, inputs: Inputs, *,
-                  class_weighting: ClassWeighting = DEFAULT_CLASS_WEIGHTING,
-                  layer_alpha: float = DEFAULT_LAYER_ALPHA, n_perturbations: int = DEFAULT_N_PERTURBATIONS,
-                  sigma: float = DEFAULT_SIGMA, aggregate: Aggregate = DEFAULT_AGGREGATE,
-                  combine: Combine = DEFAULT_COMBINE, top_k: int | None = None, seed: int = 0,
-                  batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False,
-                  perturb: Perturb = DEFAULT_PERTURB, ids: Sequence[int] | np.ndarray | None = None,
-                  rng: np.random.Generator | None = None, pair_rule: PairRule = "auto") -> np.ndarray:
+def regrad_scores(
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    class_weighting: ClassWeighting = DEFAULT_CLASS_WEIGHTING,
+    layer_alpha: float = DEFAULT_LAYER_ALPHA,
+    n_perturbations: int = DEFAULT_N_PERTURBATIONS,
+    sigma: float = DEFAULT_SIGMA,
+    aggregate: Aggregate = DEFAULT_AGGREGATE,
+    combine: Combine = DEFAULT_COMBINE,
+    top_k: int | None = None,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    last_layer_only: bool = False,
+    perturb: Perturb = DEFAULT_PERTURB,
+    ids: Sequence[int] | np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+    pair_rule: PairRule = "auto",
+) -> np.ndarray:
     """REGrad epistemic uncertainty U(x), ``(N,)`` float64; higher = more uncertain.
 
     model: any ``nn.Module`` mapping a batch to logits ``(n, C)``. inputs: tensor ``(N, ...)`` or iterable of
@@ -270,8 +330,19 @@ def regrad_scores(model: nn.Module, inputs: Inputs, *,
     References: Wang & Ji, "Gradient-based Uncertainty Quantification for Pre-trained Classifiers", CVPR 2024
     (arXiv 2404.10124); Igoe et al. 2022 (arXiv 2205.10439) for class_weighting="expected".
     """
-    s = REGradSettings(class_weighting, layer_alpha, n_perturbations, sigma, aggregate, combine, top_k, seed,
-                       batch_size, last_layer_only, perturb)
+    s = REGradSettings(
+        class_weighting,
+        layer_alpha,
+        n_perturbations,
+        sigma,
+        aggregate,
+        combine,
+        top_k,
+        seed,
+        batch_size,
+        last_layer_only,
+        perturb,
+    )
     return score_with(s, model, inputs, ids=ids, rng=rng, pair_rule=pair_rule)
 
 
@@ -280,8 +351,9 @@ for _f in (gradient_norms, regrad_scores):
 
 
 @torch.no_grad()
-def gradnorm_scores(model: nn.Module, inputs: Inputs, *, temperature: float = 1.0,
-                    batch_size: int = 1024) -> np.ndarray:
+def gradnorm_scores(
+    model: nn.Module, inputs: Inputs, *, temperature: float = 1.0, batch_size: int = 1024
+) -> np.ndarray:
     """GradNorm, ``(N,)`` float64: ||d KL(u || softmax(z/T)) / d W||_1 for the last linear layer's weight W.
 
     HIGHER means more familiar (in-distribution). The gradient with respect to the logits is (p - u)/T, so the
@@ -303,8 +375,9 @@ def gradnorm_scores(model: nn.Module, inputs: Inputs, *, temperature: float = 1.
                 logits = model(xb).double()
                 a = feats[-1].double()
                 if a.dim() != 2:
-                    raise IncompatibleStrategyError(f"GradNorm needs the last Linear layer to see (batch, features), "
-                                                    f"got {tuple(a.shape)}")
+                    raise IncompatibleStrategyError(
+                        f"GradNorm needs the last Linear layer to see (batch, features), got {tuple(a.shape)}"
+                    )
                 p = torch.softmax(logits / temperature, 1)
                 u = 1.0 / p.shape[1]
                 out.append(((p - u).abs().sum(1) * a.abs().sum(1) / temperature).numpy())

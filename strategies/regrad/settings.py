@@ -51,8 +51,10 @@ def _is_bool(value: Any) -> bool:
 def real(name: str, value: Any, *, minimum: float | None = None, strict: bool = False, hint: str = "") -> float:
     """``value`` as a finite float; refuses strings, booleans, NaN and infinities with the fix in the message."""
     if _is_bool(value) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{name} must be a number{hint}, got {value!r} ({type(value).__name__}); "
-                          f"write it without quotes, e.g. {name}=0.5")
+        raise ConfigError(
+            f"{name} must be a number{hint}, got {value!r} ({type(value).__name__}); "
+            f"write it without quotes, e.g. {name}=0.5"
+        )
     out = float(value)
     if not math.isfinite(out):
         raise ConfigError(f"{name} must be a finite number{hint}, got {value!r}")
@@ -64,8 +66,10 @@ def real(name: str, value: Any, *, minimum: float | None = None, strict: bool = 
 def count(name: str, value: Any, *, minimum: int, what: str = "a whole number") -> int:
     """``value`` as an int >= ``minimum``; an integral float (``4.0`` from JSON) is accepted, 1.7 and True are not."""
     if _is_bool(value) or not isinstance(value, numbers.Real):
-        raise ConfigError(f"{name} must be {what}, got {value!r} ({type(value).__name__}); write it without "
-                          f"quotes, e.g. {name}={max(minimum, 1)}")
+        raise ConfigError(
+            f"{name} must be {what}, got {value!r} ({type(value).__name__}); write it without "
+            f"quotes, e.g. {name}={max(minimum, 1)}"
+        )
     if isinstance(value, numbers.Integral):
         out = int(value)
     else:
@@ -125,8 +129,9 @@ class REGradSettings:
         choice("perturb", self.perturb, PERTURBS, " (noise on the inputs or on the trainable parameters)")
         put("layer_alpha", real("layer_alpha", self.layer_alpha))
         put("n_perturbations", count("n_perturbations", self.n_perturbations, minimum=0))
-        unit = (" relative to each parameter tensor's std" if self.perturb == "params"
-                else " in the normalised input space")
+        unit = (
+            " relative to each parameter tensor's std" if self.perturb == "params" else " in the normalised input space"
+        )
         put("sigma", real("sigma", self.sigma, minimum=0.0, hint=f" (noise std{unit})"))
         if self.top_k is not None:
             put("top_k", count("top_k", self.top_k, minimum=1, what="None (all classes) or a whole number >= 1"))
@@ -136,9 +141,11 @@ class REGradSettings:
             raise ConfigError(f"last_layer_only must be true or false, got {self.last_layer_only!r}")
         put("last_layer_only", bool(self.last_layer_only))
         if self.perturb == "params" and self.aggregate == "mean-grad" and self.draws_noise:
-            raise ConfigError('perturb="params" supports aggregate="mean-norm" only (the average of the per-layer '
-                              'gradient norms over the perturbed models); use aggregate="mean-norm", or '
-                              'perturb="input" for "mean-grad"')
+            raise ConfigError(
+                'perturb="params" supports aggregate="mean-norm" only (the average of the per-layer '
+                'gradient norms over the perturbed models); use aggregate="mean-norm", or '
+                'perturb="input" for "mean-grad"'
+            )
 
     @property
     def draws_noise(self) -> bool:

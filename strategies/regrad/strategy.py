@@ -60,8 +60,13 @@ def _with_defaults(init: Callable[..., None], preset: Mapping[str, Any], owner: 
         raise TypeError(f"{owner.__name__}.preset names {unknown}, which are not settings of {init.__qualname__}")
     params = [p for p in sig.parameters.values() if p.default is not p.empty]
     REGradSettings(**{p.name: preset.get(p.name, p.default) for p in params})  # a bad preset fails at import
-    func = types.FunctionType(init.__code__, init.__globals__, init.__name__,
-                              tuple(preset.get(p.name, p.default) for p in params), init.__closure__)
+    func = types.FunctionType(
+        init.__code__,
+        init.__globals__,
+        init.__name__,
+        tuple(preset.get(p.name, p.default) for p in params),
+        init.__closure__,
+    )
     func.__annotations__ = dict(init.__annotations__)
     func.__doc__ = init.__doc__
     func.__module__ = owner.__module__
@@ -88,14 +93,33 @@ class REGrad(Strategy):
     #: defaults that differ from REGrad's, for a preset subclass
     preset: ClassVar[Mapping[str, Any]] = {}
 
-    def __init__(self, class_weighting: ClassWeighting = DEFAULT_CLASS_WEIGHTING,
-                 layer_alpha: float = DEFAULT_LAYER_ALPHA, n_perturbations: int = DEFAULT_N_PERTURBATIONS,
-                 sigma: float = DEFAULT_SIGMA, aggregate: Aggregate = DEFAULT_AGGREGATE,
-                 combine: Combine = DEFAULT_COMBINE, top_k: int | None = None, seed: int = 0,
-                 batch_size: int = DEFAULT_BATCH_SIZE, last_layer_only: bool = False,
-                 perturb: Perturb = DEFAULT_PERTURB) -> None:
-        self.settings = REGradSettings(class_weighting, layer_alpha, n_perturbations, sigma, aggregate, combine,
-                                       top_k, seed, batch_size, last_layer_only, perturb)
+    def __init__(
+        self,
+        class_weighting: ClassWeighting = DEFAULT_CLASS_WEIGHTING,
+        layer_alpha: float = DEFAULT_LAYER_ALPHA,
+        n_perturbations: int = DEFAULT_N_PERTURBATIONS,
+        sigma: float = DEFAULT_SIGMA,
+        aggregate: Aggregate = DEFAULT_AGGREGATE,
+        combine: Combine = DEFAULT_COMBINE,
+        top_k: int | None = None,
+        seed: int = 0,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        last_layer_only: bool = False,
+        perturb: Perturb = DEFAULT_PERTURB,
+    ) -> None:
+        self.settings = REGradSettings(
+            class_weighting,
+            layer_alpha,
+            n_perturbations,
+            sigma,
+            aggregate,
+            combine,
+            top_k,
+            seed,
+            batch_size,
+            last_layer_only,
+            perturb,
+        )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -111,8 +135,10 @@ class REGrad(Strategy):
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _SETTINGS:
-            raise AttributeError(f"{type(self).__name__} settings are fixed at construction; build a new strategy "
-                                 f"with {name}={value!r} instead")
+            raise AttributeError(
+                f"{type(self).__name__} settings are fixed at construction; build a new strategy "
+                f"with {name}={value!r} instead"
+            )
         super().__setattr__(name, value)
 
     @property
@@ -127,8 +153,9 @@ class REGrad(Strategy):
             p["noise_key"] = NOISE_KEY
         return p
 
-    def scores(self, model: nn.Module, inputs: Inputs, *, ids: np.ndarray | None = None,
-               rng: np.random.Generator | None = None) -> np.ndarray:
+    def scores(
+        self, model: nn.Module, inputs: Inputs, *, ids: np.ndarray | None = None, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         """U(x), ``(N,)``, with this strategy's settings (see :func:`regrad_scores` for ``ids`` and ``rng``)."""
         return score_with(self.settings, model, inputs, ids=ids, rng=rng)
 
@@ -144,8 +171,13 @@ class ExGrad(REGrad):
     """
 
     name = "exgrad"
-    preset = {"class_weighting": "expected", "layer_alpha": 0.0, "n_perturbations": 0, "sigma": 0.0,
-              "aggregate": "mean-grad"}
+    preset = {
+        "class_weighting": "expected",
+        "layer_alpha": 0.0,
+        "n_perturbations": 0,
+        "sigma": 0.0,
+        "aggregate": "mean-grad",
+    }
 
 
 class GradNorm(Strategy):

@@ -43,7 +43,11 @@ def _uniform(p: np.ndarray) -> np.ndarray:
 
 #: name -> c(p): (n, C) float64 probabilities (already restricted to the classes kept) -> (n, C) weights.
 CLASS_WEIGHTING_RULES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "root": _root, "expected": _expected, "predicted": _predicted, "uniform": _uniform}
+    "root": _root,
+    "expected": _expected,
+    "predicted": _predicted,
+    "uniform": _uniform,
+}
 assert tuple(CLASS_WEIGHTING_RULES) == CLASS_WEIGHTINGS
 
 #: Class ranks a weighting can put weight on, when fewer than all: "predicted" needs only the argmax class, so
