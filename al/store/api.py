@@ -13,10 +13,10 @@ from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
 from ..errors import ConfigMismatchError, StoreError
-from . import claims, migrations
-from ._tables import RUN_STATUSES, Label, Query, Round, Run, now
+from . import claims, migrations, privileges
+from ._tables import RUN_STATUSES, TABLE_NAMES, Label, Query, Round, Run, now
 from .configs import canonical, mismatch_message, same_config, with_absent
-from .engine import WRITE_OPTION, open_engine, parse_url, sqlite_path
+from .engine import WRITE_OPTION, display_url, open_engine, parse_url, sqlite_path
 from .faults import crash_point
 from .migrations import SCHEMA_VERSION
 from .readers import Readers
@@ -56,8 +56,8 @@ class Store(Readers):
     # --- opening ------------------------------------------------------------------------------------------------
     @property
     def shown_url(self) -> str:
-        """The URL without its password, for messages."""
-        return self.engine.url.render_as_string(hide_password=True)
+        """The URL without its password (and with the driver in use), for every message, log and file."""
+        return display_url(self.engine.url)
 
     def _open(self, *, upgrade: bool) -> None:
         try:
@@ -70,13 +70,20 @@ class Store(Readers):
                     f"running and that the URL's user, password, host, port and database are right"
                 ) from e
             raise StoreError(
-                f"cannot open store {self.url!r}: {e.orig if hasattr(e, 'orig') else e}. "
+                f"cannot open store {self.shown_url!r}: {e.orig if hasattr(e, 'orig') else e}. "
                 f"The file was left untouched; check it or pass another --store"
             ) from e
         except exc.SQLAlchemyError as e:
-            raise StoreError(f"cannot open store {self.url!r}: {e}") from e
+            raise StoreError(f"cannot open store {self.shown_url!r}: {e}") from e
+        if not self.is_sqlite:  # a user other than the tables' owner: say which GRANT is missing, up front
+            privileges.check_postgres(self.engine, tables & TABLE_NAMES, write=upgrade, shown=self.shown_url)
         self.schema_version = migrations.ensure_schema(
-            self._writer, tables, url=self.url, shown=self.shown_url, sqlite_file=self._sqlite_file, upgrade=upgrade
+            self._writer,
+            tables,
+            url=self.shown_url,
+            shown=self.shown_url,
+            sqlite_file=self._sqlite_file,
+            upgrade=upgrade,
         )
 
     @contextmanager
@@ -84,7 +91,7 @@ class Store(Readers):
         """One write transaction (BEGIN IMMEDIATE on SQLite)."""
         if self.schema_version < SCHEMA_VERSION:
             raise StoreError(
-                f"store {self.url!r} (schema {self.schema_version}) was opened for reading only; "
+                f"store {self.shown_url!r} (schema {self.schema_version}) was opened for reading only; "
                 f"open it with Store(url) to upgrade it to schema {SCHEMA_VERSION} before writing"
             )
         with Session(self._writer) as s, s.begin():

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import sqlite3
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 
 from ..errors import StoreError
+from ._tables import TABLE_NAMES
 
 #: Execution option that marks a write transaction (``BEGIN IMMEDIATE`` on SQLite).
 WRITE_OPTION = "al_write"
@@ -23,10 +27,28 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 def parse_url(url: str) -> sa.engine.URL:
     try:
         return sa.engine.make_url(url)
-    except exc.ArgumentError as e:
+    except (exc.ArgumentError, ValueError) as e:  # ValueError: a bad port, an unclosed [ipv6]
         raise StoreError(
-            f"cannot parse store URL {url!r}: give e.g. sqlite:///al-runs.db or postgresql://user@localhost/al"
+            f"cannot parse store URL {display_url(url)!r}: give e.g. sqlite:///al-runs.db or "
+            f"postgresql://user@localhost/al"
         ) from e
+
+
+_PASSWORD = re.compile(r"(://[^:/@?#]*:)[^@]*@")
+
+
+def display_url(url: str | sa.engine.URL) -> str:
+    """``url`` as it may be shown or written anywhere (messages, logs, reports): with its password masked.
+
+    SQLAlchemy's own rendering when the URL parses; otherwise (it is about to be reported as unparsable) the
+    text between ``user:`` and ``@`` is masked by hand.
+    """
+    if isinstance(url, sa.engine.URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except (exc.ArgumentError, ValueError):
+        return _PASSWORD.sub(r"\1***@", url)
 
 
 def with_installed_driver(url: sa.engine.URL) -> sa.engine.URL:
@@ -63,11 +85,20 @@ def sqlite_file_missing(url: str) -> str | None:
     return None if path is None or os.path.exists(path) else path
 
 
-def check_sqlite_path(path: str | None) -> None:
-    """Refuse, before SQLite creates or touches anything, a file we could not use or that is not a database."""
+def check_sqlite_path(path: str | None, *, reader: bool = False, busy_timeout_s: float = 60.0) -> None:
+    """Refuse, before SQLite creates or touches anything, a file we could not use or that is not our store.
+
+    ``reader``: the caller only reads (``al.report``): an empty file is refused too, instead of having the
+    tables of a new store written into it.
+    """
     if path is None:
         return
     folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise StoreError(
+            f"store {path} is a folder, not a file; name a database file in it, e.g. "
+            f"--store sqlite:///{os.path.join(path, 'al-runs.db')}"
+        )
     if not os.path.isdir(folder):
         raise StoreError(
             f"cannot create store {path}: folder {folder} does not exist; create it or pass "
@@ -86,10 +117,45 @@ def check_sqlite_path(path: str | None) -> None:
                 f"{path} is not an SQLite database (it may be corrupt or another kind of file); "
                 f"it was left untouched. Pass another --store, or move the file away"
             )
+        if not head and reader:
+            raise StoreError(
+                f"store file {path} is empty (0 bytes): no run was ever recorded in it. It was left untouched; "
+                f"record runs into it with `python -m al.bench ... --store sqlite:///{path}` first"
+            )
+        if head:
+            _refuse_foreign_tables(path, busy_timeout_s)
     elif not os.access(folder, os.W_OK):
         raise StoreError(
             f"cannot create store {path}: folder {folder} is not writable; pass --store "
             f"sqlite:///<writable folder>/al-runs.db"
+        )
+
+
+def _refuse_foreign_tables(path: str, busy_timeout_s: float) -> None:
+    """Refuse an SQLite file that holds tables but no al store (another application's database).
+
+    Checked through a read-only connection before the engine's first connection, which would switch the file
+    to WAL: the other application's file is left byte for byte as it was.
+    """
+    try:
+        con = sqlite3.connect(Path(path).as_uri() + "?mode=ro", uri=True, timeout=busy_timeout_s)
+        try:
+            tables = {
+                r[0]
+                for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+            }
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise StoreError(
+            f"cannot read store file {path}: {e}. It was left untouched; check it or pass another --store"
+        ) from e
+    foreign = sorted(tables - TABLE_NAMES)
+    if foreign and "al_meta" not in tables:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise StoreError(
+            f"{path} is another application's SQLite database (tables {shown}, no al store); al does not add "
+            f"its tables to it and left it untouched. Pass a new file, e.g. --store sqlite:///al-runs.db"
         )
 
 
@@ -101,16 +167,16 @@ def open_engine(url: str, *, busy_timeout_s: float, must_exist: bool) -> sa.engi
             return sa.create_engine(with_installed_driver(parsed), pool_pre_ping=True)
         except Exception as e:  # noqa: BLE001 - missing driver, bad dialect
             raise StoreError(
-                f"cannot open store {url!r}: {e}. For PostgreSQL install the driver with "
+                f"cannot open store {display_url(parsed)!r}: {e}. For PostgreSQL install the driver with "
                 f"`pip install psycopg2-binary` (the project's dev extras include it)"
             ) from e
     missing = sqlite_file_missing(url) if must_exist else None
     if missing:
         raise StoreError(
-            f"no store file at {missing}; check the path in {url!r} "
+            f"no store file at {missing}; check the path in {display_url(parsed)!r} "
             f"(sqlite:///relative/path.db or sqlite:////absolute/path.db)"
         )
-    check_sqlite_path(sqlite_path(parsed))
+    check_sqlite_path(sqlite_path(parsed), reader=must_exist, busy_timeout_s=busy_timeout_s)
     engine = sa.create_engine(url, connect_args={"timeout": busy_timeout_s})
     _install_sqlite_hooks(engine, busy_timeout_s)
     return engine

@@ -173,4 +173,12 @@ def _create(writer: sa.Engine, url: str) -> None:
                     {"v": str(SCHEMA_VERSION)},
                 )
     except exc.SQLAlchemyError as e:
-        raise StoreError(f"cannot write to store {url!r}: {e}") from e
+        reason = " ".join(str(getattr(e, "orig", e)).split())  # one line: SQLAlchemy appends the SQL and a link
+        hint = ""
+        orig = getattr(e, "orig", None)
+        if "42501" in (getattr(orig, "pgcode", None), getattr(orig, "sqlstate", None)):  # insufficient_privilege
+            hint = (
+                ". This user may not create tables here: as the database's owner run `GRANT CREATE ON SCHEMA "
+                "public TO <user>;`, or create the store once as a user who may"
+            )
+        raise StoreError(f"cannot create the al tables in store {url!r}: {reason}{hint}") from e
