@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import ConfigError, IncompatibleStrategyError
+from .errors import ConfigError, IncompatibleStrategyError, ModelError
 from .models import build_model
 from .seeding import torch_rng_scope
 
@@ -86,6 +86,22 @@ def last_linear(model: nn.Module, what: str = "this strategy") -> nn.Linear:
     if last is None:
         raise IncompatibleStrategyError(f"{what} needs a model whose last layer is nn.Linear")
     return last
+
+
+#: Training has diverged when the last epoch's mean loss exceeds this many times that of a uniform guess (ln C).
+#: A model that fits anything has a training loss well below ln C on its own labels; one 100 times above it is
+#: confidently wrong on them, as after an exploding learning rate (``lr=1e6`` on digits ends near 1e6..1e12 nats
+#: with every output saturated, while the loss itself stays finite).
+DIVERGED_LOSS_FACTOR = 100.0
+
+
+def _not_finite(values: torch.Tensor | np.ndarray) -> tuple[int, int]:
+    """(rows holding NaN or inf, rows) of ``values: (n, ...)``."""
+    if isinstance(values, np.ndarray):
+        ok = np.isfinite(values.reshape(len(values), -1)).all(1)
+        return int((~ok).sum()), len(ok)
+    ok_t = torch.isfinite(values.reshape(len(values), -1)).all(1)
+    return int((~ok_t).sum()), len(ok_t)
 
 
 def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -186,19 +202,61 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
             self._train(x, yt, seed)
         return self
 
+    def _lr_hint(self) -> str:
+        return f"lower the learning rate (--lr, now {self.lr:g}), or check the inputs and the model"
+
+    def check_finite(self, values: torch.Tensor | np.ndarray, what: str) -> None:
+        """ModelError when a row of ``values: (n, ...)`` (the model's outputs on ``what``) holds NaN or inf."""
+        bad, n = _not_finite(values)
+        if bad:
+            raise ModelError(
+                f"the model's outputs on {bad} of {n} {what} are not finite (NaN or inf), so training diverged or "
+                f"those inputs hold NaN/inf; {self._lr_hint()}"
+            )
+
     def _train(self, x: torch.Tensor, yt: torch.Tensor, seed: int) -> None:
+        """Adam over the labelled set; ModelError when the loss becomes non-finite or ends up exploded.
+
+        The loss is summed on the device and read once per epoch: one sync per epoch, not per step.
+        """
         net = self.network
         g = torch.Generator().manual_seed(seed + 1)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        n = len(x)
-        bs = min(self.batch_size, n)
-        steps_per_epoch = math.ceil(n / bs)
+        steps_per_epoch = math.ceil(len(x) / min(self.batch_size, len(x)))
         epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
         net.train()
+        try:
+            mean_loss = self._epochs(net, opt, x, yt, g, epochs)
+        finally:  # the model is left in eval mode without gradients, even when training diverged
+            net.eval()
+            for p in net.parameters():
+                p.grad = None
+        limit = DIVERGED_LOSS_FACTOR * math.log(max(self.n_classes, 2))
+        if mean_loss > limit:
+            raise ModelError(
+                f"training diverged: the last epoch's mean training loss is {mean_loss:.3g}, more than "
+                f"{DIVERGED_LOSS_FACTOR:g} times that of a uniform guess ({limit:.3g}); {self._lr_hint()}"
+            )
+
+    def _epochs(
+        self,
+        net: nn.Module,
+        opt: torch.optim.Optimizer,
+        x: torch.Tensor,
+        yt: torch.Tensor,
+        g: torch.Generator,
+        epochs: int,
+    ) -> float:
+        """Train for ``epochs``; the last epoch's mean loss. ModelError as soon as an epoch's loss is not finite."""
+        n = len(x)
+        bs = min(self.batch_size, n)
+        mean_loss = math.nan
         # Manual batching over in-memory tensors: DataLoader's per-item collate costs more than the step itself
         # for these small models. The permutation comes from the seeded generator, as a DataLoader's would.
-        for _ in self._progress(range(epochs), "train"):
+        for epoch in self._progress(range(epochs), "train"):
             perm = torch.randperm(n, generator=g)
+            total: torch.Tensor | None = None  # summed where the loss lives: read once per epoch, not per step
+            n_steps = 0
             for i in range(0, n, bs):
                 idx = perm[i : i + bs]
                 if len(idx) < 2 and n >= 2:
@@ -207,9 +265,18 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
                 loss = F.cross_entropy(net(x[idx]), yt[idx])
                 loss.backward()
                 opt.step()
-        net.eval()
-        for p in net.parameters():
-            p.grad = None
+                step_loss = loss.detach().double()
+                total = step_loss if total is None else total + step_loss
+                n_steps += 1
+            if total is None:
+                continue
+            mean_loss = float(total) / n_steps
+            if not math.isfinite(mean_loss):
+                raise ModelError(
+                    f"training diverged: the training loss became {mean_loss} in epoch {epoch + 1} of {epochs}; "
+                    f"{self._lr_hint()}"
+                )
+        return mean_loss
 
     # --- inference ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -230,8 +297,10 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         return tqdm(it, desc=desc, leave=False)
 
     def predict_proba(self, X: ArrayLike) -> np.ndarray:
-        """Softmax probabilities, ``(n, n_classes)`` float64."""
-        return torch.softmax(self.logits(X).double(), dim=1).numpy()
+        """Softmax probabilities, ``(n, n_classes)`` float64; ModelError when an output is not finite."""
+        logits = self.logits(X)
+        self.check_finite(logits, "inputs")
+        return torch.softmax(logits.double(), dim=1).numpy()
 
     def predict(self, X: ArrayLike) -> np.ndarray:
         return self.predict_proba(X).argmax(1)
@@ -272,6 +341,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
                     head, inputs = net[k:], trunk
             for t in self._progress(range(n_samples), "mc-dropout", len(x) >= self.eval_batch_size):
                 out[t] = torch.cat([torch.softmax(head(b).double(), 1) for b in inputs])
+        self.check_finite(out.transpose(1, 0, 2), "inputs (MC-dropout passes)")
         return out
 
     def last_linear(self) -> nn.Linear:
@@ -290,10 +360,15 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
                     net(b)
         finally:
             h.remove()
-        return torch.cat(feats).numpy() if feats else np.empty((0, head.in_features), np.float32)
+        if not feats:
+            return np.empty((0, head.in_features), np.float32)
+        out = torch.cat(feats)
+        self.check_finite(out, "inputs (penultimate features)")
+        return out.numpy()
 
     def evaluate(self, X: ArrayLike, y: ArrayLike) -> dict[str, float]:
-        """Accuracy and mean negative log-likelihood on ``(X, y)``."""
+        """Accuracy and mean negative log-likelihood on ``(X, y)``; ModelError when an output is not finite."""
         logits = self.logits(X).double()
+        self.check_finite(logits, "evaluation inputs")
         yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
         return {"accuracy": float((logits.argmax(1) == yt).double().mean()), "nll": float(F.cross_entropy(logits, yt))}

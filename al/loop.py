@@ -21,7 +21,7 @@ import torch
 from .build import build_parts
 from .config import DATASET_DEFAULTS, FALLBACK_DEFAULTS, ExperimentConfig, config_record, resolved_int
 from .data import Dataset
-from .errors import ConfigError, LabelsPending
+from .errors import ConfigError, LabelsPending, ModelError
 from .labelling import LabellingSession
 from .oracles import Oracle
 from .seeding import round_rng, torch_seed
@@ -178,7 +178,10 @@ class Experiment:
                 rng_for=lambda purpose: round_rng(c.seed, r, purpose),
                 n_classes=self.dataset.n_classes,
             )
-            sel = self.strategy(ctx, n, round_rng(c.seed, r, "select"))
+            try:
+                sel = self.strategy(ctx, n, round_rng(c.seed, r, "select"))
+            except ModelError as e:  # nothing of round r is stored yet; the run stops at its query
+                raise ModelError(f"round {r}, choosing its query with the model of round {r - 1}: {e}") from e
             ids, scores = sel.ids, sel.scores
             pool_scores = sel.pool_scores if self.strategy.scores_are_uncertainty else None
         select_s = time.perf_counter() - t0
@@ -213,7 +216,10 @@ class Experiment:
         ids = st.labelled_ids(up_to_round=r)
         y = np.array([st.labels[i] for i in ids], dtype=np.int64)
         t0 = time.perf_counter()
-        self.learner.fit(self.inputs_of(ids), y, seed=torch_seed(round_rng(self.config.seed, r, "train")) % 2**62)
+        try:
+            self.learner.fit(self.inputs_of(ids), y, seed=torch_seed(round_rng(self.config.seed, r, "train")) % 2**62)
+        except ModelError as e:  # diverged: the round stays as stored (its query and labels), the run stops
+            raise ModelError(f"round {r}, training on {len(ids)} labels: {e}") from e
         self._model_round = r
         return time.perf_counter() - t0
 
@@ -227,7 +233,10 @@ class Experiment:
         train_s = self._train(st, r)
         crash_point("after-train", r)
         t0 = time.perf_counter()
-        m = self.learner.evaluate(self.dataset.test_x, self.dataset.test_y)
+        try:
+            m = self.learner.evaluate(self.dataset.test_x, self.dataset.test_y)
+        except ModelError as e:  # no metrics are recorded: the round stays labelled, to be trained again
+            raise ModelError(f"round {r}, evaluating on the test set: {e}") from e
         eval_s = time.perf_counter() - t0
         n = len(st.labelled_ids(up_to_round=r))
         # Time spent writing this round's query and labels (the metrics write itself is the last, unmeasured one).

@@ -44,7 +44,10 @@ def top_n(scores: np.ndarray, ids: np.ndarray, n: int) -> Selection:
     """The ``n`` highest scores; ties broken by the smaller sample id, so picks never depend on pool order.
 
     scores: (n_candidates,) float; ids: (n_candidates,) int. StrategyError when their shapes differ (a bug in the
-    strategy); ModelError when a score is NaN (the model's outputs are not finite).
+    strategy). ModelError when a score is NaN or infinite (the model's outputs are not finite), or when every
+    candidate has the same score while the scores must choose (more than one candidate, fewer picks than
+    candidates): the model is degenerate (constant output, or saturated after diverged training), and ranking by
+    id alone would be a silent fallback to id order. Ties among some candidates are fine.
     """
     scores = np.asarray(scores, dtype=np.float64)
     ids = np.asarray(ids, dtype=np.int64)
@@ -53,10 +56,19 @@ def top_n(scores: np.ndarray, ids: np.ndarray, n: int) -> Selection:
             f"scores {scores.shape} and ids {ids.shape} differ in shape; a strategy must score "
             f"every candidate it ranks, one score per id"
         )
-    if np.isnan(scores).any():
+    finite = np.isfinite(scores)
+    if not finite.all():
+        n_nan = int(np.isnan(scores).sum())
         raise ModelError(
-            f"acquisition scores contain NaN ({int(np.isnan(scores).sum())} of {scores.size}); the "
-            f"model's outputs are probably not finite: lower the learning rate or check the inputs"
+            f"acquisition scores are not finite: {n_nan} NaN and {scores.size - int(finite.sum()) - n_nan} inf "
+            f"of {scores.size}; the model's outputs are probably not finite: lower the learning rate (--lr) or "
+            f"check the inputs and the model"
+        )
+    if 1 < scores.size and n < scores.size and (scores == scores[0]).all():
+        raise ModelError(
+            f"all {scores.size} candidates have the same acquisition score ({scores[0]:g}), so the scores cannot "
+            f"rank them: the model's outputs are degenerate (constant, or saturated after diverged training); "
+            f"lower the learning rate (--lr) or check the model"
         )
     order = np.lexsort((ids, -scores))[:n]
     return Selection(ids[order], scores[order], scores)
