@@ -7,6 +7,7 @@ output size, the strategy's needs), and the store is opened last, so a bad setti
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,10 @@ def build_parts(
     are used as they are (an oracle object or function is wrapped as an ``Oracle``), the others are built."""
     config.check()
     dataset = dataset if dataset is not None else load_dataset(config.dataset, data_dir)
+    if dataset.name != config.dataset:
+        # A dataset given as an object is what the run is on: its own name files the run (run name, the store's
+        # dataset column, the dataset's defaults), whatever config.dataset says (it only names what to load).
+        config = dataclasses.replace(config, dataset=dataset.name)
     c = config.resolved(dataset)
     strategy = strategy if strategy is not None else build_strategy(c.strategy, **c.strategy_kwargs)
     if c.model is None or c.epochs is None or c.min_steps is None:  # resolved() fills them in; narrows the types

@@ -20,7 +20,7 @@ import torch
 
 from .build import build_parts
 from .config import DATASET_DEFAULTS, FALLBACK_DEFAULTS, ExperimentConfig, config_record, resolved_int
-from .data import Dataset
+from .data import Dataset, data_fingerprint
 from .errors import ConfigError, LabelsPending, ModelError
 from .labelling import LabellingSession
 from .oracles import Oracle
@@ -95,9 +95,13 @@ class Experiment:
         return config_record(self.config, self.strategy)
 
     def open_run(self) -> RunState:
-        """This experiment's run in the store, created if new; refused if stored with other settings."""
+        """This experiment's run in the store, created if new; refused if stored with other settings or on other
+        data (see :func:`al.data.data_fingerprint`)."""
         return self.store.open_run(
-            self.name, self.config_record(), absent_means={"strategy_params": self.strategy.params_added}
+            self.name,
+            self.config_record(),
+            absent_means={"strategy_params": self.strategy.params_added},
+            data_fingerprint=data_fingerprint(self.dataset),
         )
 
     # --- the loop -----------------------------------------------------------------------------------------------
