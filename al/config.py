@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .settings import Setting, check_settings
 
 if TYPE_CHECKING:
     from .data import Dataset
@@ -23,6 +24,46 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": dict(init_size=20, query_size=30, pool_subset=0, epochs=30, min_steps=200),
 }
 FALLBACK_DEFAULTS: dict[str, Any] = dict(init_size=100, query_size=100, pool_subset=10_000, epochs=30, min_steps=300)
+
+#: The declared type and range of every ExperimentConfig field (see :mod:`al.settings`), named in messages by its
+#: al.bench flag. Checked when a config is made and again by ``check()`` (a field may have been changed since).
+_OR_DEFAULT = "a whole number (or None for the dataset's default)"
+CONFIG_SETTINGS: dict[str, Setting] = {
+    "dataset": Setting("str", example="--dataset=digits"),
+    "strategy": Setting("str", example="--strategy=entropy"),
+    "strategy_kwargs": Setting("dict"),
+    "budget": Setting("int", minimum=1, too_small="must be a positive number of labels", example=200),
+    "init_size": Setting(
+        "int",
+        minimum=1,
+        optional=True,
+        what=_OR_DEFAULT,
+        too_small="must be at least 1 (strategies need a trained model)",
+        example=20,
+    ),
+    "query_size": Setting(
+        "int", minimum=1, optional=True, what=_OR_DEFAULT, too_small="must be at least 1", example=30
+    ),
+    "seed": Setting("int", minimum=0, too_small="must be 0 or positive (it seeds NumPy and torch)", example=0),
+    "model": Setting("str", optional=True, example="--model=cnn"),
+    "epochs": Setting("int", minimum=1, optional=True, what=_OR_DEFAULT, too_small="must be at least 1", example=30),
+    "min_steps": Setting(
+        "int", minimum=0, optional=True, what=_OR_DEFAULT, too_small="must be 0 or positive", example=200
+    ),
+    "batch_size": Setting("int", minimum=1, too_small="must be at least 1", example=64),
+    "lr": Setting("float", minimum=0.0, strict=True, too_small="must be positive", example=0.001, keep_int=True),
+    "pool_subset": Setting(
+        "int", minimum=0, optional=True, what=_OR_DEFAULT, too_small="must be 0 (whole pool) or positive", example=10000
+    ),
+    "warm_start": Setting("bool"),
+    "init_balanced": Setting("bool"),
+    "oracle": Setting("str", example="--oracle=ground-truth"),
+    "mc_samples": Setting("int", minimum=1, too_small="must be at least 1", example=20),
+}
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
 
 
 @dataclass
@@ -47,6 +88,16 @@ class ExperimentConfig:
     oracle: str = "ground-truth"
     mc_samples: int = 20
 
+    def __post_init__(self) -> None:
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """Every field by its declared type and range (CONFIG_SETTINGS), normalised in place (``epochs=30.0`` ->
+        30, NumPy scalars -> Python ones), so the stored config is the same however it was spelt."""
+        values = check_settings({k: getattr(self, k) for k in CONFIG_SETTINGS}, CONFIG_SETTINGS, label=_flag)
+        for k, v in values.items():
+            setattr(self, k, v)
+
     def resolved(self, dataset: Dataset | None = None) -> ExperimentConfig:
         """A copy with dataset defaults filled in and every setting checked."""
         d = DATASET_DEFAULTS.get(self.dataset, FALLBACK_DEFAULTS)
@@ -57,34 +108,18 @@ class ExperimentConfig:
         return out
 
     def check(self, n_pool: int | None = None) -> None:
-        if self.budget is None or self.budget <= 0:
-            raise ConfigError(f"--budget must be a positive number of labels, got {self.budget}")
-        if self.init_size is not None and self.init_size < 1:
-            raise ConfigError(f"--init-size must be at least 1 (strategies need a trained model), got {self.init_size}")
+        """Every field by its type and range, then the fields against each other (and the pool of ``n_pool``)."""
+        self._check_fields()
         if self.init_size is not None and self.budget < self.init_size:
             raise ConfigError(
                 f"--budget {self.budget} is below --init-size {self.init_size}; the budget counts the "
                 f"initial labels too, so raise the budget or lower --init-size"
             )
-        if self.query_size is not None and self.query_size < 1:
-            raise ConfigError(f"--query-size must be at least 1, got {self.query_size}")
-        if self.pool_subset is not None and self.pool_subset < 0:
-            raise ConfigError(f"--pool-subset must be 0 (whole pool) or positive, got {self.pool_subset}")
         if self.pool_subset and self.query_size and self.query_size > self.pool_subset:
             raise ConfigError(
                 f"--query-size {self.query_size} exceeds --pool-subset {self.pool_subset}; each round "
                 f"picks from the subset, so enlarge the subset or lower the query size"
             )
-        for k in ("epochs", "batch_size", "mc_samples"):
-            v = getattr(self, k)
-            if v is not None and v < 1:
-                raise ConfigError(f"--{k.replace('_', '-')} must be at least 1, got {v}")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed must be 0 or positive (it seeds NumPy and torch), got {self.seed}")
-        if self.min_steps is not None and self.min_steps < 0:
-            raise ConfigError(f"--min-steps must be 0 or positive, got {self.min_steps}")
         if n_pool is not None:
             if self.budget > n_pool:
                 raise ConfigError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -18,6 +19,7 @@ import torch
 
 from .errors import ConfigError, IncompatibleStrategyError, ModelError, StrategyError
 from .seeding import RngFor, mc_dropout_seed, round_rng
+from .settings import Setting, check_settings, settings_of
 
 if TYPE_CHECKING:
     from .learner import TorchLearner
@@ -186,6 +188,21 @@ class Strategy:
     #: such a run used. A run whose stored ``strategy_params`` lack one of these keys continues under the new code
     #: when the current value equals this one (the store refuses any other change of settings on resume).
     params_added: ClassVar[Mapping[str, Any]] = {}
+    #: The declared type and range of each constructor setting (see :mod:`al.settings`); the constructor checks
+    #: them with :meth:`checked_settings` before storing them, so a bad ``--strategy-kwargs`` value is refused
+    #: before anything runs.
+    settings_spec: ClassVar[Mapping[str, Setting]] = {}
+
+    def checked_settings(self, **values: Any) -> dict[str, Any]:
+        """``values`` checked against ``settings_spec`` and normalised (``4.0`` -> 4 for a whole number); a
+        ConfigError names the strategy: ``strategy 'gradnorm': temperature must be > 0, got 0``."""
+        with self.naming_errors():
+            return check_settings(values, self.settings_spec)
+
+    def naming_errors(self) -> AbstractContextManager[None]:
+        """A context in which a ConfigError is prefixed with ``strategy '<name>': `` (for checks of settings made
+        elsewhere, such as a frozen settings dataclass built in the constructor)."""
+        return settings_of(f"strategy {self.name!r}")
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         raise NotImplementedError

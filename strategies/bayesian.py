@@ -13,9 +13,13 @@ Learning" (NeurIPS 2019).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 import numpy as np
 
 from al.errors import ConfigError
+from al.settings import Setting
 from al.strategy import Context, Selection, Strategy, top_n
 
 #: Probabilities are clipped below at this before taking logs, so that 0 * log 0 contributes 0, not NaN.
@@ -221,11 +225,15 @@ class BatchBALD(Strategy):
     name = "batchbald"
     needs = frozenset({"mc_probs"})
 
+    settings_spec: ClassVar[Mapping[str, Setting]] = {
+        "max_exact_configs": Setting("int", minimum=1, example=4096),
+        "num_samples": Setting("int", minimum=1, example=1000),
+    }
+
     def __init__(self, max_exact_configs: int = 4096, num_samples: int = 1000) -> None:
-        if max_exact_configs < 1 or num_samples < 1:
-            raise ConfigError(f"max_exact_configs and num_samples must be >= 1, got {max_exact_configs}, {num_samples}")
-        self.max_exact_configs = max_exact_configs
-        self.num_samples = num_samples
+        s = self.checked_settings(max_exact_configs=max_exact_configs, num_samples=num_samples)
+        self.max_exact_configs: int = s["max_exact_configs"]
+        self.num_samples: int = s["num_samples"]
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         mc = ctx.mc_probs

@@ -7,14 +7,14 @@ the same check with the same message wherever it comes from.
 
 from __future__ import annotations
 
-import math
-import numbers
-from dataclasses import dataclass
-from typing import Any, Literal
-
-import numpy as np
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from al.errors import ConfigError
+from al.settings import Setting, check_settings
+from al.settings import choice as choice  # the value checks, importable from here as before (scores, GradNorm)
+from al.settings import count as count
+from al.settings import real as real
 
 ClassWeighting = Literal["root", "expected", "predicted", "uniform"]
 Aggregate = Literal["mean-grad", "mean-norm"]
@@ -42,55 +42,24 @@ DEFAULT_BATCH_SIZE = 256
 
 
 # --------------------------------------------------------------------------------------------------------------
-# value checks shared by every setting (also used by GradNorm)
-# --------------------------------------------------------------------------------------------------------------
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, (bool, np.bool_))
-
-
-def real(name: str, value: Any, *, minimum: float | None = None, strict: bool = False, hint: str = "") -> float:
-    """``value`` as a finite float; refuses strings, booleans, NaN and infinities with the fix in the message."""
-    if _is_bool(value) or not isinstance(value, numbers.Real):
-        raise ConfigError(
-            f"{name} must be a number{hint}, got {value!r} ({type(value).__name__}); "
-            f"write it without quotes, e.g. {name}=0.5"
-        )
-    out = float(value)
-    if not math.isfinite(out):
-        raise ConfigError(f"{name} must be a finite number{hint}, got {value!r}")
-    if minimum is not None and (out <= minimum if strict else out < minimum):
-        raise ConfigError(f"{name}{hint} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
-    return out
-
-
-def count(name: str, value: Any, *, minimum: int, what: str = "a whole number") -> int:
-    """``value`` as an int >= ``minimum``; an integral float (``4.0`` from JSON) is accepted, 1.7 and True are not."""
-    if _is_bool(value) or not isinstance(value, numbers.Real):
-        raise ConfigError(
-            f"{name} must be {what}, got {value!r} ({type(value).__name__}); write it without "
-            f"quotes, e.g. {name}={max(minimum, 1)}"
-        )
-    if isinstance(value, numbers.Integral):
-        out = int(value)
-    else:
-        f = float(value)
-        if not (math.isfinite(f) and f.is_integer()):
-            raise ConfigError(f"{name} must be {what}, got {value!r}; round it, e.g. {name}={max(minimum, 1)}")
-        out = int(f)
-    if out < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
-    return out
-
-
-def choice(name: str, value: Any, choices: tuple[str, ...], hint: str = "") -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ConfigError(f"{name} must be one of {choices}{hint}, got {value!r}")
-    return value
-
-
-# --------------------------------------------------------------------------------------------------------------
 # the settings
 # --------------------------------------------------------------------------------------------------------------
+#: The declared type and range of each setting (see :mod:`al.settings`), checked in this order.
+REGRAD_SETTINGS: dict[str, Setting] = {
+    "class_weighting": Setting("choice", choices=CLASS_WEIGHTINGS),
+    "aggregate": Setting("choice", choices=AGGREGATES),
+    "combine": Setting("choice", choices=COMBINES),
+    "perturb": Setting("choice", choices=PERTURBS, hint=" (noise on the inputs or on the trainable parameters)"),
+    "layer_alpha": Setting("float"),
+    "n_perturbations": Setting("int", minimum=0),
+    "sigma": Setting("float", minimum=0.0, hint=" (noise std)"),
+    "top_k": Setting("int", minimum=1, optional=True, what="None (all classes) or a whole number >= 1"),
+    "seed": Setting("int", minimum=0, what="a whole number >= 0 (the noise salt)"),
+    "batch_size": Setting("int", minimum=1),
+    "last_layer_only": Setting("bool"),
+}
+
+
 @dataclass(frozen=True)
 class REGradSettings:
     """Every setting of the REGrad family; checked and normalised once, in ``__post_init__``.
@@ -120,26 +89,13 @@ class REGradSettings:
     perturb: Perturb = DEFAULT_PERTURB
 
     def __post_init__(self) -> None:
-        def put(name: str, value: Any) -> None:
+        # sigma's unit depends on what is perturbed, so its message says which
+        perturb = choice("perturb", self.perturb, PERTURBS, REGRAD_SETTINGS["perturb"].hint)
+        unit = " relative to each parameter tensor's std" if perturb == "params" else " in the normalised input space"
+        spec = {**REGRAD_SETTINGS, "sigma": replace(REGRAD_SETTINGS["sigma"], hint=f" (noise std{unit})")}
+        values = check_settings({f: getattr(self, f) for f in spec}, spec)
+        for name, value in values.items():
             object.__setattr__(self, name, value)  # frozen: normalise in place, once
-
-        choice("class_weighting", self.class_weighting, CLASS_WEIGHTINGS)
-        choice("aggregate", self.aggregate, AGGREGATES)
-        choice("combine", self.combine, COMBINES)
-        choice("perturb", self.perturb, PERTURBS, " (noise on the inputs or on the trainable parameters)")
-        put("layer_alpha", real("layer_alpha", self.layer_alpha))
-        put("n_perturbations", count("n_perturbations", self.n_perturbations, minimum=0))
-        unit = (
-            " relative to each parameter tensor's std" if self.perturb == "params" else " in the normalised input space"
-        )
-        put("sigma", real("sigma", self.sigma, minimum=0.0, hint=f" (noise std{unit})"))
-        if self.top_k is not None:
-            put("top_k", count("top_k", self.top_k, minimum=1, what="None (all classes) or a whole number >= 1"))
-        put("seed", count("seed", self.seed, minimum=0, what="a whole number >= 0 (the noise salt)"))
-        put("batch_size", count("batch_size", self.batch_size, minimum=1))
-        if not _is_bool(self.last_layer_only):
-            raise ConfigError(f"last_layer_only must be true or false, got {self.last_layer_only!r}")
-        put("last_layer_only", bool(self.last_layer_only))
         if self.perturb == "params" and self.aggregate == "mean-grad" and self.draws_noise:
             raise ConfigError(
                 'perturb="params" supports aggregate="mean-norm" only (the average of the per-layer '

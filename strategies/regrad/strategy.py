@@ -16,6 +16,7 @@ import numpy as np
 from torch import nn
 
 from al.learner import last_linear
+from al.settings import Setting
 from al.strategy import Context, Selection, Strategy, top_n
 
 from .scores import Inputs, gradnorm_scores, score_with
@@ -28,13 +29,12 @@ from .settings import (
     DEFAULT_N_PERTURBATIONS,
     DEFAULT_PERTURB,
     DEFAULT_SIGMA,
+    REGRAD_SETTINGS,
     Aggregate,
     ClassWeighting,
     Combine,
     Perturb,
     REGradSettings,
-    count,
-    real,
 )
 
 _SETTINGS = frozenset(f.name for f in fields(REGradSettings))
@@ -92,6 +92,8 @@ class REGrad(Strategy):
     needs = frozenset({"model", "inputs"})
     #: defaults that differ from REGrad's, for a preset subclass
     preset: ClassVar[Mapping[str, Any]] = {}
+    #: checked by REGradSettings (the same checks serve regrad_scores called on its own)
+    settings_spec = REGRAD_SETTINGS
 
     def __init__(
         self,
@@ -107,19 +109,20 @@ class REGrad(Strategy):
         last_layer_only: bool = False,
         perturb: Perturb = DEFAULT_PERTURB,
     ) -> None:
-        self.settings = REGradSettings(
-            class_weighting,
-            layer_alpha,
-            n_perturbations,
-            sigma,
-            aggregate,
-            combine,
-            top_k,
-            seed,
-            batch_size,
-            last_layer_only,
-            perturb,
-        )
+        with self.naming_errors():  # "strategy 'regrad': layer_alpha must be a number, ..."
+            self.settings = REGradSettings(
+                class_weighting,
+                layer_alpha,
+                n_perturbations,
+                sigma,
+                aggregate,
+                combine,
+                top_k,
+                seed,
+                batch_size,
+                last_layer_only,
+                perturb,
+            )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -189,10 +192,15 @@ class GradNorm(Strategy):
 
     name = "gradnorm"
     needs = frozenset({"model", "inputs"})
+    settings_spec: ClassVar[Mapping[str, Setting]] = {
+        "temperature": Setting("float", minimum=0.0, strict=True, example=1.0),
+        "batch_size": Setting("int", minimum=1, example=1024),
+    }
 
     def __init__(self, temperature: float = 1.0, batch_size: int = 1024) -> None:
-        self.temperature = real("temperature", temperature, minimum=0.0, strict=True)
-        self.batch_size = count("batch_size", batch_size, minimum=1)
+        s = self.checked_settings(temperature=temperature, batch_size=batch_size)
+        self.temperature: float = s["temperature"]
+        self.batch_size: int = s["batch_size"]
 
     def check_learner(self, learner: Any) -> None:
         super().check_learner(learner)
