@@ -210,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         if before == "finished":
-            print(f"run {exp.name!r} is already finished in {args.store}; nothing to do")
+            print(f"run {exp.name!r} is already finished in {exp.store.shown_url}; nothing to do")
         else:
             print(
                 f"run {exp.name!r}: {exp.config.dataset}, strategy {exp.strategy!r}, budget {exp.config.budget}, "

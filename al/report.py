@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, StoreError
-from .store import Store
+from .store import Store, display_url, hide_passwords
 
 #: Config fields that define a protocol: runs differing in any of them are never compared or averaged.
 PROTOCOL_FIELDS = (
@@ -748,7 +748,9 @@ def write_report(
     reference: str | None = "regrad",
 ) -> list[Path]:
     """Write, per protocol, ``<protocol>.md``, ``<protocol>-curves.png`` and ``<protocol>-uncertainty.png``
-    under ``out``, and ``report.md`` linking them all. Returns the paths written."""
+    under ``out``, and ``report.md`` linking them all. Returns the paths written. A password in ``command``
+    (a store URL's) is masked before it is written."""
+    command = hide_passwords(command) if command else command
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     curves = learning_curves(store, dataset)
@@ -813,13 +815,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = store.runs()
         if runs.empty:
             print(
-                f"error: store {args.store} holds no runs; run `python -m al.bench ... --store {args.store}` first",
+                f"error: store {display_url(args.store)} holds no runs; run `python -m al.bench ... --store "
+                f"{display_url(args.store)}` first",
                 file=sys.stderr,
             )
             return 2
         if args.dataset and args.dataset not in set(runs["dataset"]):
             print(
-                f"error: store {args.store} holds no runs on dataset {args.dataset!r}; it has "
+                f"error: store {display_url(args.store)} holds no runs on dataset {args.dataset!r}; it has "
                 f"{', '.join(sorted(set(runs['dataset'])))}",
                 file=sys.stderr,
             )

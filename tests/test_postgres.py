@@ -164,3 +164,98 @@ def test_unreachable_server_is_a_clear_error(capsys):
     assert err.startswith("error: cannot connect to store postgresql+") and f"127.0.0.1:{port}/x" in err
     assert "Connection refused" in err and "Check that the server is running" in err
     assert "secret" not in err and "\n" not in err
+
+
+def _admin(pg_server, database: str, *statements: str) -> None:
+    import psycopg2
+
+    con = psycopg2.connect(host="127.0.0.1", port=pg_server.port, user="al", dbname=database)
+    con.autocommit = True
+    with con.cursor() as cur:
+        for s in statements:
+            cur.execute(s)
+    con.close()
+
+
+def test_password_is_never_shown_or_written(pg_server, tmp_path):
+    """A URL with a password, through the real CLIs: the password is in no output, report file or stored row.
+    (The test server trusts loopback, so the password is not checked; what matters is where it is shown.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sqlalchemy as sa
+
+    root = Path(__file__).resolve().parent.parent
+    role, password = f"alpw{os.getpid()}_{next(_counter)}", "Pw-7f3kQzX9"
+    _admin(
+        pg_server, "postgres", f"CREATE ROLE {role} LOGIN PASSWORD '{password}'", f"CREATE DATABASE {role} OWNER {role}"
+    )
+    url = f"postgresql://{role}:{password}@127.0.0.1:{pg_server.port}/{role}"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    bench = ["-m", "al.bench", "--dataset", "digits", "--budget", "40", "--init-size", "20", "--query-size", "20"]
+    bench += ["--epochs", "2", "--min-steps", "10", "--no-progress", "--store", url]
+    outputs = []
+    for args in (
+        bench,
+        bench,  # "already finished in <url>"
+        ["3" if a == "2" else a for a in bench],  # --epochs 3: a changed config, refused
+        ["-m", "al.report", "--store", url, "--out", str(tmp_path / "report")],
+        ["-m", "al.report", "--store", url, "--dataset", "cifar10", "--out", str(tmp_path / "r2")],
+        ["benchmarks/run_protocol.py", "--list", "--store", url, "benchmarks/protocols/mnist_default.json"],
+    ):
+        r = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=root, env=env, timeout=300)
+        outputs.append((r.returncode, r.stdout + r.stderr))
+    assert [rc for rc, _ in outputs] == [0, 0, 2, 0, 2, 0], outputs
+    assert "already finished in postgresql" in outputs[1][1] and f"{role}:***@" in outputs[1][1]
+    for _, text in outputs:
+        assert password not in text, text
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "report.md" for p in files)
+    assert f"--store postgresql://{role}:***@" in (tmp_path / "report" / "report.md").read_text()
+    for p in files:
+        assert password.encode() not in p.read_bytes(), p
+    eng = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://"))
+    with eng.connect() as c:
+        for t in ("al_meta", "al_runs", "al_rounds", "al_queries", "al_labels"):
+            for row in c.exec_driver_sql(f"SELECT * FROM {t}"):
+                assert password not in repr(tuple(row)), (t, row)
+    eng.dispose()
+
+
+def test_user_without_privileges_on_existing_tables(pg_server, pg_url):
+    """Tables created by one user, opened by another that may not use them: a one-line StoreError naming the
+    missing privileges and the GRANT that fixes them; running that GRANT makes the store usable."""
+    import re
+
+    import numpy as np
+
+    from al.errors import StoreError
+    from al.store import Store
+
+    s = Store(pg_url)
+    s.open_run("r", {"dataset": "digits"})
+    s.close()
+    database = pg_url.rsplit("/", 1)[1]
+    role = f"alro{os.getpid()}_{next(_counter)}"
+    _admin(pg_server, "postgres", f"CREATE ROLE {role} LOGIN")
+    url = f"postgresql://{role}@127.0.0.1:{pg_server.port}/{database}"
+    for must_exist in (False, True):
+        with pytest.raises(StoreError) as e:
+            Store(url, must_exist=must_exist)
+        msg = str(e.value)
+        assert "\n" not in msg and f"user {role!r} lacks SELECT" in msg and "GRANT" in msg, msg
+    _admin(pg_server, database, *[f"GRANT SELECT ON {t} TO {role}" for t in ("al_meta", "al_runs", "al_rounds")])
+    with pytest.raises(StoreError) as e:
+        Store(url)
+    msg = str(e.value)
+    assert "lacks" in msg and "INSERT" in msg and "UPDATE" in msg and "al_queries" in msg, msg
+    grants = re.findall(r"GRANT [^;]+;", msg)
+    assert grants, msg
+    _admin(pg_server, database, *grants)  # the fix the message gives
+    w = Store(url)
+    st = w.open_run("r2", {"dataset": "digits"})
+    w.claim(st.run_id)
+    w.record_query(st.run_id, 0, np.array([3, 1]), None)
+    w.record_labels(st.run_id, 0, {3: 0, 1: 1}, "ground-truth")
+    assert sorted(Store(url, must_exist=True).runs()["run"]) == ["r", "r2"]

@@ -14,7 +14,7 @@ from ..errors import ConfigMismatchError, StoreError  # raised here; importable 
 from ._tables import ROUND_STATES, RUN_STATUSES, SCORE_STATS
 from .api import DEFAULT_URL, Store
 from .claims import HEARTBEAT_S, STALE_AFTER_S, Heartbeat
-from .engine import display_url, sqlite_file_missing
+from .engine import display_url, hide_passwords, sqlite_file_missing
 from .faults import crash_point
 from .migrations import SCHEMA_VERSION, StoreUpgradedWarning
 from .records import RoundRecord, RunRecord, RunState, score_summary
@@ -37,6 +37,7 @@ __all__ = [
     "StoreUpgradedWarning",
     "crash_point",
     "display_url",
+    "hide_passwords",
     "score_summary",
     "sqlite_file_missing",
 ]

@@ -34,7 +34,12 @@ def parse_url(url: str) -> sa.engine.URL:
         ) from e
 
 
-_PASSWORD = re.compile(r"(://[^:/@?#]*:)[^@]*@")
+_PASSWORD = re.compile(r"(://[^:/@?#\s]*:)[^@\s]*@")
+
+
+def hide_passwords(text: str) -> str:
+    """``text`` (a command line, a message) with the password of every ``scheme://user:password@`` masked."""
+    return _PASSWORD.sub(r"\1***@", text)
 
 
 def display_url(url: str | sa.engine.URL) -> str:
@@ -48,7 +53,7 @@ def display_url(url: str | sa.engine.URL) -> str:
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except (exc.ArgumentError, ValueError):
-        return _PASSWORD.sub(r"\1***@", url)
+        return hide_passwords(url)
 
 
 def with_installed_driver(url: sa.engine.URL) -> sa.engine.URL:
