@@ -9,10 +9,12 @@ that the caller can mark a point between the last store write and that verdict (
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -109,7 +111,7 @@ class LabellingSession:
                 break
             if isinstance(raw, Answers):
                 out.refused += raw.refused
-            answers = validate_answers(raw, ids, self.n_classes, st.labels)
+            answers = validate_answers(raw, ids, self.n_classes, st.labels, st.label_round)
             # A single batch is written even when empty: the store then says how many still await (and closes
             # the round if none does); one-at-a-time skips write nothing.
             if answers or len(batches) == 1:
@@ -128,6 +130,8 @@ class LabellingSession:
         def call() -> None:
             try:
                 box["answer"] = self.oracle.label(ids)
+            except OracleCallAbandoned:
+                raise
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
                 box["error"] = e
 
@@ -135,12 +139,17 @@ class LabellingSession:
             call()
         else:
             # A thread, not a subprocess: the oracle may hold state (a file, a socket, a GUI) that a child process
-            # would not share. A hung call cannot be killed, so the thread is a daemon (it never holds the
-            # process open) and its late answer is dropped: nothing it returns after the timeout is recorded.
-            t = threading.Thread(target=call, name=f"al-oracle-round-{r}", daemon=True)
+            # would not share. Its late answer is dropped: nothing it returns after the timeout is recorded.
+            t = _OracleThread(call, name=f"al-oracle-round-{r}")
             t.start()
-            t.join(self.timeout)
-            if t.is_alive():
+            timed_out = False
+            try:
+                t.join(self.timeout)
+            finally:  # also on Ctrl-C while waiting: no oracle call is left running behind the caller's back
+                if t.is_alive():
+                    timed_out = True
+                    t.abandon()
+            if timed_out:
                 raise OracleError(
                     f"the oracle {name!r} gave no answer within {self.timeout:g}s on round {r}"
                     f"; the query is saved, so run the same command again (raise --oracle-timeout if "
@@ -155,3 +164,70 @@ class LabellingSession:
                 f"is saved, so run the same command again to ask for its labels"
             ) from err
         return box["answer"]
+
+
+class OracleCallAbandoned(BaseException):
+    """Raised inside an oracle call that ran past its timeout, to end the thread it runs in (a BaseException, so
+    that an oracle's own ``except Exception`` does not swallow it)."""
+
+
+#: Seconds to wait for an abandoned oracle call to end: right after its timeout, and again at interpreter exit.
+ABANDON_GRACE_S = 1.0
+#: Timed-out oracle calls still running: stopped again, and waited for briefly, when the interpreter exits.
+_ABANDONED: list[_OracleThread] = []
+
+
+class _OracleThread(threading.Thread):
+    """Runs one oracle call; :meth:`abandon` stops it once it has run past its timeout.
+
+    Why stop it: a thread cannot be killed, and a daemon thread still running native code (a torch operation, say)
+    when the interpreter shuts down is ended by Python's pthread_exit, whose unwinding through C++ frames aborts
+    the process ("terminate called without an active exception": exit code 134 instead of the promised 1). The
+    exception reaches the thread at its next Python bytecode, so a busy oracle stops at once; one blocked in a
+    system call (a socket, a lock) stays blocked, which is harmless at exit.
+    """
+
+    def __init__(self, fn: Callable[[], None], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._finished = False
+
+    def run(self) -> None:
+        try:
+            try:
+                self._fn()
+            finally:
+                with self._lock:
+                    self._finished = True
+                # An exception sent just before _finished was set is delivered by now or cleared here, inside
+                # this try, so it never escapes into the thread machinery as a stray traceback.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.get_ident()), None)
+        except OracleCallAbandoned:
+            pass
+
+    def _send_stop(self) -> None:
+        with self._lock:
+            if not self._finished and self.ident is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self.ident), ctypes.py_object(OracleCallAbandoned)
+                )
+
+    def abandon(self) -> None:
+        """Raise OracleCallAbandoned in the call and wait up to ABANDON_GRACE_S for it to end; if it does not,
+        try again at interpreter exit."""
+        self._send_stop()
+        self.join(ABANDON_GRACE_S)
+        if self.is_alive():
+            if not _ABANDONED:
+                atexit.register(_stop_abandoned)
+            _ABANDONED.append(self)
+
+
+def _stop_abandoned() -> None:
+    """At interpreter exit: ask every abandoned oracle call to stop once more and give them a moment to end."""
+    deadline = time.monotonic() + ABANDON_GRACE_S
+    for t in _ABANDONED:
+        while t.is_alive() and time.monotonic() < deadline:
+            t._send_stop()  # again: the oracle may have caught the first one
+            t.join(0.05)

@@ -242,14 +242,85 @@ def test_csv_conflicting_relabel_and_earlier_round_answers_refused(digits, tmp_p
         csv_experiment(digits, url, folder).run()
     msg = str(e.value)
     assert "19 of 20" in msg
-    assert f"id {ids0[1]} was queried in round 0, not in round 1" in msg
-    assert f"id {ids0[2]} was queried in round 0, not in round 1" in msg
-    # a second, different label for a round-0 sample: both its rows are named
-    assert f"answers-round-0.csv line 2, 22: round 0 is closed and the store does not hold id {ids0[0]}" in msg
-    assert "answers-round-0.csv line 23: round 0 is closed" in msg and "move the row to answers-round-1.csv" in msg
+    # a changed label says what happened (issue 12 item 7), in the open round's file and in a closed one's
+    y0, y1 = truth(digits, ids0[0]), truth(digits, ids0[1])
+    assert (
+        f"answers-round-1.csv line 3: id {ids0[1]} is already labelled {y1} in round 0; stored labels are final" in msg
+    )
+    assert (
+        f"answers-round-0.csv line 22: id {ids0[0]} is already labelled {y0} in round 0; stored labels are final" in msg
+    )
+    assert "line 2, 22" not in msg  # line 2 is the row that was stored; only the changed one is named
+    assert (
+        f"id {ids0[2]} was queried in round 0, not in round 1; its label ({truth(digits, ids0[2])}) is already" in msg
+    )
+    assert f"answers-round-0.csv line 23: id {late} is queried in round 1, not in round 0 (closed); move the row" in msg
+    assert "if id" not in msg  # no conditional advice: the message knows where the id belongs
     st = Store(url).state(RUN)
     assert {i: st.labels[i] for i in ids0} == {i: truth(digits, i) for i in ids0}  # nothing relabelled
     assert late not in st.labels and st.labels[ids1[0]] == truth(digits, ids1[0])
+
+
+def encode(text: str, how: str) -> bytes:
+    import codecs
+
+    return {
+        "utf-8": lambda: text.encode("utf-8"),
+        "utf-8-bom": lambda: codecs.BOM_UTF8 + text.encode("utf-8"),
+        "utf-16-le-bom": lambda: codecs.BOM_UTF16_LE + text.encode("utf-16-le"),
+        "utf-16-be-bom": lambda: codecs.BOM_UTF16_BE + text.encode("utf-16-be"),
+        "utf-32-bom": lambda: text.encode("utf-32"),
+        "utf-16-le": lambda: text.encode("utf-16-le"),
+        "utf-16-be": lambda: text.encode("utf-16-be"),
+        "cp1252": lambda: text.encode("cp1252"),
+    }[how]()
+
+
+@pytest.mark.parametrize("how", ["utf-8", "utf-8-bom", "utf-16-le-bom", "utf-16-be-bom", "utf-32-bom"])
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_csv_answers_file_in_any_unicode_encoding_is_read(digits, tmp_path, how, eol):
+    """A spreadsheet's 'Unicode text' (UTF-16 with a BOM), UTF-8 with or without a BOM, any line ending."""
+    url, folder, ids = start_round_0(digits, tmp_path)
+    rows = ["# étiquettes, première séance", "id,label"] + [f"{i},{truth(digits, i)}" for i in ids[:10]]
+    (folder / "answers-round-0.csv").write_bytes(encode(eol.join(rows) + eol, how))
+    with pytest.raises(LabelsPending, match="10 of 20") as e:
+        csv_experiment(digits, url, folder).run()
+    assert "refused" not in str(e.value)
+    assert Store(url).state(RUN).labels == {i: truth(digits, i) for i in ids[:10]}
+
+
+@pytest.mark.parametrize(
+    "how,problem",
+    [
+        ("utf-16-le", "contains NUL bytes: it looks like UTF-16 or UTF-32 without a byte-order mark"),
+        ("utf-16-be", "contains NUL bytes: it looks like UTF-16 or UTF-32 without a byte-order mark"),
+        ("cp1252", "line 1 is not UTF-8 text (byte 0xe9: invalid continuation byte"),
+    ],
+)
+def test_csv_undecodable_answers_file_is_one_line_with_the_fix_exit_3(digits, tmp_path, capsys, how, problem):
+    """Issue 12 item 6: the message named a UnicodeDecodeError and said to run again, which cannot help. Now one
+    line names the file, the encoding problem and the fix; the run waits (exit 3) and loses nothing stored."""
+    folder, url = tmp_path / "lab", f"sqlite:///{tmp_path / 's.db'}"
+    args = DIGITS + ["--store", url, "--oracle", "csv", "--oracle-dir", str(folder)]
+    assert main(args) == 3
+    ids = queried_ids(folder, 0)
+    append(folder, 0, [f"{i},{truth(digits, i)}" for i in ids[:5]])
+    assert main(args) == 3
+    stored = Store(url).state(RUN).labels
+    assert stored == {i: truth(digits, i) for i in ids[:5]}
+    capsys.readouterr()
+    rows = ["# étiquettes", "id,label"] + [f"{i},{truth(digits, i)}" for i in ids[:12]]  # re-saved, 7 more rows
+    (folder / "answers-round-0.csv").write_bytes(encode("\r\n".join(rows) + "\r\n", how))
+    before = (folder / "answers-round-0.csv").read_bytes()
+    assert main(args) == 3
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "save it as UTF-8 CSV" in x)
+    assert line.strip().startswith("answers-round-0.csv ") and problem in line, err
+    assert "nothing in this file was read" in line and "run the same command again" in line
+    assert "UnicodeDecodeError" not in err and "Traceback" not in err and "15 of 20" in err
+    st = Store(url).state(RUN)
+    assert st.labels == stored and st.status == "waiting"  # nothing lost, nothing taken from the unreadable file
+    assert (folder / "answers-round-0.csv").read_bytes() == before
 
 
 def test_csv_bad_row_beside_a_complete_round_is_reported_and_the_run_goes_on(digits, tmp_path, capsys):

@@ -24,6 +24,7 @@ A user's object that has only ``label(ids)``, or a plain function ``ids -> label
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -97,34 +98,49 @@ class Oracle(abc.ABC):
 
 
 def validate_answers(
-    answers: Mapping, queried: Iterable[int], n_classes: int, already_labelled: Iterable[int] = ()
+    answers: Mapping,
+    queried: Iterable[int],
+    n_classes: int,
+    already_labelled: Iterable[int] | Mapping[int, int] = (),
+    label_round: Mapping[int, int] | None = None,
 ) -> dict[int, int]:
     """Check an oracle's answer as a whole; return it as {id: label} or raise OracleError naming bad rows.
 
-    Refused: ids that were not queried, labels that are not integers in [0, n_classes), NaN or empty values,
-    and labels for samples already labelled.
+    Refused: ids that are not integers or were not queried, an id given twice (as 3 and "3"), labels that are not
+    integers in [0, n_classes), NaN or empty values, and labels for samples already labelled (``already_labelled``:
+    their ids, or {id: label}; with ``label_round`` {id: round} the message names the stored label and its round).
     """
     if not isinstance(answers, Mapping):
         raise OracleError(f"the oracle returned {type(answers).__name__}; return a mapping id -> label")
     queried_set = {int(i) for i in queried}
-    done = {int(i) for i in already_labelled}
+    stored = already_labelled if isinstance(already_labelled, Mapping) else dict.fromkeys(already_labelled)
     bad: list[str] = []
     out: dict[int, int] = {}
+    seen: set[int] = set()
     for raw_id, raw_y in answers.items():
-        try:
-            i = int(raw_id)
-        except (TypeError, ValueError):
-            bad.append(f"id {raw_id!r}: not an integer")
+        i = _as_int(raw_id)
+        if i is None:
+            bad.append(f"id {_short(raw_id)}: not an integer sample id")
+            continue
+        if i in seen:
+            bad.append(f"id {i}: given more than once (as {_short(raw_id)} too)")
+            continue
+        seen.add(i)
+        if i in stored:
+            y0, r0 = stored[i], (label_round or {}).get(i)
+            bad.append(
+                f"id {i}: is already labelled"
+                + ("" if y0 is None else f" {y0}")
+                + ("" if r0 is None else f" in round {r0}")
+                + "; stored labels are final"
+            )
             continue
         if i not in queried_set:
             bad.append(f"id {i}: was not queried in this round")
             continue
-        if i in done:
-            bad.append(f"id {i}: is already labelled")
-            continue
-        y = _as_label(raw_y)
+        y = _as_int(raw_y)
         if y is None or not 0 <= y < n_classes:
-            bad.append(f"id {i}: label {raw_y!r} is not a class in 0..{n_classes - 1}")
+            bad.append(f"id {i}: label {_short(raw_y)} is not a class in 0..{n_classes - 1}")
             continue
         out[i] = y
     if bad:
@@ -136,14 +152,25 @@ def validate_answers(
     return out
 
 
-def _as_label(v: object) -> int | None:
-    """``v`` as a class index, or None when it is no integer (bools, None, NaN, 2.5 and "x" are not)."""
-    if isinstance(v, bool) or v is None:
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: str.isdigit() also takes "²" and "٣"
+
+
+def _as_int(v: object) -> int | None:
+    """``v`` as an integer id or class index, or None when it is no integer: bools, None, NaN, infinities, 2.5,
+    "3.0", "x", bytes and text of over 4000 digits are not; 3, np.int64(3), 3.0 and " 3 " are."""
+    if isinstance(v, (bool, np.bool_)) or v is None:
         return None
     if isinstance(v, (int, np.integer)):
         return int(v)
     if isinstance(v, (float, np.floating)):
         return int(v) if np.isfinite(v) and float(v).is_integer() else None
-    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-        return int(v.strip())
+    if isinstance(v, str):
+        t = v.strip()
+        return int(t) if len(t) <= 4000 and _INT_TEXT.fullmatch(t) else None
     return None
+
+
+def _short(v: object, limit: int = 40) -> str:
+    """``repr(v)`` for a message, cut short when long."""
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit] + f"... ({len(r)} characters)"

@@ -25,10 +25,12 @@ good answers are stored at once, and the bad ones are still in the file, named i
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -75,11 +77,52 @@ def render_blocks(img: np.ndarray, max_side: int = 40) -> str:
     return "\n".join("".join(BLOCKS[i] * 2 for i in row) for row in idx)
 
 
+_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: str.isdigit() also takes "²" and "٣"
+
+
 def _parse_int(text: str) -> int | None:
+    """``text`` as an integer ("3", " +3 ", "-1"), or None ("3.0", "1e0", "x", "", or over 4000 digits)."""
     t = text.strip()
-    if t[:1] in "+-":
-        return int(t) if t[1:].isdigit() else None
-    return int(t) if t.isdigit() else None
+    return int(t) if len(t) <= 4000 and _INT.fullmatch(t) else None
+
+
+def _show(text: str, limit: int = 40) -> str:
+    """A cell's text for a message: quoted, and cut short when long."""
+    t = text.strip()
+    return repr(t) if len(t) <= limit else repr(t[:limit]) + f"... ({len(t)} characters)"
+
+
+#: Byte-order marks we read, longest first (a UTF-32-LE mark begins with the UTF-16-LE one).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_SAVE_AS = "save it as UTF-8 CSV (in a spreadsheet: 'CSV UTF-8') and run the same command again"
+
+
+def decode_answers(data: bytes, name: str) -> str:
+    """The text of an answers file: UTF-8 (with or without a BOM), or UTF-16/UTF-32 with a BOM. Anything else
+    raises ValueError with a one-line message naming the file, the encoding problem and the fix."""
+    enc = next((e for bom, e in _BOMS if data.startswith(bom)), None)
+    if enc is None and b"\x00" in data:
+        raise ValueError(
+            f"{name} contains NUL bytes: it looks like UTF-16 or UTF-32 without a byte-order mark, which cannot "
+            f"be read reliably; {_SAVE_AS}; nothing in this file was read"
+        )
+    try:
+        return data.decode(enc or "utf-8")
+    except UnicodeDecodeError as e:
+        before = data[: e.start].decode(enc or "utf-8", errors="replace")
+        line = 1 + len(re.findall(r"\r\n|\r|\n", before))
+        byte = data[min(e.start, len(data) - 1)]
+        raise ValueError(
+            f"{name} line {line} is not {'UTF-8' if enc in (None, 'utf-8-sig') else enc.upper()} text (byte "
+            f"0x{byte:02x}: {e.reason}; it was probably saved in another encoding, such as Windows-1252); "
+            f"{_SAVE_AS}; nothing in this file was read"
+        ) from e
 
 
 class CsvOracle(Oracle):
@@ -165,11 +208,14 @@ class CsvOracle(Oracle):
                 )
                 continue
             y = labels[0]
+            if sid in info.labels and info.labels[sid] != y:
+                refused.append(f"{where}: {self._final(info, sid)}")
+                continue
             if sid not in queried:
                 if sid in info.label_round:
                     refused.append(
                         f"{where}: id {sid} was queried in round {info.label_round[sid]}, not in round "
-                        f"{info.round_idx}; its label ({info.labels[sid]}) is already stored"
+                        f"{info.round_idx}; its label ({info.labels[sid]}) is already stored, so delete this row"
                     )
                 else:
                     refused.append(
@@ -177,14 +223,8 @@ class CsvOracle(Oracle):
                         f"{self.queries_path(info.round_idx).name})"
                     )
                 continue
-            if sid in info.labels:
-                if info.labels[sid] != y:  # the same label again is a row taken on an earlier run: expected
-                    refused.append(
-                        f"{where}: id {sid} is already labelled {info.labels[sid]}; stored labels are "
-                        f"final, so fix or delete this row"
-                    )
-                continue
-            if sid in pending:
+            # The same label again is a row taken on an earlier run (expected); only pending ids are taken.
+            if sid in pending and sid not in info.labels:
                 taken[sid] = y
         refused += self._check_earlier_files(info)
         return Answers(taken, refused)
@@ -196,72 +236,108 @@ class CsvOracle(Oracle):
         out: dict[int, tuple[list[int], list[int]]] = {}
         if not path.exists():
             return out
-        with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: spreadsheets write a BOM
-            reader = csv.reader(f)
-            header = None
-            for row in reader:
-                line = reader.line_num
-                if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
-                    continue
-                if header is None:
-                    header = [c.strip().lower() for c in row]
-                    if "id" not in header or "label" not in header:
-                        refused.append(
-                            f"{path.name} line {line}: the first row must be the header 'id,label', "
-                            f"found {','.join(row)!r}; nothing in this file was read"
-                        )
-                        return {}
-                    i_id, i_lab = header.index("id"), header.index("label")
-                    continue
-                where = f"{path.name} line {line}"
-                raw_id = row[i_id] if i_id < len(row) else ""
-                raw_y = row[i_lab] if i_lab < len(row) else ""
-                sid = _parse_int(raw_id)
-                if not raw_id.strip():
-                    refused.append(f"{where}: empty id")
-                    continue
-                if sid is None:
-                    refused.append(f"{where}: id {raw_id.strip()!r} is not an integer sample id")
-                    continue
-                t = raw_y.strip()
-                if not t:
-                    refused.append(f"{where}: id {sid} has an empty label")
-                    continue
-                if t.lower() in ("nan", "+nan", "-nan"):
-                    refused.append(f"{where}: id {sid} has label NaN; give a class index 0..{n_classes - 1}")
-                    continue
-                y = _parse_int(t)
-                if y is None:
+        try:
+            text = decode_answers(path.read_bytes(), path.name)
+        except OSError as e:
+            refused.append(f"{path.name}: cannot be read ({e.strerror or e}); nothing in this file was read")
+            return {}
+        except ValueError as e:
+            refused.append(str(e))
+            return {}
+        reader = csv.reader(io.StringIO(text, newline=""))  # newline="": \n, \r\n and \r all end a line
+        header = None
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                refused.append(
+                    f"{path.name} line {reader.line_num}: not valid CSV ({e}); fix that line; nothing in this file "
+                    f"was read"
+                )
+                return {}
+            line = reader.line_num
+            if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
+                continue
+            if header is None:
+                header = [c.strip().lower() for c in row]
+                if "id" not in header or "label" not in header:
                     refused.append(
-                        f"{where}: id {sid} has label {t!r}, which is not an integer class index 0..{n_classes - 1}"
+                        f"{path.name} line {line}: the first row must be the header 'id,label', "
+                        f"found {_show(','.join(row), 80)}; nothing in this file was read"
                     )
-                    continue
-                if not 0 <= y < n_classes:
-                    refused.append(f"{where}: id {sid} has label {y}, outside the classes 0..{n_classes - 1}")
-                    continue
-                lines, labels = out.setdefault(sid, ([], []))
-                lines.append(line)
-                labels.append(y)
+                    return {}
+                i_id, i_lab = header.index("id"), header.index("label")
+                continue
+            where = f"{path.name} line {line}"
+            raw_id = row[i_id] if i_id < len(row) else ""
+            raw_y = row[i_lab] if i_lab < len(row) else ""
+            sid = _parse_int(raw_id)
+            if not raw_id.strip():
+                refused.append(f"{where}: empty id")
+                continue
+            if sid is None:
+                refused.append(f"{where}: id {_show(raw_id)} is not an integer sample id")
+                continue
+            t = raw_y.strip()
+            if not t:
+                refused.append(f"{where}: id {sid} has an empty label")
+                continue
+            if t.lower() in ("nan", "+nan", "-nan"):
+                refused.append(f"{where}: id {sid} has label NaN; give a class index 0..{n_classes - 1}")
+                continue
+            y = _parse_int(t)
+            if y is None:
+                refused.append(
+                    f"{where}: id {sid} has label {_show(t)}, which is not an integer class index 0..{n_classes - 1}"
+                )
+                continue
+            if not 0 <= y < n_classes:
+                shown = str(y) if len(t) <= 40 else _show(t)
+                refused.append(f"{where}: id {sid} has label {shown}, outside the classes 0..{n_classes - 1}")
+                continue
+            lines, labels = out.setdefault(sid, ([], []))
+            lines.append(line)
+            labels.append(y)
         return out
 
+    @staticmethod
+    def _final(info: RoundInfo, sid: int) -> str:
+        return (
+            f"id {sid} is already labelled {info.labels[sid]} in round {info.label_round[sid]}; stored labels are "
+            f"final, so fix or delete this row"
+        )
+
     def _check_earlier_files(self, info: RoundInfo) -> list[str]:
-        """Rows in answers files of closed rounds that the store does not hold: answers given too late, or
-        written into the wrong round's file. They are reported, never stored."""
+        """Rows in answers files of closed rounds that disagree with the store: a changed label (stored labels
+        are final), or an answer given too late or written into the wrong round's file. They are reported, never
+        stored; a row that repeats a stored label is fine, whichever file it is in."""
         out: list[str] = []
+        current = self.answers_path(info.round_idx).name
+        queried_now = {int(i) for i in info.query["sample_id"]}
         for r in range(info.round_idx):
             path = self.answers_path(r)
             if not path.exists():
                 continue
             problems: list[str] = []
             for sid, (lines, labels) in self._read(path, info.n_classes, problems).items():
-                if len(labels) == 1 and info.labels.get(sid) == labels[0] and info.label_round.get(sid) == r:
+                if sid in info.labels:
+                    wrong = [ln for ln, y in zip(lines, labels, strict=True) if y != info.labels[sid]]
+                    if wrong:
+                        out.append(f"{path.name} line {', '.join(map(str, wrong))}: {self._final(info, sid)}")
                     continue
-                out.append(
-                    f"{path.name} line {', '.join(map(str, lines))}: round {r} is closed and the store does "
-                    f"not hold id {sid} = {', '.join(map(str, labels))} from it; if id {sid} is in round "
-                    f"{info.round_idx}'s query, move the row to {self.answers_path(info.round_idx).name}"
-                )
-            # malformed rows of closed rounds were already reported while those rounds were open
+                where = f"{path.name} line {', '.join(map(str, lines))}"
+                if sid in queried_now:
+                    out.append(
+                        f"{where}: id {sid} is queried in round {info.round_idx}, not in round {r} (closed); move "
+                        f"the row to {current}"
+                    )
+                else:
+                    out.append(f"{where}: id {sid} was not queried in round {r}; delete this row")
+            # malformed rows of closed rounds were already reported while those rounds were open, but a file that
+            # cannot be read at all is named again: its rows cannot be checked
+            out += [p for p in problems if "nothing in this file was read" in p]
         return out
 
 
