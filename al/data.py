@@ -104,7 +104,7 @@ def data_fingerprint(ds: Dataset) -> str:
     for t in tensors:
         a = np.ascontiguousarray(t.detach().cpu().numpy())
         h.update(f"{a.dtype.str}{a.shape}\0".encode())
-        h.update(a.reshape(-1).view(np.uint8))  # no copy; hashlib releases the GIL over large buffers
+        h.update(a.reshape(-1).view(np.uint8).data)  # no copy; hashlib releases the GIL over large buffers
     shape = "x".join(str(d) for d in (ds.n_pool, *ds.input_shape))
     tail = f":{shape}:{ds.n_classes}c:test{len(ds.test_y)}:sha256-{h.hexdigest()[:32]}"
     fp = ds.name[: 128 - len(tail)] + tail  # a very long name is cut here; the hash holds all of it
