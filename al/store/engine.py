@@ -153,7 +153,7 @@ def _refuse_foreign_tables(path: str, busy_timeout_s: float) -> None:
             con.close()
     except sqlite3.DatabaseError as e:
         raise StoreError(
-            f"cannot read store file {path}: {e}. It was left untouched; check it or pass another --store"
+            f"cannot open store {path}: {e}. The file was left untouched; check it or pass another --store"
         ) from e
     foreign = sorted(tables - TABLE_NAMES)
     if foreign and "al_meta" not in tables:
