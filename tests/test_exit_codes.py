@@ -54,6 +54,7 @@ def blocked(labels, n_classes):
     return label
 '''
 
+REPO = Path(__file__).resolve().parents[1]
 QUERY = ["--budget", "40", "--init-size", "20", "--query-size", "10", "--epochs", "2", "--min-steps", "10"]
 
 
@@ -61,7 +62,9 @@ def bench(tmp_path: Path, run: str, *extra: str) -> subprocess.CompletedProcess:
     """One al.bench process on the digits dataset, its own run name, the shared store of ``tmp_path``."""
     cmd = [sys.executable, "-m", "al.bench", "--dataset", "digits", *QUERY, "--run-name", run, "--no-progress"]
     cmd += ["--store", f"sqlite:///{tmp_path / 'runs.db'}", *extra]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    # The oracles' module, then this checkout's al (not whichever al is installed: the process runs in tmp_path).
+    path = [str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 
 from ..errors import OracleError
-from .base import Oracle
+from .base import Answers, Oracle
 
 
 class GroundTruthOracle(Oracle):
@@ -61,6 +61,8 @@ class CallbackOracle(Oracle):
 
     def label(self, ids: np.ndarray) -> dict[int, int]:
         answer = self.fn(np.asarray(ids, dtype=np.int64))
+        if isinstance(answer, Answers):  # keep the rows it refused: they are reported, not dropped
+            return Answers(answer, answer.refused)
         if isinstance(answer, Mapping):
             return dict(answer)
         answer = list(answer)
