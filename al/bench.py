@@ -1,7 +1,8 @@
 """``python -m al.bench``: run (or continue) active-learning runs and print their learning curves.
 
 Exit codes: 0 done, 2 bad usage or configuration, 3 waiting for labels (a human oracle answered part of a
-query), 1 any other failure (the store keeps everything recorded so far; run the same command again).
+query), 130 interrupted (Ctrl-C), 1 any other failure (the store keeps everything recorded so far; run the same
+command again).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG,
+        allow_abbrev=False,  # --pool must not be read as --pool-subset (nor a future flag's prefix as an old flag)
     )
     a = p.add_argument
     a("--dataset", default="mnist", help=f"dataset to learn ({', '.join(DATASETS.names())}); default mnist")
@@ -134,6 +136,23 @@ def _configs(args: argparse.Namespace) -> list[ExperimentConfig]:
     return out
 
 
+def _check_store_url(url: str) -> None:
+    """Refuse an in-memory SQLite store: the runs would vanish when the command ends, so nothing could be continued
+    or reported. (``Store("sqlite://")`` stays allowed from Python, where a session may want a scratch store.)"""
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return  # Store reports an unparsable URL with its own message
+    in_memory = parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+    if parsed.get_backend_name() == "sqlite" and in_memory:
+        raise ConfigError(
+            f"--store {url} keeps the runs in memory, so they vanish when this command ends and nothing could be "
+            f"continued or reported; give a file, e.g. --store sqlite:///al-runs.db"
+        )
+
+
 def _print_round(rep: RoundReport) -> None:
     print(
         f"round {rep.round_idx:3d}  labels {rep.n_labelled:6d}  accuracy {rep.accuracy:.4f}  "
@@ -159,7 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # catch_warnings puts the caller's hook (pytest's, a notebook's) back when main returns or raises.
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
-        return _run(args)
+        try:
+            return _run(args)
+        except KeyboardInterrupt:
+            # The loop has marked the run "stopped"; every completed transition is in the store.
+            print("\ninterrupted; run the same command to continue", file=sys.stderr)
+            return 130
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -168,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         from .registry import STRATEGIES
 
         configs = _configs(args)
+        _check_store_url(args.store)
         if args.oracle_dir and args.oracle != "csv":
             # Without this, a person who forgot --oracle csv would get a simulated run instead of their labels.
             raise ConfigError(

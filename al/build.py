@@ -15,7 +15,7 @@ import torch
 
 from .config import ExperimentConfig
 from .data import Dataset, load_dataset
-from .errors import ConfigError
+from .errors import ALError, ConfigError, OracleError
 from .learner import TorchLearner
 from .oracles import Oracle, as_oracle, make_oracle
 from .registry import build_strategy
@@ -75,23 +75,64 @@ def build_parts(
     del learner.module_  # checked; each round builds (or fine-tunes) its own model
     labels = dataset.train_y.numpy()
     # A user's object or function is wrapped once here, so that the loop only ever sees Oracle instances.
-    oracle = (
-        as_oracle(oracle)
-        if oracle is not None
-        else make_oracle(c.oracle, labels, dataset.n_classes, c.seed, dataset=dataset, oracle_dir=oracle_dir)
-    )
+    if oracle is not None:
+        oracle = as_oracle(oracle)
+    else:
+        try:
+            oracle = make_oracle(c.oracle, labels, dataset.n_classes, c.seed, dataset=dataset, oracle_dir=oracle_dir)
+        except ALError:
+            raise
+        except Exception as e:  # a user's factory (package.module:factory) that raised: its message, one line
+            raise OracleError(
+                f"--oracle {c.oracle!r}: the oracle factory raised {_one_line(e)}; fix the factory (it is called as "
+                f"factory(labels=..., n_classes={dataset.n_classes})), or use --oracle ground-truth to check the rest"
+            ) from e
     # The store is opened last: nothing is written until every setting has been checked.
     return Parts(c, dataset, strategy, learner, oracle, store if isinstance(store, Store) else Store(store))
 
 
 def probe_model(learner: TorchLearner, dataset: Dataset, config: ExperimentConfig) -> None:
-    """Build the model once and check that it gives one output per class of ``dataset``."""
-    learner.reset(config.seed)
-    with torch.no_grad():
-        out = learner.logits(dataset.train_x[:2])
+    """Build the model once and check that it takes the data's inputs and gives one output per class of ``dataset``.
+
+    A factory that raises, or a model whose first layer does not fit the data, is a ConfigError naming the model
+    and the data's shape, in one line, before anything is written.
+    """
+    shape = tuple(dataset.input_shape)
+    try:
+        learner.reset(config.seed)
+    except ALError:
+        raise
+    except Exception as e:
+        raise ConfigError(
+            f"model {config.model!r} could not be built: {_one_line(e)}; fix the factory (it is called as "
+            f"factory(n_classes={dataset.n_classes}, input_shape={shape})) or pick a registered model"
+        ) from e
+    x = dataset.train_x[:2]
+    try:
+        with torch.no_grad():
+            out = learner.logits(x)
+    except ALError:
+        raise
+    except Exception as e:
+        raise ConfigError(
+            f"model {config.model!r} cannot take the data: its input does not match the data's shape {shape} (a "
+            f"batch is {tuple(x.shape)}): {_one_line(e)}; build the model for input_shape={shape}"
+        ) from e
+    if out.ndim != 2 or out.shape[0] != len(x):
+        raise ConfigError(
+            f"model {config.model!r} outputs shape {tuple(out.shape)} for a batch of shape {tuple(x.shape)}; it "
+            f"must output logits of shape (batch, n_classes) = ({len(x)}, {dataset.n_classes}): flatten before "
+            f"the last layer"
+        )
     if out.shape[1] != dataset.n_classes:
         raise ConfigError(
             f"model {config.model!r} outputs {out.shape[1]} classes but dataset "
             f"{dataset.name!r} has {dataset.n_classes}; build the model with "
             f"n_classes={dataset.n_classes}"
         )
+
+
+def _one_line(e: BaseException) -> str:
+    """``Type: message`` with the message's lines joined, for a one-line error."""
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__

@@ -784,7 +784,7 @@ def write_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m al.report", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m al.report", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--store", required=True, help="SQLAlchemy URL of the store, e.g. sqlite:///al-runs.db")
     p.add_argument("--dataset", help="only this dataset's runs")
     p.add_argument("--out", default="report", help="output folder (default ./report)")

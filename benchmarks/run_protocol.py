@@ -174,7 +174,9 @@ def _parse_until(until: str | None) -> float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/run_protocol.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/run_protocol.py", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     p.add_argument("protocols", nargs="+", help="protocol JSON files, run in the order given")
     p.add_argument("--store", default=DEFAULT_STORE, help=f"SQLAlchemy URL (default {DEFAULT_STORE})")
     p.add_argument("--strategies", nargs="+", help="only these strategies")
