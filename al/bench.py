@@ -143,7 +143,7 @@ def _check_store_url(url: str) -> None:
 
     try:
         parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError:
+    except (sa.exc.ArgumentError, ValueError):  # ValueError: e.g. an unclosed [ in an IPv6 host
         return  # Store reports an unparsable URL with its own message
     in_memory = parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
     if parsed.get_backend_name() == "sqlite" and in_memory:
