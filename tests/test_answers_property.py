@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import re
 import shutil
+import sqlite3
 import tempfile
 import warnings
 from pathlib import Path
@@ -68,7 +69,14 @@ class Prepared:
 
     def copy(self, where: Path) -> tuple[Store, Path]:
         """A fresh copy of the store (claimed by this process, as a run would) and of the oracle folder."""
-        shutil.copy(self.db, where / "runs.db")
+        # SQLite's backup API, not a file copy: the prepared store is in WAL mode, and rows still in its -wal file
+        # (not yet checkpointed) would be missing from a copy of the main file alone.
+        src, dst = sqlite3.connect(self.db), sqlite3.connect(where / "runs.db")
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+            src.close()
         shutil.copytree(self.folder, where / "labels")
         store = Store(f"sqlite:///{where / 'runs.db'}")
         store.claim(store.state(RUN).run_id)
