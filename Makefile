@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export AL_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install lint test test-all bench clean
+.PHONY: install lint test test-slow test-all bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ lint: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# The long runs (-m slow: repeated subprocess exit codes, CLI processes side by side, real-data runs).
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q -m ''

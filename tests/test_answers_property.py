@@ -31,7 +31,7 @@ from al.store import Store
 RUN = "digits-entropy-seed0"
 N_CLASSES = 10
 SETTINGS = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 
 
