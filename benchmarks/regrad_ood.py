@@ -14,7 +14,7 @@ Gradient norms are computed once per (perturb, M, sigma, aggregate) setting with
 weighting, layer_alpha and combine rule is a cheap recombination of those norms (``GradientNorms.score``), the same
 code path ``regrad_scores`` uses.
 
-    AL_DATA_DIR=/work/shared/data AL_CACHE_DIR=/tmp/alcache .venv/bin/python benchmarks/regrad_ood.py
+    AL_DATA_DIR=../shared/data .venv/bin/python benchmarks/regrad_ood.py
 
 References: Wang & Ji, CVPR 2024 (arXiv 2404.10124); Igoe et al. 2022 (arXiv 2205.10439); Huang et al.,
 NeurIPS 2021; Gal & Ghahramani, ICML 2016 / Houlsby et al. 2011 (MC-dropout mutual information).
@@ -271,10 +271,7 @@ def main() -> None:
             tf_base.append((name, "entropy") + metrics(entropy_score(pt), entropy_score(po)))
 
     # ---- write ----------------------------------------------------------------------------------------------
-    cmd = (
-        "AL_DATA_DIR=/work/shared/data AL_CACHE_DIR=/tmp/alcache .venv/bin/python benchmarks/regrad_ood.py "
-        + " ".join(sys.argv[1:])
-    )
+    cmd = "AL_DATA_DIR=../shared/data .venv/bin/python benchmarks/regrad_ood.py " + " ".join(sys.argv[1:])
     L = lines
     tf_text = (
         "; and `PatchTransformer` (patch 7, dim 64, depth 2) trained the same way, test accuracy "

@@ -11,7 +11,7 @@ the result.
 Then the rank agreement (Spearman) of the approximations (top-3 classes, last layer only) with the exact score,
 on briefly trained models, over MNIST-test and Fashion-MNIST-test inputs.
 
-    AL_DATA_DIR=/work/shared/data AL_CACHE_DIR=/tmp/alcache .venv/bin/python benchmarks/regrad_speed.py
+    AL_DATA_DIR=../shared/data .venv/bin/python benchmarks/regrad_speed.py
 
 References: Wang & Ji, CVPR 2024 (arXiv 2404.10124); Dangel et al., "BackPACK", ICLR 2020; torch.func (functorch).
 """
@@ -156,7 +156,7 @@ def main() -> None:
     lines = [
         "# REGrad speed: ratios to a plain forward pass, side by side in one run",
         "",
-        f"Produced by `AL_DATA_DIR=/work/shared/data AL_CACHE_DIR=/tmp/alcache .venv/bin/python "
+        f"Produced by `AL_DATA_DIR=../shared/data .venv/bin/python "
         f"benchmarks/regrad_speed.py {' '.join(sys.argv[1:])}`".rstrip()
         + f" ({time.strftime('%Y-%m-%d')}, "
         f"torch {torch.__version__}, `torch.set_num_threads(1)` on a 2-core CPU shared with other jobs; "
