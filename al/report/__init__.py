@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError, StoreError
-from .store import Store, display_url, hide_passwords
+from ..errors import ConfigError, StoreError
+from ..store import Store, display_url, hide_passwords
 
 #: Config fields that define a protocol: runs differing in any of them are never compared or averaged.
 PROTOCOL_FIELDS = (
@@ -187,8 +187,8 @@ def _settings(config: dict, added: dict[str, Any]) -> dict[str, Any]:
 def _strategy_defaults(name: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(constructor defaults, params_added) of the registered strategy ``name``; (None, {}) when it is not
     installed here, in which case variants are told apart by the settings in which they differ."""
-    from .errors import ALError
-    from .registry import STRATEGIES
+    from ..errors import ALError
+    from ..registry import STRATEGIES
 
     try:
         cls = STRATEGIES.get(name)
