@@ -1,7 +1,7 @@
-"""``python -m al.report``: see :func:`al.report.main`."""
+"""``python -m al.report``: see :func:`al.report.cli.main`."""
 
 import sys
 
-from . import main
+from .cli import main
 
 sys.exit(main())
