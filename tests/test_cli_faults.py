@@ -193,7 +193,16 @@ def test_ctrl_c_exits_130_keeps_the_rounds_and_the_run_continues(tmp_path):
     cmd = [sys.executable, "-m", "al.bench", *DIGITS, "--budget", "50", "--oracle", "slowmod:hangs_once"]
     cmd += ["--store", url]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "AL_TEST_MARKER": str(marker)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background commands with SIGINT ignored, and children inherit that (Python
+    # then installs no KeyboardInterrupt handler): give the child the default disposition, as a terminal would.
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 240
         while not marker.exists():
