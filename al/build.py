@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .config import ExperimentConfig
+from .config import ExperimentConfig, resolved_int
 from .data import Dataset, load_dataset
 from .errors import ALError, ConfigError, OracleError
 from .learner import TorchLearner
@@ -56,14 +56,14 @@ def build_parts(
         config = dataclasses.replace(config, dataset=dataset.name)
     c = config.resolved(dataset)
     strategy = strategy if strategy is not None else build_strategy(c.strategy, **c.strategy_kwargs)
-    if c.model is None or c.epochs is None or c.min_steps is None:  # resolved() fills them in; narrows the types
-        raise ConfigError(f"model, epochs and min_steps must be set or have a dataset default: {c}")
+    if c.model is None:  # resolved() always chooses one; narrows the type
+        raise ConfigError(f"no model for dataset {dataset.name!r}: pass --model")
     learner = TorchLearner(
         c.model,
         dataset.n_classes,
         dataset.input_shape,
-        epochs=c.epochs,
-        min_steps=c.min_steps,
+        epochs=resolved_int(c.epochs, "epochs"),
+        min_steps=resolved_int(c.min_steps, "min_steps"),
         batch_size=c.batch_size,
         lr=c.lr,
         warm_start=c.warm_start,

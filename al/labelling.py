@@ -89,8 +89,10 @@ class LabellingSession:
         """Ask for round ``r``'s pending labels and store every valid answer. Raises OracleError when the oracle
         fails, hangs past the timeout or gives an invalid answer (the answers stored before are kept)."""
         oracle, name = self.oracle, self.oracle.name
-        pending = self.store.pending(st.run_id, r)
         info = RoundInfo(r, self.store.queried(st.run_id, r), dict(st.labels), dict(st.label_round), self.n_classes)
+        # The round's queried ids without a label, in rank order: derived from the query just read and the state's
+        # labels (what Store.pending would select again).
+        pending = np.array([i for i in info.query["sample_id"].tolist() if i not in st.labels], dtype=np.int64)
         try:
             oracle.begin_round(info)
         except OracleError:

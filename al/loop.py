@@ -68,7 +68,6 @@ class Experiment:
         oracle_dir: str | None = None,
         oracle_timeout: float | None = None,
     ) -> None:
-        config.check()
         if oracle_timeout is not None and not oracle_timeout > 0:
             raise ConfigError(f"--oracle-timeout must be a positive number of seconds, got {oracle_timeout}")
         self.oracle_timeout = oracle_timeout
