@@ -4,6 +4,11 @@ Constructor stores settings; ``reset()`` builds a fresh model (skorch's ``initia
 ``reset`` first unless ``warm_start`` is set, so "retrain from scratch" versus "fine-tune" is one flag.
 It implements scikit-learn's estimator API (``fit``, ``predict``, ``predict_proba``, ``classes_``) so that
 modAL's ``ActiveLearner`` can drive it.
+
+Devices: ``device`` ("cpu" by default, "auto", "cuda", "cuda:N", "mps"; :func:`al.devices.resolve_device`) is where
+the model trains and scores. Initial weights are always drawn on the CPU and then moved, so they are the same on
+every device. Inference takes any :data:`al.inputs.Inputs` (a tensor, an array, a :class:`~al.inputs.LazyInputs`
+read on demand, an iterable of batches), moves one batch at a time to the device and returns CPU results.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 from torch.nn import functional as F
 
+from .devices import resolve_device, to_device
 from .errors import ConfigError, IncompatibleStrategyError, ModelError
+from .inputs import Inputs, LazyInputs, iter_batches, n_rows
 from .models import build_model
 from .seeding import torch_rng_scope
 
@@ -109,6 +116,19 @@ def batches(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield x[i : i + batch_size]
 
 
+def in_memory(X: object) -> bool:
+    """True for inputs held as one array: a tensor, an ndarray, or a list/tuple of samples (not of batches).
+
+    These take the path inference has always taken (one ``as_tensor`` then slices), so stored runs reproduce bit
+    for bit; anything else (a LazyInputs, a DataLoader, a list of batch tensors) is read batch by batch.
+    """
+    if isinstance(X, (torch.Tensor, np.ndarray)):
+        return True
+    if isinstance(X, (list, tuple)):
+        return not any(isinstance(b, (torch.Tensor, tuple, list)) for b in X)
+    return False
+
+
 class TorchLearner(BaseEstimator, ClassifierMixin):
     """A classifier trained with Adam on the labelled set.
 
@@ -119,6 +139,12 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
     ``mc_predict_proba`` keeps in memory to share between its passes; beyond it every pass runs the whole model
     (same result, more time). Randomness: ``reset``, ``fit`` and ``mc_predict_proba`` seed torch's global RNG
     only inside :func:`al.seeding.torch_rng_scope`, so the caller's torch RNG state is the same afterwards.
+
+    device: where the model trains and scores ("cpu", "auto", "cuda", "cuda:N", "mps"), resolved by
+    :func:`al.devices.resolve_device` whenever a model is built (``device_`` holds the result). The initial weights
+    are drawn on the CPU with the seeded CPU generator and then moved, so they are identical on every device; the
+    batch order comes from a CPU generator too. Dropout masks on a GPU draw from that GPU's generator, seeded in the
+    same scope: a run is reproducible on the same kind of GPU, and close to (not equal to) the CPU run.
     """
 
     def __init__(
@@ -136,6 +162,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         eval_batch_size: int = 1024,
         progress: bool = False,
         mc_trunk_bytes: int = 1 << 30,
+        device: str | torch.device = "cpu",
     ) -> None:
         self.model = model
         self.n_classes = n_classes
@@ -150,22 +177,35 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         self.eval_batch_size = eval_batch_size
         self.progress = progress
         self.mc_trunk_bytes = mc_trunk_bytes
+        self.device = device
 
     # --- construction -------------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> TorchLearner:
         """Build a fresh, seeded model (the weights depend on ``seed`` only; the caller's torch RNG is untouched)."""
-        with torch_rng_scope(self.seed if seed is None else seed):
-            self._build()
+        device = resolve_device(self.device)
+        with torch_rng_scope(self.seed if seed is None else seed, device):
+            self._build(device)
         return self
 
-    def _build(self) -> None:
-        # Draws the initial weights from torch's global RNG: call inside torch_rng_scope.
+    def _build(self, device: torch.device) -> None:
+        # Draws the initial weights from torch's global CPU RNG (call inside torch_rng_scope), then moves them:
+        # the same weights on every device. Moving draws nothing, so the RNG stream dropout continues is unchanged.
         if callable(self.model) and not isinstance(self.model, str):
             net = self.model(n_classes=self.n_classes, input_shape=tuple(self.input_shape))
         else:
             net = build_model(self.model, self.n_classes, self.input_shape)
+        if device.type != "cpu":
+            net = net.to(device)
         self.module_ = net
+        self.device_ = device
         self.classes_ = np.arange(self.n_classes)
+
+    @property
+    def network_device(self) -> torch.device:
+        """The device the built model lives on (that of its first parameter; the CPU without parameters)."""
+        for p in self.network.parameters():
+            return p.device
+        return getattr(self, "device_", torch.device("cpu"))
 
     @property
     def is_fitted(self) -> bool:
@@ -179,13 +219,14 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         return self.module_
 
     # --- training -----------------------------------------------------------------------------------------------
-    def fit(self, X: ArrayLike, y: ArrayLike, seed: int | None = None) -> TorchLearner:
+    def fit(self, X: ArrayLike | LazyInputs, y: ArrayLike, seed: int | None = None) -> TorchLearner:
         """Train on ``X: (n, ...)``, ``y: (n,)``. ``seed`` fixes initialisation, batch order and dropout masks.
 
         The caller's torch RNG state is restored afterwards. With ``warm_start`` the training-time dropout masks
-        are seeded by ``seed`` too (before, they continued whatever the global RNG held).
+        are seeded by ``seed`` too (before, they continued whatever the global RNG held). The labelled set is
+        small: a LazyInputs ``X`` is materialised, and the whole set is moved to the device once.
         """
-        x = as_tensor(X)
+        x = X.materialise().float() if isinstance(X, LazyInputs) else as_tensor(X)
         yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
         if len(x) != len(yt):
             raise ConfigError(f"fit got {len(x)} inputs but {len(yt)} labels")
@@ -194,12 +235,16 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         if yt.min() < 0 or yt.max() >= self.n_classes:
             raise ConfigError(f"labels must lie in [0, {self.n_classes - 1}], got {int(yt.min())}..{int(yt.max())}")
         seed = self.seed if seed is None else seed
+        device = resolve_device(self.device)
         # One scope for initialisation and training: dropout while training continues the stream the weights
         # were drawn from, exactly as when reset() seeded the global RNG for good, so the weights are unchanged.
-        with torch_rng_scope(seed):
+        with torch_rng_scope(seed, device):
             if not (self.warm_start and self.is_fitted):
-                self._build()
-            self._train(x, yt, seed)
+                self._build(device)
+            elif self.network_device != device:  # a warm start after the device setting changed
+                self.module_ = self.module_.to(device)
+                self.device_ = device
+            self._train(to_device(x, device), to_device(yt, device), seed)
         return self
 
     def _lr_hint(self) -> str:
@@ -218,6 +263,8 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         """Adam over the labelled set; ModelError when the loss becomes non-finite or ends up exploded.
 
         The loss is summed on the device and read once per epoch: one sync per epoch, not per step.
+        ``x``, ``yt`` are on the model's device already; the shuffling generator stays on the CPU (the same batch
+        order on every device).
         """
         net = self.network
         g = torch.Generator().manual_seed(seed + 1)
@@ -255,6 +302,8 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         # for these small models. The permutation comes from the seeded generator, as a DataLoader's would.
         for epoch in self._progress(range(epochs), "train"):
             perm = torch.randperm(n, generator=g)
+            if x.device.type != "cpu":
+                perm = perm.to(x.device)  # one copy per epoch, not one per step
             total: torch.Tensor | None = None  # summed where the loss lives: read once per epoch, not per step
             n_steps = 0
             for i in range(0, n, bs):
@@ -279,13 +328,26 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         return mean_loss
 
     # --- inference ----------------------------------------------------------------------------------------------
+    def _input_batches(self, X: Inputs) -> tuple[Iterator[torch.Tensor], int | None]:
+        """CPU float batches of at most ``eval_batch_size`` rows, and the row count when known without reading.
+
+        In-memory inputs (:func:`in_memory`) are converted once and sliced, exactly as before devices existed;
+        anything else goes through :func:`al.inputs.iter_batches`, one batch in memory at a time.
+        """
+        if in_memory(X):
+            x = as_tensor(X)  # type: ignore[arg-type]
+            return batches(x, self.eval_batch_size), len(x)
+        return (b.float() for b in iter_batches(X, self.eval_batch_size)), n_rows(X)
+
     @torch.no_grad()
-    def logits(self, X: ArrayLike) -> torch.Tensor:
+    def logits(self, X: Inputs) -> torch.Tensor:
+        """Logits ``(n, n_classes)`` float32 on the CPU, for any :data:`al.inputs.Inputs` ``X: (n, ...)``."""
         net = self.network
-        x = as_tensor(X)
+        dev = self.network_device
+        parts, n = self._input_batches(X)
         with eval_mode(net):
-            parts = self._progress(batches(x, self.eval_batch_size), "predict", len(x) >= 4 * self.eval_batch_size)
-            out = [net(b) for b in parts]
+            shown = self._progress(parts, "predict", n is not None and n >= 4 * self.eval_batch_size)
+            out = [net(to_device(b, dev)).cpu() for b in shown]
         return torch.cat(out) if out else torch.empty(0, self.n_classes)
 
     def _progress(self, it, desc: str, worth_showing: bool = True):  # noqa: ANN001, ANN202
@@ -296,13 +358,13 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
 
         return tqdm(it, desc=desc, leave=False)
 
-    def predict_proba(self, X: ArrayLike) -> np.ndarray:
+    def predict_proba(self, X: Inputs) -> np.ndarray:
         """Softmax probabilities, ``(n, n_classes)`` float64; ModelError when an output is not finite."""
         logits = self.logits(X)
         self.check_finite(logits, "inputs")
         return torch.softmax(logits.double(), dim=1).numpy()
 
-    def predict(self, X: ArrayLike) -> np.ndarray:
+    def predict(self, X: Inputs) -> np.ndarray:
         return self.predict_proba(X).argmax(1)
 
     @property
@@ -310,11 +372,18 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         return bool(dropout_modules(self.network))
 
     @torch.no_grad()
-    def mc_predict_proba(self, X: ArrayLike, n_samples: int = 20, seed: int = 0) -> np.ndarray:
-        """MC-dropout probabilities, ``(n_samples, n, n_classes)`` float64.
+    def mc_predict_proba(self, X: Inputs, n_samples: int = 20, seed: int = 0) -> np.ndarray:
+        """MC-dropout probabilities, ``(n_samples, n, n_classes)`` float64 on the CPU, for ``X: (n, ...)``.
 
         Only dropout layers are stochastic; BatchNorm and everything else stay in eval mode, so a model without
         dropout is refused rather than scored on BatchNorm noise.
+
+        In-memory inputs (a tensor, an array) run pass-major: pass t scores every input before pass t + 1, the
+        order stored runs were made in. Any other input (a :class:`~al.inputs.LazyInputs` read from files, an
+        iterable of batches) is read ONCE, batch-major: each batch runs all ``n_samples`` passes before the next
+        batch is read, so a pool is never held in memory, nor read T times. Both are deterministic for a seed (and
+        a batch size); the batch-major masks are drawn in another order, so its values differ from the pass-major
+        ones for the same seed, with the same distribution.
         """
         net = self.network
         if not dropout_modules(net):
@@ -322,25 +391,50 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
                 "MC-dropout needs a model with at least one dropout layer; this model has none. Use a model with "
                 "nn.Dropout (the built-in cnn, mlp and resnet18 have one) or a strategy that needs no MC samples"
             )
-        x = as_tensor(X)
+        if not in_memory(X):
+            return self._mc_batch_major(X, n_samples, seed)
+        dev = self.network_device
+        x = as_tensor(X)  # type: ignore[arg-type]
         out = np.empty((n_samples, len(x), self.n_classes))
         # Seeded at the start of the scope: the shared trunk below draws nothing, so the masks are those of
         # seeding just before the first pass. The caller's RNG stream is restored afterwards.
-        with torch_rng_scope(seed), eval_mode(net, dropout=True):
+        with torch_rng_scope(seed, dev), eval_mode(net, dropout=True):
             # The deterministic layers before the first dropout run once; only the rest repeats per pass (for the
             # cnn that is ~8% of a forward pass). Same masks in the same order, so the same result as whole passes.
+            # The inputs stay on the CPU and are copied per pass (cheap next to a pass); trunk outputs stay on the
+            # device, within mc_trunk_bytes.
             k, head, inputs = deterministic_trunk(net), net, list(batches(x, self.eval_batch_size))
             if k and isinstance(net, nn.Sequential):  # k > 0 only for a plain Sequential
                 trunk_net, trunk, size = net[:k], [], 0
                 for b in inputs:  # stop as soon as the shared output would exceed the memory bound
-                    trunk.append(trunk_net(b))
+                    trunk.append(trunk_net(to_device(b, dev)))
                     size += trunk[-1].numel() * trunk[-1].element_size()
                     if size > self.mc_trunk_bytes:
                         break
                 else:
                     head, inputs = net[k:], trunk
             for t in self._progress(range(n_samples), "mc-dropout", len(x) >= self.eval_batch_size):
-                out[t] = torch.cat([torch.softmax(head(b).double(), 1) for b in inputs])
+                out[t] = torch.cat([torch.softmax(head(to_device(b, dev)).double(), 1) for b in inputs]).cpu()
+        self.check_finite(out.transpose(1, 0, 2), "inputs (MC-dropout passes)")
+        return out
+
+    def _mc_batch_major(self, X: Inputs, n_samples: int, seed: int) -> np.ndarray:
+        """:meth:`mc_predict_proba` for inputs read on demand: one read, all passes per batch (batch-major)."""
+        net = self.network
+        dev = self.network_device
+        parts, n = self._input_batches(X)
+        cols: list[np.ndarray] = []  # (n_samples, b, C) per batch
+        with torch_rng_scope(seed, dev), eval_mode(net, dropout=True):
+            # The deterministic trunk runs once per batch (it draws nothing, so the masks are unchanged).
+            k = deterministic_trunk(net)
+            trunk_net, head = (net[:k], net[k:]) if k and isinstance(net, nn.Sequential) else (None, net)
+            worth = n is not None and n >= self.eval_batch_size
+            for b in self._progress(parts, "mc-dropout", worth):
+                h = to_device(b, dev)
+                if trunk_net is not None:
+                    h = trunk_net(h)
+                cols.append(torch.stack([torch.softmax(head(h).double(), 1) for _ in range(n_samples)]).cpu().numpy())
+        out = np.concatenate(cols, axis=1) if cols else np.empty((n_samples, 0, self.n_classes))
         self.check_finite(out.transpose(1, 0, 2), "inputs (MC-dropout passes)")
         return out
 
@@ -348,16 +442,19 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         return last_linear(self.network, "embeddings")
 
     @torch.no_grad()
-    def embed(self, X: ArrayLike) -> np.ndarray:
-        """Penultimate features: the input of the last ``nn.Linear``, ``(n, d)`` float32."""
+    def embed(self, X: Inputs) -> np.ndarray:
+        """Penultimate features: the input of the last ``nn.Linear``, ``(n, d)`` float32 on the CPU."""
         net = self.network
+        dev = self.network_device
         head = self.last_linear()
         feats: list[torch.Tensor] = []
-        h = head.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().flatten(1)))
+        # each batch's features go to the CPU as they come: the device holds one batch's worth at a time
+        h = head.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach().flatten(1).cpu()))
         try:
+            parts, _ = self._input_batches(X)
             with eval_mode(net):
-                for b in batches(as_tensor(X), self.eval_batch_size):
-                    net(b)
+                for b in parts:
+                    net(to_device(b, dev))
         finally:
             h.remove()
         if not feats:
@@ -366,9 +463,12 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         self.check_finite(out, "inputs (penultimate features)")
         return out.numpy()
 
-    def evaluate(self, X: ArrayLike, y: ArrayLike) -> dict[str, float]:
-        """Accuracy and mean negative log-likelihood on ``(X, y)``; ModelError when an output is not finite."""
+    def evaluate(self, X: Inputs, y: ArrayLike) -> dict[str, float]:
+        """Accuracy and mean negative log-likelihood on ``X: (n, ...)``, ``y: (n,)`` (X any :data:`al.inputs.Inputs`,
+        a LazyInputs test set included); ModelError when an output is not finite."""
         logits = self.logits(X).double()
         self.check_finite(logits, "evaluation inputs")
         yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        if len(yt) != len(logits):
+            raise ConfigError(f"evaluate got {len(logits)} inputs but {len(yt)} labels")
         return {"accuracy": float((logits.argmax(1) == yt).double().mean()), "nll": float(F.cross_entropy(logits, yt))}

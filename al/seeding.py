@@ -56,17 +56,40 @@ def mc_dropout_seed(rng: np.random.Generator) -> int:
 
 
 @contextlib.contextmanager
-def torch_rng_scope(seed: int) -> Iterator[None]:
+def torch_rng_scope(seed: int, device: torch.device | str | None = None) -> Iterator[None]:
     """Seed torch's global RNG with ``seed`` for the body, then restore the caller's RNG state.
 
     Model initialisation and dropout draw from the global RNG (torch has no per-module generator), so the learner
     seeds it here. Inside, the CPU generator is in exactly the state ``torch.manual_seed(seed)`` leaves it. The
     CUDA generators are forked and seeded only when CUDA is already initialised: seeding them otherwise would
     queue a seed that lands at CUDA's later start-up, a change to the caller's state after the scope has ended.
+
+    device: the device the body computes on. A CUDA device's generator is forked and seeded even when CUDA is
+    not initialised yet (the body is about to start it: dropout masks on the GPU draw from that generator, so a
+    GPU run is reproducible on the same GPU); an MPS device's generator likewise. The CPU (or None) changes
+    nothing above.
     """
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
+    dev = torch.device(device) if device is not None else None
+    devices = set(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else set()
+    if dev is not None and dev.type == "cuda":
+        devices.add(dev.index if dev.index is not None else torch.cuda.current_device())
+    with torch.random.fork_rng(devices=sorted(devices)):
         torch.default_generator.manual_seed(int(seed))
-        for d in devices:
+        for d in sorted(devices):
             torch.cuda.default_generators[d].manual_seed(int(seed))
+        if dev is not None and dev.type == "mps":
+            with _mps_rng_scope(int(seed)):
+                yield
+        else:
+            yield
+
+
+@contextlib.contextmanager
+def _mps_rng_scope(seed: int) -> Iterator[None]:
+    # fork_rng forks CUDA only (one device_type per call); the MPS generator is saved and restored by hand.
+    state = torch.mps.get_rng_state()
+    torch.mps.manual_seed(seed)
+    try:
         yield
+    finally:
+        torch.mps.set_rng_state(state)

@@ -182,14 +182,17 @@ class BADGE(Strategy):
         super().check_learner(learner)
         import torch
 
+        from al.devices import model_device
         from al.learner import eval_mode
 
         net, head = learner.network, learner.last_linear()
+        # drawn on the CPU (the same probe on every device), then moved to the model's device
+        probe = torch.randn((2, *learner.input_shape), generator=torch.Generator().manual_seed(0))
         seen: list[torch.Tensor] = []
         hook = head.register_forward_hook(lambda m, inp, out: seen.append(out.detach()))
         try:
             with torch.no_grad(), eval_mode(net):
-                out = net(torch.randn((2, *learner.input_shape), generator=torch.Generator().manual_seed(0)))
+                out = net(probe.to(model_device(net)))
         except (RuntimeError, TypeError, IndexError, ValueError):
             return  # the model takes other inputs (token ids...): it cannot be probed with random floats here
         finally:

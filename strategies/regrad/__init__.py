@@ -31,7 +31,9 @@ Where things are: :mod:`.settings` (REGradSettings, validated once), :mod:`.weig
 
 from __future__ import annotations
 
-from .engine import Engine, iter_batches
+from al.inputs import iter_batches
+
+from .engine import Engine
 from .layers import Layer, discover_layers
 from .noise import parameter_noise, parameter_scales, perturbation_noise, trainable_parameters
 from .pairs import PAIR_RULES, PairRule

@@ -14,6 +14,8 @@ materialising per-sample gradients where that is cheaper:
 * Anything else that owns trainable parameters: the exact autograd fallback of :mod:`.fallback`.
 
 Nothing here knows about classes weights, noise or strategies; :func:`~strategies.regrad.gradient_norms` drives it.
+Devices: everything is computed where the model's logits are (the caller moves each chunk to the model's device);
+:meth:`Engine.run` returns NumPy arrays, so its results are on the CPU whatever the device.
 References: Wang & Ji, CVPR 2024 (arXiv 2404.10124), for what the norms are used for; Goodfellow (2015,
 arXiv 1510.01799) for the per-example gradient identities.
 """
@@ -21,7 +23,6 @@ arXiv 1510.01799) for the per-example gradient identities.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from al.errors import IncompatibleStrategyError
+from al.inputs import iter_batches as iter_batches  # re-exported: strategies.regrad.iter_batches is al's own
 
 from .fallback import Deltas, can_vmap, fallback_loop, fallback_vmap
 from .layers import Layer
@@ -182,7 +184,8 @@ class Engine:
     # --- one chunk -----------------------------------------------------------------------------------------------
     def run(self, x: torch.Tensor, classes: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """x: (n*group, ...) rows, sample-major (copy 0 clean). Returns sqnorms (n, R, L) or (n*group, R, L) for
-        mean-norm, probs (n, C) of the clean rows, classes (n, R)."""
+        mean-norm, probs (n, C) of the clean rows, classes (n, R). ``x`` and ``classes`` may sit on the CPU or the
+        model's device; the squared norms are accumulated on the device and copied to the CPU once."""
         rec = self.rec
         rec.reset()
         rec.active = True
@@ -202,12 +205,12 @@ class Engine:
         if classes is None:
             order = torch.argsort(probs, dim=1, descending=True, stable=True)[:, : self.n_ranks]
         else:
-            order = classes
+            order = classes.to(logits.device)  # ranks from an earlier run come back as CPU tensors
         states = {i: self._prepare(i) for i in range(len(self.layers))}
         fast = [i for i, L in enumerate(self.layers) if L.kind != "fallback" and states[i] is not None]
         fallback = [i for i, L in enumerate(self.layers) if L.kind == "fallback" and states[i] is not None]
         n_units = n_rows // g if self.aggregate == "mean-grad" else n_rows
-        sq = torch.zeros(n_units, self.n_ranks, len(self.layers), dtype=torch.float64)
+        sq = torch.zeros(n_units, self.n_ranks, len(self.layers), dtype=torch.float64, device=logits.device)
         fb_deltas: list[list[torch.Tensor | None]] = []
         probe_of = [p for i in fast for c in rec.calls[i] for p in c["probes"][:1]]
         fb_probes = {p for i in fallback for c in rec.calls[i] for p in c["probes"]}
@@ -218,7 +221,7 @@ class Engine:
             # d log p_k / d logits = onehot(k) - p: one backward pass serves the rank-r class of every row
             cls = order[:, r].repeat_interleave(g)
             gout = -p_rows
-            gout[torch.arange(n_rows), cls] += 1.0
+            gout[torch.arange(n_rows, device=gout.device), cls] += 1.0
             grads = torch.autograd.grad(
                 logits, [rec.probes[p] for p in wanted], gout, retain_graph=True, allow_unused=True
             )
@@ -231,22 +234,5 @@ class Engine:
             if fallback:
                 fb_deltas.append([full[p] if p in fb_probes else None for p in range(len(rec.probes))])
         for i in fallback:
-            sq[:, :, i] = self._fallback_sqnorms(i, states[i], fb_deltas, n_rows)
-        return sq.numpy(), probs.cpu().numpy(), order.cpu().numpy()
-
-
-def iter_batches(inputs: torch.Tensor | Iterable[Any], batch_size: int) -> Iterator[torch.Tensor]:
-    """Chunks of at most ``batch_size`` rows from a tensor, an array or an iterable of batches (or (x, y) pairs)."""
-    if isinstance(inputs, torch.Tensor):
-        for i in range(0, len(inputs), batch_size):
-            yield inputs[i : i + batch_size]
-        return
-    if isinstance(inputs, np.ndarray):
-        yield from iter_batches(torch.from_numpy(inputs), batch_size)
-        return
-    for b in inputs:
-        if isinstance(b, (tuple, list)):  # a DataLoader yielding (x, y)
-            b = b[0]
-        b = torch.as_tensor(b)
-        for i in range(0, len(b), batch_size):  # re-chunk large batches to keep memory bounded
-            yield b[i : i + batch_size]
+            sq[:, :, i] = self._fallback_sqnorms(i, states[i], fb_deltas, n_rows).to(sq.device)
+        return sq.cpu().numpy(), probs.cpu().numpy(), order.cpu().numpy()

@@ -54,7 +54,10 @@ def fallback_vmap(
     dls = []
     for pid in pids:
         shape = probes[pid].shape
-        ts = [deltas[r][pid] if deltas[r][pid] is not None else torch.zeros(shape) for r in range(n_ranks)]
+        ts = [
+            deltas[r][pid] if deltas[r][pid] is not None else torch.zeros(shape, device=probes[pid].device)
+            for r in range(n_ranks)
+        ]
         t = torch.stack(ts, 1)  # (n_rows, R, ...)
         dls.append(t.reshape(n_units, group, n_ranks, *shape[1:]).transpose(1, 2))
     scale = 1.0 / group

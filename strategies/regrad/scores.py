@@ -5,22 +5,28 @@ References: Wang & Ji, "Gradient-based Uncertainty Quantification for Pre-traine
 2024, arXiv 2404.10124; Igoe et al., "How Useful are Gradients for OOD Detection?" (ExGrad), arXiv 2205.10439;
 Huang, Geng & Li, "On the Importance of Gradients for Detecting Distributional Shifts in the Wild" (GradNorm),
 NeurIPS 2021.
+
+Devices: every score runs on the model's device (that of its first parameter). Chunks are read on the CPU (input
+noise is drawn and added there, so the perturbed inputs are the same numbers on every device), moved to the device
+one at a time, and the results come back as CPU NumPy arrays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from al.devices import model_device, to_device
 from al.errors import ConfigError, IncompatibleStrategyError
+from al.inputs import Inputs as Inputs  # what every score accepts; importable from here as before
+from al.inputs import iter_batches
 from al.learner import eval_mode, last_linear
 
-from .engine import Engine, iter_batches
+from .engine import Engine
 from .layers import discover_layers
 from .noise import noise_key, parameter_noise, parameter_scales, perturbation_noise, trainable_parameters
 from .pairs import PairRule, check_pair_rule
@@ -43,8 +49,6 @@ from .settings import (
     real,
 )
 from .weighting import RANKS_NEEDED, class_weights, layer_weights
-
-Inputs = torch.Tensor | np.ndarray | Iterable[Any]
 
 
 @dataclass
@@ -121,6 +125,7 @@ def _gradient_norms(
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     start = 0
     grad_flags = [(p, p.grad) for p in model.parameters()]
+    dev = model_device(model)
     perturbed: list[nn.Parameter] = []
     clean: list[torch.Tensor] = []
     noise: list[list[torch.Tensor]] = []
@@ -143,15 +148,17 @@ def _gradient_norms(
                 if ids is not None and start + len(xb) > len(ids):
                     raise ConfigError(f"ids has {len(ids)} entries but inputs have more rows; pass one id per row")
                 if engine is None:
-                    layers = discover_layers(model, xb[:2])
+                    probe = to_device(xb[:2], dev)
+                    layers = discover_layers(model, probe)
                     if s.last_layer_only:
                         layers = layers[-1:]
                     with torch.no_grad():
-                        n_cls = model(xb[:1]).shape[-1]
+                        n_cls = model(probe[:1]).shape[-1]
                     n_ranks = n_cls if top_k is None else min(top_k, n_cls)
                     engine = Engine(model, layers, n_ranks, group, s.aggregate, pair_rule)
                 if on_params:
-                    sq, probs, classes = engine.run(xb, None)  # the clean model ranks the classes
+                    xd = to_device(xb, dev)
+                    sq, probs, classes = engine.run(xd, None)  # the clean model ranks the classes
                     norms = np.sqrt(np.clip(sq, 0, None))
                     ranks = torch.from_numpy(classes)
                     for noise_m in noise:
@@ -159,7 +166,7 @@ def _gradient_norms(
                             for p, c, e in zip(perturbed, clean, noise_m, strict=True):
                                 p.copy_(c).add_(e)
                         try:
-                            sq_m, _, _ = engine.run(xb, ranks)
+                            sq_m, _, _ = engine.run(xd, ranks)
                         finally:
                             with torch.no_grad():
                                 for p, c in zip(perturbed, clean, strict=True):
@@ -176,7 +183,7 @@ def _gradient_norms(
                     rows = rows.reshape(len(xb) * group, *xb.shape[1:])
                 else:
                     rows = xb
-                sq, probs, classes = engine.run(rows, None)
+                sq, probs, classes = engine.run(to_device(rows, dev), None)
                 norms = np.sqrt(np.clip(sq, 0, None))
                 if s.aggregate == "mean-norm" and group > 1:
                     norms = norms.reshape(len(xb), group, *norms.shape[1:]).mean(1)
@@ -365,6 +372,7 @@ def gradnorm_scores(
     temperature = real("temperature", temperature, minimum=0.0, strict=True)
     batch_size = count("batch_size", batch_size, minimum=1)
     head = last_linear(model, "GradNorm")
+    dev = model_device(model)
     feats: list[torch.Tensor] = []
     h = head.register_forward_hook(lambda m, inp, out: feats.append(inp[0].detach()))
     out = []
@@ -372,7 +380,7 @@ def gradnorm_scores(
         with eval_mode(model):
             for xb in iter_batches(inputs, batch_size):
                 feats.clear()
-                logits = model(xb).double()
+                logits = model(to_device(xb, dev)).double()
                 a = feats[-1].double()
                 if a.dim() != 2:
                     raise IncompatibleStrategyError(
@@ -380,7 +388,7 @@ def gradnorm_scores(
                     )
                 p = torch.softmax(logits / temperature, 1)
                 u = 1.0 / p.shape[1]
-                out.append(((p - u).abs().sum(1) * a.abs().sum(1) / temperature).numpy())
+                out.append(((p - u).abs().sum(1) * a.abs().sum(1) / temperature).cpu().numpy())
     finally:
         h.remove()
     return np.concatenate(out) if out else np.zeros(0)
