@@ -1,8 +1,9 @@
 """The store's contract on a real PostgreSQL server, started by the tests on loopback (see tests/pg.py).
 
-The contract tests are the ones of tests/test_store.py that take only ``store_url``: they run here unchanged
-with a fresh PostgreSQL database each, so a new contract test is picked up without touching this file. Then a
-whole experiment, a crash inside a commit, concurrent writers, one claimant per run, and the CLI.
+The contract tests are the ones of tests/test_store.py and tests/test_store_keys.py that take only
+``store_url``: they run here unchanged with a fresh PostgreSQL database each, so a new contract test is picked up
+without touching this file. Then a whole experiment, a crash inside a commit, concurrent writers, one claimant
+per run, and the CLI.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import numpy as np
 import pytest
 import test_store
+import test_store_keys
 from pg import PgUnavailable, start_server
 
 pytestmark = pytest.mark.postgres
@@ -39,7 +41,8 @@ def pg_url(pg_server) -> str:
 
 CONTRACT = [
     f
-    for name, f in sorted(vars(test_store).items())
+    for module in (test_store, test_store_keys)
+    for name, f in sorted(vars(module).items())
     if name.startswith("test_") and callable(f) and list(inspect.signature(f).parameters) == ["store_url"]
 ]
 

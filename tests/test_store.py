@@ -220,9 +220,9 @@ def test_schema_1_store_is_upgraded_in_place(store_url):
     before = _store_v1().Store(store_url)
     curves, labels, queries = before.curves(), before.labels("r"), before.queries("r")
     before.close()
-    with pytest.warns(StoreUpgradedWarning, match="from schema 1 to 2 .*data_fingerprint") as caught:
+    with pytest.warns(StoreUpgradedWarning, match="from schema 1 to 3 .*data_fingerprint.*al_samples") as caught:
         s = Store(store_url)
-    assert s.schema_version == SCHEMA_VERSION == 2 and _schema_row(store_url) == "2"
+    assert s.schema_version == SCHEMA_VERSION == 3 and _schema_row(store_url) == "3"
     sqlite_file = sa.engine.make_url(store_url).database if store_url.startswith("sqlite") else None
     if sqlite_file:  # SQLite: a backup copy of the old file, named in the message, itself a schema-1 store
         backup = f"{sqlite_file}.v1.bak"
@@ -301,9 +301,10 @@ def test_upgrade_is_all_or_nothing(tmp_path):
     def boom(conn):
         conn.execute(sa.text("SELECT no_such_column FROM al_runs"))
 
-    steps = (*migrations.STEPS, migrations.Step(3, "a broken step", boom, additive=True))
+    broken = SCHEMA_VERSION + 1
+    steps = (*migrations.STEPS, migrations.Step(broken, "a broken step", boom, additive=True))
     s = Store(url, upgrade=False)
-    with pytest.raises(StoreError, match="could not upgrade .* to schema 3.*Nothing was changed; a copy"):
+    with pytest.raises(StoreError, match=f"could not upgrade .* to schema {broken}.*Nothing was changed; a copy"):
         migrations.upgrade_store(s._writer, shown=url, sqlite_file=str(tmp_path / "s.db"), steps=steps)
     s.close()
     assert _schema_row(url) == "1"
@@ -321,4 +322,4 @@ def test_upgrade_is_all_or_nothing(tmp_path):
     assert _schema_row(url) == "1"
     with pytest.warns(StoreUpgradedWarning):
         assert Store(url).state("r").labels == {5: 0, 2: 1, 9: 3, 7: 2}
-    assert _schema_row(url) == "2"
+    assert _schema_row(url) == str(SCHEMA_VERSION)

@@ -1,9 +1,10 @@
 """The private ORM tables. Nothing outside ``al.store`` touches them; the typed API in ``api.py`` does.
 
 Invariants live here as constraints: one label per (run, sample), one query per (run, sample), one round row
-per (run, round_idx), a run status and a round state from a fixed set. A column added by a migration carries
+per (run, round_idx), a run status and a round state from a fixed set, one key per (run, sample) and one sample
+per (run, key), one value per (run, round, name). A column added by a migration carries
 ``info={"since": <schema version>}`` and is deferred, so that reading a store of an older (compatible) schema
-never selects it.
+never selects it; a table added by one carries the same ``info`` and is read only when the store's schema has it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROUND_STATES = ("queried", "labelled", "complete")
 RUN_STATUSES = ("running", "waiting", "finished", "failed", "stopped")
+KEY_LENGTH = 1024  # a sample's key (a relative path, an id value): longer ones are refused before the INSERT
+NAME_LENGTH = 64  # a round value's name
 SCORE_STATS = ("mean", "std", "min", "q10", "q25", "median", "q75", "q90", "max")
 
 
@@ -108,6 +111,33 @@ class Label(Base):
     oracle: Mapped[str] = mapped_column(sa.String(128))
     created_at: Mapped[datetime] = mapped_column(default=now)
     __table_args__ = (sa.UniqueConstraint("run_id", "sample_id", name="label_once"),)
+
+
+class Sample(Base):
+    """Schema 3: what a sample id stands for, so that ids stay the same samples across processes and resumes.
+
+    ``key``: a file's path relative to the pool folder (POSIX separators) or a table's id value as text.
+    ``excluded``: why the sample is left out of the pool (``"unreadable: OSError: truncated file"``); NULL when
+    it is in. The primary key is (run_id, sample_id): ids are looked up and updated by it in bulk.
+    """
+
+    __tablename__ = "al_samples"
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("al_runs.id", ondelete="CASCADE"), primary_key=True)
+    sample_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    key: Mapped[str] = mapped_column(sa.String(KEY_LENGTH))
+    excluded: Mapped[str | None] = mapped_column(sa.Text)
+    __table_args__ = (sa.UniqueConstraint("run_id", "key", name="one_sample_per_key"), {"info": {"since": 3}})
+
+
+class RoundValue(Base):
+    """Schema 3: named per-round values, such as a stopping criterion's value and its threshold."""
+
+    __tablename__ = "al_round_values"
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("al_runs.id", ondelete="CASCADE"), primary_key=True)
+    round_idx: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(NAME_LENGTH), primary_key=True)
+    value: Mapped[float | None] = mapped_column(sa.Float)
+    __table_args__ = ({"info": {"since": 3}},)
 
 
 TABLE_NAMES = frozenset(t.name for t in Base.metadata.sorted_tables)

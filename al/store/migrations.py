@@ -10,7 +10,11 @@ it is when every missing step is additive (new nullable columns, read as None), 
 result never changes it.
 
 Add a step by appending to ``STEPS``, adding its column to ``_tables.py`` with ``info={"since": <version>}``
-and ``deferred=True``, and a test that upgrades a store written by the previous version.
+and ``deferred=True`` (a new table: ``info={"since": <version>}`` in its ``__table_args__``), and a test that
+upgrades a store written by the previous version.
+
+Schema 2 added ``al_runs.data_fingerprint``; schema 3 the tables ``al_samples`` (what each sample id is, and
+which samples are excluded) and ``al_round_values`` (named values per round, such as a stopping criterion's).
 """
 
 from __future__ import annotations
@@ -50,10 +54,27 @@ def _add_data_fingerprint(conn: sa.Connection) -> None:
     conn.execute(sa.text("ALTER TABLE al_runs ADD COLUMN data_fingerprint VARCHAR(128)"))
 
 
+def _add_samples_and_round_values(conn: sa.Connection) -> None:
+    # The tables as _tables.py declares them: new tables, so there is no older shape to reproduce by hand.
+    for name in ("al_samples", "al_round_values"):
+        Base.metadata.tables[name].create(conn)
+
+
 STEPS: tuple[Step, ...] = (
     Step(2, "al_runs.data_fingerprint (what a run's data is, checked on resume)", _add_data_fingerprint, additive=True),
+    Step(
+        3,
+        "al_samples (each sample id's key) and al_round_values (named values per round)",
+        _add_samples_and_round_values,
+        additive=True,
+    ),
 )
 SCHEMA_VERSION = 1 + len(STEPS)
+
+
+def tables_since(version: int) -> frozenset[str]:
+    """The al tables a store of schema ``version`` has (tables added later carry ``info={"since": v}``)."""
+    return frozenset(t.name for t in Base.metadata.sorted_tables if t.info.get("since", 1) <= version)
 
 
 def missing_steps(version: int, steps: Sequence[Step] = STEPS) -> list[Step]:

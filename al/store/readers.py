@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from typing import overload
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ._tables import SCORE_STATS, Label, Query, Round, Run
+from ._tables import SCORE_STATS, Label, Query, Round, RoundValue, Run, Sample
+
+#: The schema that added ``al_samples`` and ``al_round_values``: an older store read as it is has neither.
+SAMPLES_SINCE = 3
 
 
 class Readers:
-    """DataFrame readers, mixed into ``Store``; they need only its ``_read`` session."""
+    """DataFrame readers, mixed into ``Store``; they need only its ``_read`` session and ``schema_version``."""
+
+    schema_version: int
 
     def _read(self) -> AbstractContextManager[Session]:
         raise NotImplementedError
@@ -113,3 +119,65 @@ class Readers:
                 .order_by(Query.rank)
             )
             return pd.DataFrame(s.execute(q).all(), columns=["sample_id", "rank", "score"])
+
+    # --- schema 3: sample keys and round values (an older store read as it is has none) -------------------------
+    def sample_keys(self, run_id: int) -> dict[int, str]:
+        """Every recorded ``{sample_id: key}`` of the run, excluded samples included."""
+        if self.schema_version < SAMPLES_SINCE:
+            return {}
+        with self._read() as s:
+            q = sa.select(Sample.sample_id, Sample.key).where(Sample.run_id == run_id)
+            return {i: k for i, k in s.execute(q)}
+
+    def excluded_samples(self, run_id: int) -> dict[int, str]:
+        """``{sample_id: reason}`` of the run's excluded samples."""
+        if self.schema_version < SAMPLES_SINCE:
+            return {}
+        with self._read() as s:
+            q = sa.select(Sample.sample_id, Sample.excluded).where(
+                Sample.run_id == run_id, Sample.excluded.is_not(None)
+            )
+            return {i: str(why) for i, why in s.execute(q)}
+
+    @overload
+    def round_values(self, run: int) -> dict[int, dict[str, float | None]]: ...
+
+    @overload
+    def round_values(self, run: str | None = None) -> pd.DataFrame: ...
+
+    def round_values(self, run: int | str | None = None) -> dict[int, dict[str, float | None]] | pd.DataFrame:
+        """Named per-round values (``Store.record_round_values``).
+
+        ``run`` an int (a run id, as the loop holds it): ``{round_idx: {name: value}}``. ``run`` a run's name:
+        a DataFrame with columns run, round_idx, name, value, ordered by round and name; None: the same for
+        every run, ordered by run id. A NULL value reads as None in the dict and NaN in the frame.
+        """
+        if isinstance(run, int) and not isinstance(run, bool):
+            out: dict[int, dict[str, float | None]] = {}
+            if self.schema_version < SAMPLES_SINCE:
+                return out
+            with self._read() as s:
+                q = (
+                    sa.select(RoundValue.round_idx, RoundValue.name, RoundValue.value)
+                    .where(RoundValue.run_id == run)
+                    .order_by(RoundValue.round_idx, RoundValue.name)
+                )
+                for r, name, v in s.execute(q):
+                    out.setdefault(r, {})[name] = v
+            return out
+        cols = ["run", "round_idx", "name", "value"]
+        if self.schema_version < SAMPLES_SINCE:
+            return pd.DataFrame(
+                {c: pd.Series(dtype=d) for c, d in zip(cols, (object, "int64", object, "float64"), strict=True)}
+            )
+        every = (
+            sa.select(Run.name, RoundValue.round_idx, RoundValue.name, RoundValue.value)
+            .join(Run, Run.id == RoundValue.run_id)
+            .order_by(Run.id, RoundValue.round_idx, RoundValue.name)
+        )
+        if run is not None:
+            every = every.where(Run.name == run)
+        with self._read() as s:
+            rows = s.execute(every).all()
+        frame = pd.DataFrame(rows, columns=cols)
+        return frame.astype({"round_idx": "int64", "value": "float64"})
