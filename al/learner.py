@@ -434,7 +434,9 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
                 if trunk_net is not None:
                     h = trunk_net(h)
                 cols.append(torch.stack([torch.softmax(head(h).double(), 1) for _ in range(n_samples)]).cpu().numpy())
-        out = np.concatenate(cols, axis=1) if cols else np.empty((n_samples, 0, self.n_classes))
+        if not cols:
+            return np.empty((n_samples, 0, self.n_classes))
+        out = np.concatenate(cols, axis=1)
         self.check_finite(out.transpose(1, 0, 2), "inputs (MC-dropout passes)")
         return out
 
