@@ -7,6 +7,7 @@ benchmarks/gpu_check.sh`` runs this file on a CUDA machine).
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -348,3 +349,24 @@ def test_mps_training_is_reproducible_and_close_to_the_cpu(digits):
     np.testing.assert_allclose(c.predict_proba(xt), d.predict_proba(xt), atol=1e-3)
     net = d.network
     np.testing.assert_allclose(regrad_scores(c.network, xt), regrad_scores(net, xt), rtol=1e-3)
+
+
+# --- benchmarks/gpu_check.sh: the prepared device check refuses a machine without CUDA --------------------------------
+@pytest.mark.skipif(CUDA, reason="checks the no-CUDA exit path")
+def test_gpu_check_exits_2_without_cuda(capsys, monkeypatch):
+    import importlib.util
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and "no CUDA device" in p.stderr
+    spec = importlib.util.spec_from_file_location("gpu_check", root / "benchmarks" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", mod)  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    assert mod.main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--cpu-only-smoke" in err
