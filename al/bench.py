@@ -24,6 +24,9 @@ examples:
   python -m al.bench --strategy regrad --budget 2000                      # MNIST, the default protocol
   python -m al.bench --dataset digits --strategy entropy --budget 200 --init-size 20 --query-size 30
   python -m al.bench --strategy regrad --strategy-kwargs '{"layer_alpha": 2}' --seeds 0 1 2
+  python -m al.bench --pool photos/ --classes cat,dog,fox --test photos-test/ --strategy regrad --budget 500 \
+      --oracle csv --oracle-dir labels/ --device auto                     # your own images, labelled by you
+  python -m al.bench --pool table.csv --label-column label --id-column id --oracle csv --oracle-dir labels/
 
 Running the same command again continues the run from the store; a finished run is reported, not repeated.
 Dataset defaults (init-size / query-size / pool-subset / epochs / min-steps):
@@ -50,7 +53,33 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # --pool must not be read as --pool-subset (nor a future flag's prefix as an old flag)
     )
     a = p.add_argument
-    a("--dataset", default="mnist", help=f"dataset to learn ({', '.join(DATASETS.names())}); default mnist")
+    a("--dataset", help=f"built-in dataset to learn ({', '.join(DATASETS.names())}); default mnist")
+    own = p.add_argument_group("your own data (instead of --dataset)")
+    o = own.add_argument
+    o(
+        "--pool",
+        metavar="PATH",
+        help="a folder of images (any depth; <class>/<file> = labelled) or a .csv/.parquet/.npy table",
+    )
+    o("--classes", help="class names, comma-separated, or a file with one per line (default: the class folders)")
+    o("--test", metavar="PATH", help="labelled test folder or table; without it rounds record no accuracy")
+    o(
+        "--pool-labels",
+        choices=["auto", "folders", "none"],
+        default="auto",
+        help="folder pools: labels from <class>/<file> folders (auto: when every image is one folder deep)",
+    )
+    o("--image-size", metavar="HxW", help="resize every image to HxW (needed when sizes differ)")
+    o("--channels", type=int, choices=[1, 3], help="1 grey or 3 RGB (default: 3 if any image is in colour)")
+    o(
+        "--normalise",
+        choices=["half", "imagenet", "none"],
+        default="half",
+        help="pixel normalisation: (x-0.5)/0.5, ImageNet statistics (for pre-trained backbones), none",
+    )
+    o("--label-column", help="table pools: the column of labels (empty cells = unlabelled)")
+    o("--id-column", help="table pools: the column of unique sample ids (default the row number)")
+    o("--loader-workers", type=int, default=2, help="DataLoader worker processes reading image files (default 2)")
     a("--strategy", default="entropy", help=f"acquisition strategy ({', '.join(STRATEGIES.names())})")
     a(
         "--strategy-kwargs",
@@ -94,19 +123,66 @@ def build_parser() -> argparse.ArgumentParser:
     a("--run-name", help="name of the run in the store (default <dataset>-<strategy>-seed<seed>)")
     a("--data-dir", help="data root (default $AL_DATA_DIR, else ~/.cache/al/data)")
     a("--no-progress", action="store_true", help="no progress bars")
+    a("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default cpu; auto: CUDA, else MPS, else CPU)")
+    a("--weights", metavar="FILE", help="--model torchvision:<builder>: a local state-dict file to start from")
+    a("--freeze-backbone", action="store_true", help="train only the classifier head of --model")
+    a(
+        "--checkpoints",
+        metavar="DIR",
+        help="save each round's model under DIR/<run> (default al-checkpoints for --pool)",
+    )
+    a("--no-checkpoints", action="store_true", help="save no model checkpoints")
+    a(
+        "--stop",
+        default="budget",
+        help="label-free stopping criterion: budget, stabilising-predictions, max-uncertainty, "
+        "overall-uncertainty (see README)",
+    )
+    a("--stop-kwargs", default="{}", metavar="JSON", help="settings of --stop, e.g. '{\"threshold\": 0.99}'")
     return p
 
 
-def _configs(args: argparse.Namespace) -> list[ExperimentConfig]:
+def _json_object(text: str, flag: str, example: str) -> dict:
     try:
-        kwargs = json.loads(args.strategy_kwargs)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(
-            f"--strategy-kwargs is not valid JSON ({e.msg} at column {e.colno}); "
-            f"give an object such as '{{\"layer_alpha\": 2}}'"
+            f"{flag} is not valid JSON ({e.msg} at column {e.colno}); give an object such as '{example}'"
         ) from None
-    if not isinstance(kwargs, dict):
-        raise ConfigError("--strategy-kwargs must be a JSON object, e.g. '{\"layer_alpha\": 2}'")
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag} must be a JSON object, e.g. '{example}'")
+    return value
+
+
+def load_pool(args: argparse.Namespace):  # noqa: ANN201 - a Pool
+    """The pool of ``--pool`` (a folder of images or a table), every bad input a one-line DataError."""
+    import os
+
+    from .pool import from_folder, from_table, parse_size
+
+    if args.dataset:
+        raise ConfigError(f"--pool and --dataset both name the data; give one (--pool {args.pool} is your own)")
+    image_flags = [f for f, v in (("--image-size", args.image_size), ("--channels", args.channels)) if v]
+    if os.path.isdir(args.pool):
+        if args.label_column or args.id_column:
+            raise ConfigError("--label-column/--id-column are for table pools; a folder is labelled by its folders")
+        return from_folder(
+            args.pool,
+            args.classes,
+            test=args.test,
+            labels=args.pool_labels,
+            image_size=parse_size(args.image_size) if args.image_size else None,
+            channels=args.channels,
+            normalise=args.normalise,
+            workers=args.loader_workers,
+        )
+    if image_flags and os.path.isfile(args.pool):
+        raise ConfigError(f"{image_flags[0]} is for folders of images; --pool {args.pool} is a table")
+    return from_table(args.pool, args.classes, label_column=args.label_column, id_column=args.id_column, test=args.test)
+
+
+def _configs(args: argparse.Namespace) -> list[ExperimentConfig]:
+    kwargs = _json_object(args.strategy_kwargs, "--strategy-kwargs", '{"layer_alpha": 2}')
     seeds = args.seeds if args.seeds else [args.seed]
     if args.run_name and len(seeds) > 1:
         raise ConfigError("--run-name names one run; drop it when giving several --seeds")
@@ -114,7 +190,7 @@ def _configs(args: argparse.Namespace) -> list[ExperimentConfig]:
     for s in seeds:
         out.append(
             ExperimentConfig(
-                dataset=args.dataset,
+                dataset=args.dataset or "mnist",
                 strategy=args.strategy,
                 strategy_kwargs=kwargs,
                 budget=args.budget,
@@ -131,6 +207,10 @@ def _configs(args: argparse.Namespace) -> list[ExperimentConfig]:
                 init_balanced=args.init_balanced,
                 oracle=args.oracle,
                 mc_samples=args.mc_samples,
+                weights=args.weights,
+                freeze_backbone=args.freeze_backbone,
+                stop=args.stop,
+                stop_settings=_json_object(args.stop_kwargs, "--stop-kwargs", '{"threshold": 0.99}'),
             )
         )
     return out
@@ -154,11 +234,23 @@ def _check_store_url(url: str) -> None:
 
 
 def _print_round(rep: RoundReport) -> None:
+    acc = f"accuracy {rep.accuracy:.4f}" if rep.accuracy is not None else "accuracy    -  "
+    stop = "".join(f"  {k} {v:.4g}" if v is not None else f"  {k} -" for k, v in rep.criteria.items())
+    eta = f"  left ~{_duration(rep.eta_seconds)}" if rep.eta_seconds else ""
     print(
-        f"round {rep.round_idx:3d}  labels {rep.n_labelled:6d}  accuracy {rep.accuracy:.4f}  "
-        f"train {rep.train_seconds:6.1f}s  select {rep.select_seconds:6.1f}s  store {rep.store_seconds:5.2f}s",
+        f"round {rep.round_idx:3d}  labels {rep.n_labelled:6d}  {acc}  "
+        f"train {rep.train_seconds:6.1f}s  select {rep.select_seconds:6.1f}s  store {rep.store_seconds:5.2f}s"
+        f"{stop}{eta}",
         flush=True,
     )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' hook
@@ -201,12 +293,24 @@ def _run(args: argparse.Namespace) -> int:
             )
         # Names are checked before anything is loaded or written.
         STRATEGIES.get(args.strategy)
-        DATASETS.get(args.dataset)
+        if not args.pool:
+            for flag in ("classes", "test", "label_column", "id_column", "image_size", "channels"):
+                if getattr(args, flag):
+                    raise ConfigError(f"--{flag.replace('_', '-')} describes your own data: give it with --pool PATH")
+            DATASETS.get(args.dataset or "mnist")
         for c in configs:
             c.check()
         from .data import load_dataset
+        from .devices import resolve_device
 
-        dataset = load_dataset(args.dataset, args.data_dir)
+        device = resolve_device(args.device)
+        dataset = load_pool(args) if args.pool else load_dataset(args.dataset or "mnist", args.data_dir)
+        checkpoints = None
+        if not args.no_checkpoints and (args.checkpoints or args.pool):
+            from .checkpoints import check_writable
+
+            checkpoints = args.checkpoints or "al-checkpoints"
+            check_writable(checkpoints)
         experiments: list[Experiment] = []
         for c in configs:
             # The first experiment checks everything and only then opens the store; the others share it.
@@ -220,6 +324,8 @@ def _run(args: argparse.Namespace) -> int:
                     on_round=_print_round,
                     oracle_dir=args.oracle_dir,
                     oracle_timeout=args.oracle_timeout,
+                    device=device,
+                    checkpoint_dir=checkpoints,
                 )
             )
         store = experiments[0].store
@@ -245,6 +351,8 @@ def _run(args: argparse.Namespace) -> int:
         try:
             exp.run()
         except LabelsPending as e:
+            for notice in exp.notices:
+                print(f"note: {notice}", file=sys.stderr)
             print(f"waiting: {e}", file=sys.stderr)
             return 3
         except ConfigError as e:
@@ -253,6 +361,8 @@ def _run(args: argparse.Namespace) -> int:
         except ALError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        for notice in exp.notices:
+            print(f"note: {notice}", file=sys.stderr)
         if before != "finished":
             print(f"run {exp.name!r} finished in {time.perf_counter() - t0:.1f}s", flush=True)
         names.append(exp.name)
@@ -262,7 +372,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _print_table(store: Store, names: list[str]) -> None:
     df = store.curves()
-    df = df[df["run"].isin(names)]
+    df = df[df["run"].isin(names)].dropna(subset=["accuracy"])  # runs without a test set have no accuracy
     if df.empty:
         return
     table = df.pivot_table(index="n_labelled", columns="run", values="accuracy")

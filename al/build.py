@@ -11,13 +11,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .config import ExperimentConfig, resolved_int
-from .data import Dataset, load_dataset
+from .data import load_dataset
 from .errors import ALError, ConfigError, OracleError
 from .learner import TorchLearner
+from .models import resolve_model
 from .oracles import Oracle, as_oracle, make_oracle
+from .pool import Pool
 from .registry import build_strategy
 from .store import Store
 from .strategy import Strategy
@@ -28,7 +31,7 @@ class Parts:
     """What one run is made of. ``config`` is resolved: every dataset default filled in and checked."""
 
     config: ExperimentConfig
-    dataset: Dataset
+    dataset: Pool
     strategy: Strategy
     learner: TorchLearner
     oracle: Oracle
@@ -39,12 +42,13 @@ def build_parts(
     config: ExperimentConfig,
     store: Store | str,
     *,
-    dataset: Dataset | None = None,
+    dataset: Pool | None = None,
     oracle: Any = None,
     strategy: Strategy | None = None,
     data_dir: str | None = None,
     progress: bool = False,
     oracle_dir: str | None = None,
+    device: Any = "cpu",
 ) -> Parts:
     """The parts of a run of ``config``; ``dataset``, ``oracle``, ``strategy`` and ``store`` given as objects
     are used as they are (an oracle object or function is wrapped as an ``Oracle``), the others are built."""
@@ -59,7 +63,7 @@ def build_parts(
     if c.model is None:  # resolved() always chooses one; narrows the type
         raise ConfigError(f"no model for dataset {dataset.name!r}: pass --model")
     learner = TorchLearner(
-        c.model,
+        resolve_model(c.model, weights=c.weights, freeze_backbone=c.freeze_backbone),
         dataset.n_classes,
         dataset.input_shape,
         epochs=resolved_int(c.epochs, "epochs"),
@@ -69,11 +73,12 @@ def build_parts(
         warm_start=c.warm_start,
         seed=c.seed,
         progress=progress,
+        device=device,
     )
     probe_model(learner, dataset, c)
     strategy.check_learner(learner)
     del learner.module_  # checked; each round builds (or fine-tunes) its own model
-    labels = dataset.train_y.numpy()
+    labels = dataset.labels
     # A user's object or function is wrapped once here, so that the loop only ever sees Oracle instances.
     if oracle is not None:
         oracle = as_oracle(oracle)
@@ -91,7 +96,7 @@ def build_parts(
     return Parts(c, dataset, strategy, learner, oracle, store if isinstance(store, Store) else Store(store))
 
 
-def probe_model(learner: TorchLearner, dataset: Dataset, config: ExperimentConfig) -> None:
+def probe_model(learner: TorchLearner, dataset: Pool, config: ExperimentConfig) -> None:
     """Build the model once and check that it takes the data's inputs and gives one output per class of ``dataset``.
 
     A factory that raises, or a model whose first layer does not fit the data, is a ConfigError naming the model
@@ -107,7 +112,7 @@ def probe_model(learner: TorchLearner, dataset: Dataset, config: ExperimentConfi
             f"model {config.model!r} could not be built: {_one_line(e)}; fix the factory (it is called as "
             f"factory(n_classes={dataset.n_classes}, input_shape={shape})) or pick a registered model"
         ) from e
-    x = dataset.train_x[:2]
+    x = dataset.tensor_inputs(np.flatnonzero(dataset.available)[:2])
     try:
         with torch.no_grad():
             out = learner.logits(x)

@@ -13,7 +13,7 @@ from .errors import ConfigError
 from .settings import Setting, check_settings
 
 if TYPE_CHECKING:
-    from .data import Dataset
+    from .pool import Pool as Dataset
     from .strategy import Strategy
 
 #: Per-dataset defaults for settings left unset; chosen so a run is practical on a 2-core CPU (see README).
@@ -59,7 +59,15 @@ CONFIG_SETTINGS: dict[str, Setting] = {
     "init_balanced": Setting("bool"),
     "oracle": Setting("str", example="--oracle=ground-truth"),
     "mc_samples": Setting("int", minimum=1, too_small="must be at least 1", example=20),
+    "weights": Setting("str", optional=True, example="--weights=resnet18.pt"),
+    "freeze_backbone": Setting("bool"),
+    "stop": Setting("str", example="--stop=stabilising-predictions"),
+    "stop_settings": Setting("dict"),
 }
+
+#: Fields added after runs were stored, with the value those runs ran with: ``config_record`` leaves a field out
+#: while it has that value, so a stored run's record (and its resume check) is unchanged.
+CONFIG_ADDED: dict[str, Any] = {"weights": None, "freeze_backbone": False, "stop": "budget", "stop_settings": {}}
 
 
 def _flag(name: str) -> str:
@@ -87,6 +95,10 @@ class ExperimentConfig:
     init_balanced: bool = False
     oracle: str = "ground-truth"
     mc_samples: int = 20
+    weights: str | None = None
+    freeze_backbone: bool = False
+    stop: str = "budget"
+    stop_settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._check_fields()
@@ -136,6 +148,9 @@ class ExperimentConfig:
 def config_record(config: ExperimentConfig, strategy: Strategy) -> dict[str, Any]:
     """The run's stored configuration: the resolved config and the strategy's settings, as JSON values."""
     d = asdict(config)
+    for k, old in CONFIG_ADDED.items():
+        if d[k] == old:
+            del d[k]
     d["strategy_params"] = {k: _jsonable(v) for k, v in strategy.params().items()}
     return d
 

@@ -23,14 +23,16 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .pool.base import Pool, TestSplit
 from .registry import Registry
 
 DEFAULT_ROOT = Path("~/.cache/al/data").expanduser()
 
 
 @dataclass
-class Dataset:
-    """A labelled pool and a test split held in memory.
+class Dataset(Pool):
+    """A labelled pool and a test split held in memory (a built-in dataset): a :class:`al.pool.Pool` whose ids are
+    row indices.
 
     train_x: (n_pool, C, H, W) float32, normalised; train_y: (n_pool,) int64.
     test_x: (n_test, C, H, W); test_y: (n_test,). Sample ids are row indices of ``train_x``.
@@ -60,6 +62,26 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.train_y.numpy()
+
+    @property
+    def test(self) -> TestSplit:
+        return TestSplit(self.test_x, self.test_y.numpy())
+
+    def inputs(self, ids: np.ndarray) -> torch.Tensor:
+        return self.train_x[torch.from_numpy(np.array(ids, dtype=np.int64))]  # a copy: ids may be read-only
+
+    def tensor_inputs(self, ids: np.ndarray) -> torch.Tensor:
+        return self.inputs(ids)
+
+    def preview(self, sample_id: int) -> np.ndarray:
+        return self.denormalise(self.train_x[int(sample_id)].unsqueeze(0))[0].numpy()
+
+    def fingerprint(self) -> str:
+        return data_fingerprint(self)
 
     def denormalise(self, x: torch.Tensor) -> torch.Tensor:
         """Back to [0, 1] pixel values, for saving or showing images. x: (N, C, H, W)."""

@@ -57,3 +57,14 @@ class StrategyError(ALError):
 
 class ModelError(ALError):
     """The trained model gave outputs that cannot be used, such as NaN acquisition scores (diverged training)."""
+
+
+class UnreadableSamples(DataError):
+    """Some samples of a pool of files could not be read (corrupt or missing files). ``reasons``: id -> "path:
+    reason". The loop excludes them, records why, and goes on without them."""
+
+    def __init__(self, reasons: dict[int, str]) -> None:
+        first = "; ".join(list(reasons.values())[:3])
+        more = f" and {len(reasons) - 3} more" if len(reasons) > 3 else ""
+        super().__init__(f"{len(reasons)} samples could not be read: {first}{more}")
+        self.reasons = reasons

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,10 +20,11 @@ import torch
 
 from .build import build_parts
 from .config import DATASET_DEFAULTS, FALLBACK_DEFAULTS, ExperimentConfig, config_record, resolved_int
-from .data import Dataset, data_fingerprint
-from .errors import ConfigError, LabelsPending, ModelError
+from .errors import ConfigError, DataError, LabelsPending, ModelError, UnreadableSamples
+from .inputs import LazyInputs
 from .labelling import LabellingSession
 from .oracles import Oracle
+from .pool import Pool, TestSplit
 from .seeding import round_rng, torch_seed
 from .store import HEARTBEAT_S, RunState, Store, crash_point
 from .strategy import Context, Strategy
@@ -36,11 +37,16 @@ __all__ = ["DATASET_DEFAULTS", "FALLBACK_DEFAULTS", "Experiment", "ExperimentCon
 class RoundReport:
     round_idx: int
     n_labelled: int
-    accuracy: float
-    nll: float
+    accuracy: float | None  # None without a test set
+    nll: float | None
     train_seconds: float
     select_seconds: float
     store_seconds: float
+    #: Seconds the remaining rounds should take (training, scoring, evaluating; not the labelling), from the mean
+    #: of the last three rounds; None when no round is left or none was timed.
+    eta_seconds: float | None = None
+    #: The stopping criterion's value this round (name -> value), as stored.
+    criteria: dict[str, float | None] = field(default_factory=dict)
 
 
 class Experiment:
@@ -49,8 +55,11 @@ class Experiment:
     dataset and oracle may be given as objects (the Python API) or are built from the config.
     ``on_round`` is called with a RoundReport after each completed round. ``oracle_dir`` is the hand-off folder
     of ``--oracle csv``. ``oracle_timeout``: seconds to wait for one call of the oracle (per answer for
-    one-at-a-time oracles) before the run stops with an OracleError; the query stays saved. Neither changes
-    a run's results, so neither is part of its stored configuration.
+    one-at-a-time oracles) before the run stops with an OracleError; the query stays saved. ``device``: where the
+    model trains and scores (see :func:`al.devices.resolve_device`). ``checkpoint_dir``: save each round's model
+    under ``<checkpoint_dir>/<run name>/`` (see :mod:`al.checkpoints`), for ``al.export``. None of these is part
+    of the run's stored configuration: they do not choose what is labelled (on a GPU, see the README on
+    determinism).
     """
 
     def __init__(
@@ -59,7 +68,7 @@ class Experiment:
         store: Store | str = "sqlite:///al-runs.db",
         *,
         name: str | None = None,
-        dataset: Dataset | None = None,
+        dataset: Pool | None = None,
         oracle: Oracle | None = None,
         strategy: Strategy | None = None,
         data_dir: str | None = None,
@@ -67,6 +76,8 @@ class Experiment:
         on_round: Callable[[RoundReport], None] | None = None,
         oracle_dir: str | None = None,
         oracle_timeout: float | None = None,
+        device: Any = "cpu",
+        checkpoint_dir: str | None = None,
     ) -> None:
         if oracle_timeout is not None and not oracle_timeout > 0:
             raise ConfigError(f"--oracle-timeout must be a positive number of seconds, got {oracle_timeout}")
@@ -80,6 +91,7 @@ class Experiment:
             data_dir=data_dir,
             progress=progress,
             oracle_dir=oracle_dir,
+            device=device,
         )
         self.config, self.dataset, self.strategy = parts.config, parts.dataset, parts.strategy
         self.learner, self.oracle, self.store = parts.learner, parts.oracle, parts.store
@@ -88,6 +100,14 @@ class Experiment:
         self.on_round = on_round
         self._model_round: int | None = None
         self._store_s = 0.0
+        self._aligned = False
+        self.checkpoint_dir = checkpoint_dir
+        if checkpoint_dir is not None:
+            from .checkpoints import check_writable
+
+            check_writable(checkpoint_dir)
+        #: Messages about the pool met while running (files gone, files unreadable), for the command line to show.
+        self.notices: list[str] = []
 
     def config_record(self) -> dict[str, Any]:
         """The run's configuration as the store keeps it (see :func:`al.config.config_record`)."""
@@ -96,12 +116,48 @@ class Experiment:
     def open_run(self) -> RunState:
         """This experiment's run in the store, created if new; refused if stored with other settings or on other
         data (see :func:`al.data.data_fingerprint`)."""
-        return self.store.open_run(
+        st = self.store.open_run(
             self.name,
             self.config_record(),
             absent_means={"strategy_params": self.strategy.params_added},
-            data_fingerprint=data_fingerprint(self.dataset),
+            data_fingerprint=self.dataset.fingerprint(),
         )
+        if not self._aligned:
+            self._align_ids(st)
+        return st
+
+    def _align_ids(self, st: RunState) -> None:
+        """Give the pool the ids this run recorded for its files (a re-scanned folder keeps every old id; new files
+        get new ids), record the new ones, and report recorded files that are gone: their ids stay reserved and
+        their labels stored, they are never renumbered. Pools without keys (built-in datasets) have nothing to do.
+        """
+        pool = self.dataset
+        if pool.keys is None:
+            self._aligned = True
+            return
+        found = pool.align(self.store.sample_keys(st.run_id))
+        if found.added:
+            self.store.record_sample_keys(st.run_id, found.added)
+        if found.missing:
+            labelled = [k for i, k in found.missing.items() if i in st.labels]
+            shown = ", ".join(sorted(found.missing.values())[:5])
+            self.notices.append(
+                f"{len(found.missing)} files recorded by run {self.name!r} are no longer in the pool ({shown}"
+                f"{', ...' if len(found.missing) > 5 else ''}); their ids stay reserved"
+                + (f", and {len(labelled)} of them are labelled: they are left out of training" if labelled else "")
+            )
+        excluded = self.store.excluded_samples(st.run_id)
+        if excluded:
+            pool.exclude(excluded)
+        self._aligned = True
+
+    def _exclude(self, st: RunState, e: UnreadableSamples) -> None:
+        """Leave samples that could not be read out of the pool for the rest of the run, with the reasons stored."""
+        self.store.exclude_samples(st.run_id, e.reasons)
+        self.dataset.exclude(e.reasons)
+        self.notices.append(f"excluded {e}")
+        if self.progress:
+            print(f"warning: excluded {e}", flush=True)
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> RunState:
@@ -146,15 +202,15 @@ class Experiment:
                 self._fit_and_evaluate(st, last.round_idx)  # -> complete
 
     def _done(self, st: RunState) -> bool:
-        return len(st.labels) >= self.config.budget or len(st.labels) >= self.dataset.n_pool
+        return len(st.labels) >= self.config.budget or len(self._unlabelled(st)) == 0
 
     def _unlabelled(self, st: RunState) -> np.ndarray:
-        mask = np.ones(self.dataset.n_pool, dtype=bool)
+        mask = self.dataset.available.copy()
         mask[st.labelled_ids()] = False
         return np.flatnonzero(mask)
 
-    def inputs_of(self, ids: np.ndarray) -> torch.Tensor:
-        return self.dataset.train_x[torch.from_numpy(np.array(ids, dtype=np.int64))]  # a copy: ids may be read-only
+    def inputs_of(self, ids: np.ndarray) -> torch.Tensor | LazyInputs:
+        return self.dataset.inputs(ids)
 
     def _query(self, st: RunState, r: int) -> None:
         c = self.config
@@ -168,23 +224,16 @@ class Experiment:
         else:
             n = min(resolved_int(c.query_size, "query_size"), c.budget - n_have, len(unlabelled))
             self._ensure_model(st, r - 1)
-            rng_sub = round_rng(c.seed, r, "pool-subset")
-            cand = unlabelled
-            if c.pool_subset and c.pool_subset < len(unlabelled):
-                cand = np.sort(rng_sub.choice(unlabelled, size=max(c.pool_subset, n), replace=False))
-            ctx = Context(
-                cand,
-                st.labelled_ids(),
-                learner=self.learner,
-                inputs_of=self.inputs_of,
-                mc_samples=c.mc_samples,
-                rng_for=lambda purpose: round_rng(c.seed, r, purpose),
-                n_classes=self.dataset.n_classes,
-            )
-            try:
-                sel = self.strategy(ctx, n, round_rng(c.seed, r, "select"))
-            except ModelError as e:  # nothing of round r is stored yet; the run stops at its query
-                raise ModelError(f"round {r}, choosing its query with the model of round {r - 1}: {e}") from e
+            while True:  # again without the samples found unreadable, which the next pass no longer reads
+                try:
+                    sel = self._select(st, r, n, unlabelled)
+                    break
+                except UnreadableSamples as e:
+                    self._exclude(st, e)
+                    unlabelled = self._unlabelled(st)
+                    n = min(n, len(unlabelled))
+                    if n == 0:
+                        raise DataError(f"round {r}: no readable unlabelled sample is left in the pool") from e
             ids, scores = sel.ids, sel.scores
             pool_scores = sel.pool_scores if self.strategy.scores_are_uncertainty else None
         select_s = time.perf_counter() - t0
@@ -193,20 +242,72 @@ class Experiment:
         self._store_s = time.perf_counter() - t1
         crash_point("after-query", r)
 
+    def _select(self, st: RunState, r: int, n: int, unlabelled: np.ndarray) -> Any:
+        c = self.config
+        rng_sub = round_rng(c.seed, r, "pool-subset")
+        cand = unlabelled
+        if c.pool_subset and c.pool_subset < len(unlabelled):
+            cand = np.sort(rng_sub.choice(unlabelled, size=max(c.pool_subset, n), replace=False))
+        ctx = Context(
+            cand,
+            self._trainable(st.labelled_ids()),
+            learner=self.learner,
+            inputs_of=self.inputs_of,
+            mc_samples=c.mc_samples,
+            rng_for=lambda purpose: round_rng(c.seed, r, purpose),
+            n_classes=self.dataset.n_classes,
+        )
+        try:
+            return self.strategy(ctx, n, round_rng(c.seed, r, "select"))
+        except ModelError as e:  # nothing of round r is stored yet; the run stops at its query
+            raise ModelError(f"round {r}, choosing its query with the model of round {r - 1}: {e}") from e
+
+    def _trainable(self, ids: np.ndarray) -> np.ndarray:
+        """``ids`` without samples that can no longer be read (files gone or unreadable); their labels stay."""
+        ok = self.dataset.available
+        return ids[ok[ids]] if not ok.all() else ids
+
+    @property
+    def uses_pool_labels(self) -> bool:
+        """Whether round 0 takes the pool's own labels (a labelled folder or a label column of a user's pool), as
+        it does unless the oracle is a simulation answering from those same labels (ground-truth, noisy)."""
+        simulated = self.config.oracle == "ground-truth" or self.config.oracle.startswith("noisy")
+        return self.dataset.keys is not None and self.dataset.has_labels and not simulated
+
     def _initial_ids(self, n: int) -> np.ndarray:
+        if self.uses_pool_labels:
+            y = self.dataset.labels
+            assert y is not None
+            return np.flatnonzero((y >= 0) & self.dataset.available)
         rng = round_rng(self.config.seed, 0, "init")
+        available = self.dataset.available
         if not self.config.init_balanced:
-            return rng.choice(self.dataset.n_pool, size=n, replace=False)
+            if available.all():  # the draw built-in runs have always made
+                return rng.choice(self.dataset.n_pool, size=n, replace=False)
+            return rng.choice(np.flatnonzero(available), size=n, replace=False)
         # Class-balanced initial set (the BatchBALD protocol's 2 per class): uses the true labels, as a
         # simulation protocol does; a real labeller would need them from a first random batch.
-        y = self.dataset.train_y.numpy()
+        if not self.dataset.fully_labelled:
+            raise ConfigError(
+                "--init-balanced draws the initial set by the true labels, but the pool is not fully labelled; "
+                "drop --init-balanced"
+            )
+        y = self.dataset.labels
+        assert y is not None
         k = self.dataset.n_classes
         per = [rng.permutation(np.flatnonzero(y == c)) for c in range(k)]
         out = [p[i] for i in range(max(len(p) for p in per)) for p in per if i < len(p)]
         return np.array(out[:n], dtype=np.int64)
 
     def _label(self, st: RunState, r: int) -> None:
-        """Ask the oracle for round ``r``'s pending labels (see :class:`al.labelling.LabellingSession`)."""
+        """Ask the oracle for round ``r``'s pending labels (see :class:`al.labelling.LabellingSession`); round 0 of
+        a pool with its own labels takes them (recorded as oracle ``pool``)."""
+        if r == 0 and self.uses_pool_labels:
+            y = self.dataset.labels
+            assert y is not None
+            pending = [int(i) for i in self.store.pending(st.run_id, 0)]
+            self.store.record_labels(st.run_id, 0, {i: int(y[i]) for i in pending}, oracle="pool")
+            return
         session = LabellingSession(
             self.oracle, self.store, n_classes=self.dataset.n_classes, timeout=self.oracle_timeout
         )
@@ -216,15 +317,44 @@ class Experiment:
         outcome.conclude()  # LabelsPending while samples still await a label
 
     def _train(self, st: RunState, r: int) -> float:
-        ids = st.labelled_ids(up_to_round=r)
-        y = np.array([st.labels[i] for i in ids], dtype=np.int64)
         t0 = time.perf_counter()
+        while True:
+            ids = self._trainable(st.labelled_ids(up_to_round=r))
+            try:
+                x = self.dataset.tensor_inputs(ids)
+                break
+            except UnreadableSamples as e:  # a labelled file became unreadable: its label stays, it is not used
+                self._exclude(st, e)
+        y = np.array([st.labels[i] for i in ids], dtype=np.int64)
         try:
-            self.learner.fit(self.inputs_of(ids), y, seed=torch_seed(round_rng(self.config.seed, r, "train")) % 2**62)
+            self.learner.fit(x, y, seed=torch_seed(round_rng(self.config.seed, r, "train")) % 2**62)
         except ModelError as e:  # diverged: the round stays as stored (its query and labels), the run stops
             raise ModelError(f"round {r}, training on {len(ids)} labels: {e}") from e
         self._model_round = r
         return time.perf_counter() - t0
+
+    def _save_checkpoint(self, r: int, n_labelled: int) -> None:
+        """The model of round ``r`` under ``<checkpoint_dir>/<run>/`` (skipped when already saved: a resumed
+        round retrains the same weights)."""
+        if self.checkpoint_dir is None:
+            return
+        from .checkpoints import ModelCard, checkpoint_path, run_checkpoint_folder, save_checkpoint
+
+        folder = run_checkpoint_folder(self.name, self.checkpoint_dir)
+        if checkpoint_path(folder, r).exists():
+            return
+        pool = self.dataset
+        card = ModelCard(
+            model=str(self.config.model),
+            n_classes=pool.n_classes,
+            input=pool.input_card(),
+            classes=tuple(pool.classes),
+            freeze_backbone=self.config.freeze_backbone,
+            run=self.name,
+            round_idx=r,
+            n_labelled=n_labelled,
+        )
+        save_checkpoint(folder, r, self.learner.network, card)
 
     def _ensure_model(self, st: RunState, r: int) -> None:
         # A resumed process retrains round r's model from the same labels and seed: the same weights. With
@@ -235,11 +365,9 @@ class Experiment:
     def _fit_and_evaluate(self, st: RunState, r: int) -> None:
         train_s = self._train(st, r)
         crash_point("after-train", r)
+        self._save_checkpoint(r, len(st.labelled_ids(up_to_round=r)))
         t0 = time.perf_counter()
-        try:
-            m = self.learner.evaluate(self.dataset.test_x, self.dataset.test_y)
-        except ModelError as e:  # no metrics are recorded: the round stays labelled, to be trained again
-            raise ModelError(f"round {r}, evaluating on the test set: {e}") from e
+        m = self._evaluate(r)
         eval_s = time.perf_counter() - t0
         n = len(st.labelled_ids(up_to_round=r))
         # Time spent writing this round's query and labels (the metrics write itself is the last, unmeasured one).
@@ -257,4 +385,46 @@ class Experiment:
         crash_point("after-metrics", r)
         if self.on_round is not None:
             select_s = (st.last_round.select_seconds if st.last_round is not None else None) or 0.0
-            self.on_round(RoundReport(r, n, m["accuracy"], m["nll"], train_s, select_s, store_s))
+            rep = RoundReport(r, n, m["accuracy"], m["nll"], train_s, select_s, store_s, self._eta(n))
+            self.on_round(rep)
+
+    def _evaluate(self, r: int) -> dict[str, float | None]:
+        """Accuracy and NLL on the test split (None without one); test files that cannot be read are left out."""
+        while True:
+            split = self.dataset.test
+            if split is None:
+                return {"accuracy": None, "nll": None}
+            try:
+                return dict(self.learner.evaluate(split.inputs, split.labels))
+            except ModelError as e:  # no metrics are recorded: the round stays labelled, to be trained again
+                raise ModelError(f"round {r}, evaluating on the test set: {e}") from e
+            except UnreadableSamples as e:
+                self._drop_test(split, e)
+
+    def _drop_test(self, split: TestSplit, e: UnreadableSamples) -> None:
+        from .pool import FilePool, LoaderInputs
+
+        if not isinstance(self.dataset, FilePool) or not isinstance(split.inputs, LoaderInputs):
+            raise e
+        keep = np.array([i for i in range(len(split)) if int(split.inputs.ids[i]) not in e.reasons], dtype=np.int64)
+        x = split.inputs
+        self.dataset.replace_test(
+            TestSplit(LoaderInputs(x.reader, x.ids[keep], x.positions[keep], workers=x.workers), split.labels[keep])
+        )
+        self.notices.append(f"left out of the test set: {e}")
+        if self.progress:
+            print(f"warning: left out of the test set: {e}", flush=True)
+
+    def _eta(self, n_labelled: int) -> float | None:
+        """Seconds the remaining rounds should take, from the mean of the last three rounds' train, select and
+        eval times (the labelling time is the person's, not estimated)."""
+        c = self.config
+        left = min(c.budget, n_labelled + len(self._unlabelled(self.store.state(self.name)))) - n_labelled
+        if left <= 0:
+            return 0.0
+        rounds = [x for x in self.store.state(self.name).rounds if x.state == "complete"][-3:]
+        times = [(x.train_seconds or 0) + (x.select_seconds or 0) + (x.eval_seconds or 0) for x in rounds]
+        if not times:
+            return None
+        per_round = float(np.mean(times))
+        return per_round * -(-left // resolved_int(c.query_size, "query_size"))

@@ -41,7 +41,7 @@ from ..errors import OracleError
 from .base import Answers, LabellingStopped, Oracle, RoundInfo
 
 if TYPE_CHECKING:
-    from ..data import Dataset
+    from ..pool import Pool as Dataset
 
 #: Five grey levels, dark to light; two characters per pixel keep the image's aspect ratio in a terminal.
 BLOCKS = " ░▒▓█"
@@ -49,7 +49,7 @@ BLOCKS = " ░▒▓█"
 
 def to_unit_image(dataset: Dataset, sample_id: int) -> np.ndarray:
     """Pixel values in [0, 1] of one pool sample: (H, W) for grey images, (H, W, 3) for colour ones."""
-    x = dataset.denormalise(dataset.train_x[int(sample_id)].unsqueeze(0))[0].numpy()  # (C, H, W)
+    x = dataset.preview(int(sample_id))  # (C, H, W)
     return x[0] if x.shape[0] == 1 else np.transpose(x, (1, 2, 0))
 
 
@@ -160,10 +160,14 @@ class CsvOracle(Oracle):
         img_dir.mkdir(exist_ok=True)
         rows = []
         for sid, rank, score in info.query[["sample_id", "rank", "score"]].itertuples(index=False):
+            s = "" if score is None or (isinstance(score, float) and math.isnan(score)) else repr(float(score))
+            original = self.dataset.path_of(int(sid))
+            if original is not None:  # a pool of files: the person opens the file itself, at full resolution
+                rows.append([int(sid), int(rank), s, str(original.resolve())])
+                continue
             png = img_dir / f"{int(sid)}.png"
             if not png.exists():
                 save_png(png, to_unit_image(self.dataset, int(sid)))
-            s = "" if score is None or (isinstance(score, float) and math.isnan(score)) else repr(float(score))
             rows.append([int(sid), int(rank), s, png.relative_to(self.dir).as_posix()])
         buf = io.StringIO(newline="")
         w = csv.writer(buf, lineterminator="\n")

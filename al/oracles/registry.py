@@ -28,19 +28,20 @@ from .human import CsvOracle, PromptOracle
 from .simulated import GroundTruthOracle, NoisyOracle
 
 if TYPE_CHECKING:
-    from ..data import Dataset
+    from ..pool import Pool as Dataset
 
 
 @dataclass(frozen=True)
 class OracleContext:
     """What a builder may use besides its spec's argument.
 
-    labels: (n_pool,) int64 true labels of the pool (for simulated oracles); seed: the run's seed; dataset: the
+    labels: (n_pool,) int64 true labels of the pool (for simulated oracles), -1 where unknown, or None for an
+    unlabelled pool; seed: the run's seed; dataset: the
     loaded dataset (None from callers that have none: the human oracles refuse that); oracle_dir: the hand-off
     folder given with ``--oracle-dir``; spec: the whole spec, for messages.
     """
 
-    labels: np.ndarray
+    labels: np.ndarray | None
     n_classes: int
     seed: int = 0
     dataset: Dataset | None = None
@@ -94,7 +95,7 @@ def register_oracle_kind(
 
 def make_oracle(
     spec: str,
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     n_classes: int,
     seed: int = 0,
     *,
@@ -125,9 +126,22 @@ def make_oracle(
 
 
 # --- the built-in kinds ----------------------------------------------------------------------------------------
+def _true_labels(kind: str, ctx: OracleContext) -> np.ndarray:
+    """The pool's labels, every one known: a simulation answers every query from them."""
+    y = ctx.labels
+    n_missing = len(y) if y is None else int((y < 0).sum())
+    if y is None or n_missing:
+        raise OracleError(
+            f"--oracle {kind} answers from the pool's true labels, but {n_missing} pool samples have none; label "
+            f"through --oracle csv (with --oracle-dir) or prompt, or give a labelled pool (class folders, a label "
+            f"column with every cell filled)"
+        )
+    return y
+
+
 @register_oracle_kind("ground-truth")
 def _ground_truth(arg: str, ctx: OracleContext) -> Oracle:
-    return GroundTruthOracle(ctx.labels)
+    return GroundTruthOracle(_true_labels("ground-truth", ctx))
 
 
 @register_oracle_kind("noisy", usage="noisy:<fraction>", takes_argument=True)
@@ -136,7 +150,7 @@ def _noisy(arg: str, ctx: OracleContext) -> Oracle:
         noise = float(arg)
     except ValueError:
         raise OracleError(f"--oracle noisy:<fraction> needs a number, got {arg!r} (e.g. noisy:0.1)") from None
-    return NoisyOracle(ctx.labels, noise, ctx.n_classes, ctx.seed)
+    return NoisyOracle(_true_labels("noisy", ctx), noise, ctx.n_classes, ctx.seed)
 
 
 def _dataset_for(kind: str, ctx: OracleContext) -> Dataset:
