@@ -27,9 +27,11 @@ from al.checkpoints import (
     save_checkpoint,
 )
 from al.errors import ConfigError
+from al.export import main as export_main
 from al.loop import Experiment
 from al.models import build_model
 from al.pool.images import ImageSpec
+from al.predict import main as predict_main
 from al.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +42,19 @@ def cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
+
+
+def in_process(main, *args: object, cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess[str]:
+    """``main(args)`` in this process with ``cwd`` as the current folder, as a CompletedProcess (argparse's exit
+    included), so that the many error cases need no interpreter each."""
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:
+        rc = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["main", *map(str, args)], rc, out, err)
 
 
 def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
@@ -154,7 +169,7 @@ def test_export_of_an_earlier_round(run, digits):
         (["--labels", "."], "is a folder"),
     ],
 )
-def test_export_errors_are_one_line_and_write_nothing(run, args, message, tmp_path):
+def test_export_errors_are_one_line_and_write_nothing(run, args, message, tmp_path, monkeypatch, capsys):
     tmp, url, name, _ = run
     a_file = tmp / "a-file"  # a path under a regular file cannot be written, even by root
     a_file.write_text("")
@@ -163,7 +178,8 @@ def test_export_errors_are_one_line_and_write_nothing(run, args, message, tmp_pa
         full += ["--run", name]
     if "--checkpoints" not in args:
         full += ["--checkpoints", str(tmp / "al-checkpoints")]
-    res = cli("al.export", *full, *[a.format(file=a_file) for a in args], cwd=tmp_path)
+    argv = [*full, *[a.format(file=a_file) for a in args]]
+    res = in_process(export_main, *argv, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     if message is None:  # an unknown flag: argparse's own one line
         assert res.returncode == 2 and res.stderr.count("\n") == 1
         return
@@ -236,13 +252,48 @@ def test_predict_table_rows(tmp_path):
     assert float(res.stdout.splitlines()[0].split("\t")[2]) == pytest.approx(want.max(), abs=1e-4)
 
 
-def test_predict_errors_are_one_line(tmp_path, image_model):
+def test_predict_errors_are_one_line(tmp_path, image_model, monkeypatch, capsys):
+    def predict(*args: object) -> subprocess.CompletedProcess[str]:
+        return in_process(predict_main, *args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+
     (tmp_path / "a.png").write_bytes(b"")
-    one_line_error(cli("al.predict", "--model", tmp_path / "missing.pt", "a.png", cwd=tmp_path))
-    assert "no input files" in one_line_error(cli("al.predict", "--model", image_model, cwd=tmp_path))
+    assert "does not exist" in one_line_error(predict("--model", tmp_path / "missing.pt", "a.png"))
+    assert "no input files" in one_line_error(predict("--model", image_model))
     junk = tmp_path / "junk.pt"
     junk.write_text("hello")
-    assert "is not an al model" in one_line_error(cli("al.predict", "--model", junk, "a.png", cwd=tmp_path))
+    assert "is not an al model" in one_line_error(predict("--model", junk, "a.png"))
     plain = tmp_path / "plain.pt"
     torch.save(build_model("mlp", 3, (1, 8, 8)).state_dict(), plain)  # a state dict without a card
-    assert "holds no model card" in one_line_error(cli("al.predict", "--model", plain, "a.png", cwd=tmp_path))
+    assert "holds no model card" in one_line_error(predict("--model", plain, "a.png"))
+    assert "is a folder" in one_line_error(predict("--model", image_model, "a.png", "--output", "."))
+    assert not (tmp_path / "o").exists()
+
+
+def test_labels_of_a_keyed_run_name_files_and_classes(tmp_path, monkeypatch, capsys):
+    """A run of a pool of files: each label's key (the file's path) and class name, from the store's sample keys
+    and the run's stored classes (the run is recorded with the store's API, as the loop records a folder pool)."""
+    url = f"sqlite:///{tmp_path / 'keyed.db'}"
+    with Store(url) as st:
+        rec = st.open_run("photos", {"dataset": "photos", "seed": 0, "classes": ["cat", "dog"]})
+        st.record_sample_keys(rec.run.run_id, {i: f"{'cat' if i % 2 else 'dog'}/img{i}.png" for i in range(6)})
+        st.record_query(rec.run.run_id, 0, np.array([4, 1, 2]), None)
+        st.record_labels(rec.run.run_id, 0, {4: 1, 1: 0, 2: 1}, "human")
+    res = in_process(
+        export_main,
+        "--store",
+        url,
+        "--run",
+        "photos",
+        "--labels",
+        "l.csv",
+        cwd=tmp_path,
+        monkeypatch=monkeypatch,
+        capsys=capsys,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = [tuple(r.values()) for r in csv.DictReader((tmp_path / "l.csv").open())]
+    assert rows == [
+        ("1", "cat/img1.png", "0", "cat", "0", "human"),
+        ("2", "dog/img2.png", "1", "dog", "0", "human"),
+        ("4", "dog/img4.png", "1", "dog", "0", "human"),
+    ]
