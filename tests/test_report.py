@@ -315,3 +315,89 @@ def test_notebook_executes_on_the_tiny_store(tiny_store, tmp_path, monkeypatch):
     assert "image/png" in text
     assert "entropy" in text and "in progress" in text
     assert sorted(p.name for p in (tmp_path / "figs").glob("*.png"))
+
+
+# --- stopping criteria and runs without a test set ----------------------------------------------------------------
+def _hand_store(url: str, *, with_values: bool) -> None:
+    """Two finished runs of one protocol filled through the Store API; ``pool`` has no test set (no accuracy)."""
+    s = Store(url)
+    cfg = dict(dataset="digits", model="mlp", budget=30, init_size=10, query_size=10, strategy="entropy", seed=0)
+    for name, acc in (("with-test", (0.5, 0.7, 0.8)), ("pool", (None, None, None))):
+        run = s.open_run(name, {**cfg, "seed": 0 if acc[0] else 1}).run_id
+        for r, a in enumerate(acc):
+            ids = np.arange(10 * r, 10 * r + 10)
+            s.record_query(run, r, ids, None)
+            s.record_labels(run, r, {int(i): int(i) % 3 for i in ids}, "ground-truth")
+            s.record_metrics(run, r, n_labelled=10 * (r + 1), accuracy=a, nll=None if a is None else 1.0)
+            if with_values:
+                s.record_round_values(
+                    run,
+                    r,
+                    {
+                        "stabilising-predictions": None if r == 0 else 0.9 + 0.05 * r,
+                        "stabilising-predictions:threshold": 0.99,
+                        "stabilising-predictions:streak": float(r),  # another suffix: stored, not shown
+                    },
+                )
+        s.set_status(run, "finished")
+    if with_values:
+        s.record_round_values(s.state("pool").run_id, 3, {"max-uncertainty": 0.25})
+    s.close()
+
+
+def test_report_plots_stored_stopping_criteria(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _hand_store(url, with_values=True)
+    store = Store(url, must_exist=True)
+    table = report.last_values(store.round_values())
+    first = table.iloc[0]
+    assert (first["run"], first["criterion"], first["round_idx"], first["value"]) == (
+        "pool",
+        "max-uncertainty",
+        3,
+        0.25,
+    )
+    assert math.isnan(table["threshold"].iloc[0])
+    kappa = table[table["criterion"] == "stabilising-predictions"].set_index("run")
+    assert kappa.loc["with-test", "value"] == pytest.approx(1.0) and kappa.loc["pool", "threshold"] == 0.99
+    paths = report.write_report(store, tmp_path / "out")
+    names = {p.name for p in paths}
+    assert {"stopping-stabilising-predictions.png", "stopping-max-uncertainty.png"} <= names
+    assert not any("streak" in n for n in names)
+    for n in ("stopping-stabilising-predictions.png", "stopping-max-uncertainty.png"):
+        assert (tmp_path / "out" / n).read_bytes()[:8] == PNG_MAGIC
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Stopping criteria" in md and "| with-test | stabilising-predictions | 2 | 1.0000 | 0.9900 |" in md
+    assert "| pool | max-uncertainty | 3 | 0.2500 | n/a |" in md and "streak" not in md
+    assert "![stopping criterion](stopping-stabilising-predictions.png)" in md
+    # The run without a test set is in no accuracy table or curve; the one with it is.
+    cur = report.learning_curves(store)
+    assert set(cur["run"]) == {"with-test"} and cur["accuracy"].dtype == np.float64
+    (proto,) = report.summaries(store)
+    assert proto.runs["run"].tolist() == ["with-test"] and proto.table.loc["entropy", "n_seeds"] == 1
+    store.close()
+
+
+def test_report_without_round_values_is_unchanged(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _hand_store(url, with_values=False)
+    store = Store(url, must_exist=True)
+    paths = report.write_report(store, tmp_path / "out")
+    assert not any(p.name.startswith("stopping-") for p in paths)
+    assert "Stopping criteria" not in (tmp_path / "out" / "report.md").read_text()
+    store.close()
+
+
+def test_report_of_runs_without_any_test_accuracy(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    s = Store(url)
+    run = s.open_run("pool", dict(dataset="photos", budget=20, init_size=10, query_size=10, strategy="entropy")).run_id
+    s.record_query(run, 0, np.arange(10), None)
+    s.record_labels(run, 0, {i: 0 for i in range(10)}, "ground-truth")
+    s.record_metrics(run, 0, n_labelled=10)
+    s.record_round_values(run, 0, {"overall-uncertainty": 0.3, "overall-uncertainty:threshold": 0.05})
+    s.close()
+    paths = report.write_report(Store(url, must_exist=True), tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "no completed round yet" in md and "| pool | overall-uncertainty | 0 | 0.3000 | 0.0500 |" in md
+    assert (tmp_path / "out" / "stopping-overall-uncertainty.png") in paths

@@ -36,7 +36,9 @@ References: AUBC as in Zhan et al., "A comparative survey of deep active learnin
 The package holds one concern per module: :mod:`~al.report.metrics` (maths on one curve),
 :mod:`~al.report.protocols` (protocol identity, strategy variants, reading the store),
 :mod:`~al.report.tables` (summaries over seeds, paired comparison), :mod:`~al.report.markdown` (rendering),
-:mod:`~al.report.plots` (figures) and :mod:`~al.report.cli` (:func:`write_report`, ``python -m al.report``).
+:mod:`~al.report.plots` (figures), :mod:`~al.report.stopping` (stopping criteria's stored values: the
+``"<name>"`` / ``"<name>:threshold"`` round-value convention, their figure and table) and
+:mod:`~al.report.cli` (:func:`write_report`, ``python -m al.report``).
 Every name is re-exported here: import them from ``al.report``.
 """
 
@@ -45,7 +47,7 @@ from __future__ import annotations
 from .cli import main, write_report
 from .markdown import interim_markdown, markdown_table, paired_markdown, protocol_markdown
 from .metrics import DEFAULT_TARGETS, accuracy_at, aubc, labels_to_reach
-from .plots import plot_batch_uncertainty, plot_learning_curves
+from .plots import plot_batch_uncertainty, plot_learning_curves, plot_round_values
 from .protocols import (
     IN_PROGRESS,
     PROTOCOL_FIELD_DEFAULTS,
@@ -56,6 +58,7 @@ from .protocols import (
     runs_table,
     variant_labels,
 )
+from .stopping import criterion_names, last_values, stopping_markdown, write_stopping
 from .tables import (
     ProtocolSummary,
     batch_uncertainty,
@@ -75,6 +78,8 @@ __all__ = [
     "PROTOCOL_FIELD_DEFAULTS",
     "ProtocolSummary",
     "accuracy_at",
+    "criterion_names",
+    "last_values",
     "aubc",
     "batch_uncertainty",
     "default_at_labels",
@@ -90,12 +95,15 @@ __all__ = [
     "per_run_metrics",
     "plot_batch_uncertainty",
     "plot_learning_curves",
+    "plot_round_values",
     "protocol_id",
     "protocol_markdown",
     "runs_table",
     "summaries",
     "summarise",
+    "stopping_markdown",
     "variant_labels",
     "winners",
     "write_report",
+    "write_stopping",
 ]

@@ -16,7 +16,8 @@ from ..store import Store, display_url, hide_passwords
 from .markdown import protocol_markdown
 from .metrics import DEFAULT_TARGETS
 from .plots import plot_batch_uncertainty, plot_learning_curves
-from .protocols import describe_protocol, learning_curves
+from .protocols import describe_protocol, learning_curves, runs_table
+from .stopping import write_stopping
 from .tables import batch_uncertainty, summaries
 
 
@@ -30,8 +31,9 @@ def write_report(
     reference: str | None = "regrad",
 ) -> list[Path]:
     """Write, per protocol, ``<protocol>.md``, ``<protocol>-curves.png`` and ``<protocol>-uncertainty.png``
-    under ``out``, and ``report.md`` linking them all. Returns the paths written. A password in ``command``
-    (a store URL's) is masked before it is written."""
+    under ``out``, and ``report.md`` linking them all; when runs stored stopping criteria's values,
+    ``stopping-<criterion>.png`` and a table of their last values in ``report.md`` (:mod:`al.report.stopping`).
+    Returns the paths written. A password in ``command`` (a store URL's) is masked before it is written."""
     command = hide_passwords(command) if command else command
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,9 +60,14 @@ def write_report(
         )
         written.append(p)
         sections.append(protocol_markdown(s, png.name, upng.name if upng else None, reference=reference, curves=cur))
+    values = store.round_values()
+    values = values[values["run"].isin(runs_table(store, dataset)["run"])]
+    stopping, pngs = write_stopping(values, out)
+    written += pngs
     index = out / "report.md"
     head = "# Active-learning report\n\n" + (f"Produced by `{command}`\n\n" if command else "")
-    index.write_text(head + ("\n".join(sections) if sections else "The store holds no completed round yet.\n"))
+    body = "\n".join(sections) if sections else "The store holds no completed round yet.\n"
+    index.write_text(head + body + (f"\n{stopping}" if stopping else ""))
     written.append(index)
     return written
 

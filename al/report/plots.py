@@ -1,4 +1,5 @@
-"""Figures as PNG (matplotlib, headless): learning curves and the acquired batch's uncertainty."""
+"""Figures as PNG (matplotlib, headless): learning curves, the acquired batch's uncertainty, and stopping
+criteria's values per round."""
 
 from __future__ import annotations
 
@@ -94,6 +95,37 @@ def plot_batch_uncertainty(unc: pd.DataFrame, path: str | Path, title: str = "")
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(title or "uncertainty of the acquired batch", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_round_values(values: pd.DataFrame, name: str, path: str | Path, title: str = "") -> Path | None:
+    """One stored round value per round, a line per run, with its threshold (the round value
+    ``"<name>:threshold"``, see :mod:`al.report.stopping`) dashed in the run's colour. ``values``: rows of
+    ``Store.round_values()`` (run, round_idx, name, value). None when no run has a value of ``name``."""
+    series = values[(values["name"] == name) & values["value"].notna()]
+    if series.empty:
+        return None
+    thresholds = values[(values["name"] == f"{name}:threshold") & values["value"].notna()]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    runs = list(dict.fromkeys(series["run"]))
+    colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    for i, run in enumerate(runs):
+        c = colours(i % colours.N)
+        g = series[series["run"] == run].sort_values("round_idx")
+        ax.plot(g["round_idx"], g["value"], marker="o", ms=3, lw=1.4, color=c, label=run)
+        t = thresholds[thresholds["run"] == run].sort_values("round_idx")
+        if len(t):
+            ax.step(t["round_idx"], t["value"], where="post", ls="--", lw=0.9, color=c)
+    ax.set_xlabel("round")
+    ax.set_ylabel(name)
+    ax.set_title(title or f"stopping criterion {name} (dashed: threshold)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

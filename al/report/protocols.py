@@ -181,9 +181,13 @@ def runs_table(store: Store, dataset: str | None = None) -> pd.DataFrame:
 
 def learning_curves(store: Store, dataset: str | None = None) -> pd.DataFrame:
     """Completed rounds of every run, with its protocol: run, strategy, dataset, protocol, seed, status,
-    in_progress, round_idx, n_labelled, accuracy, nll, score_* summaries of the candidate scores..."""
+    in_progress, round_idx, n_labelled, accuracy, nll, score_* summaries of the candidate scores...
+
+    Rounds without a test accuracy (a pool without a test set) are left out: a run that has none is in no
+    accuracy table or curve."""
     runs = runs_table(store, dataset)
     cur = store.curves()
-    cur = cur[cur["run"].isin(runs["run"])].copy()
+    cur = cur[cur["run"].isin(runs["run"]) & cur["accuracy"].notna()].copy()
+    cur["accuracy"] = cur["accuracy"].astype("float64")
     cur["strategy"] = cur["run"].map(dict(zip(runs["run"], runs["strategy"], strict=True)))
     return cur.merge(runs[["run", "protocol", "in_progress"]], on="run", how="left").reset_index(drop=True)
