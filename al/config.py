@@ -112,7 +112,9 @@ class ExperimentConfig:
 
     def resolved(self, dataset: Dataset | None = None) -> ExperimentConfig:
         """A copy with dataset defaults filled in and every setting checked."""
-        d = DATASET_DEFAULTS.get(self.dataset, FALLBACK_DEFAULTS)
+        # A user's pool (keyed samples) gets the general defaults even when its folder is called "mnist".
+        own = dataset is not None and dataset.keys is not None
+        d = FALLBACK_DEFAULTS if own else DATASET_DEFAULTS.get(self.dataset, FALLBACK_DEFAULTS)
         out = ExperimentConfig(**{**asdict(self), **{k: v for k, v in d.items() if getattr(self, k) is None}})
         if out.model is None:
             out.model = dataset.default_model if dataset is not None else "cnn"

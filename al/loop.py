@@ -82,6 +82,10 @@ class Experiment:
         if oracle_timeout is not None and not oracle_timeout > 0:
             raise ConfigError(f"--oracle-timeout must be a positive number of seconds, got {oracle_timeout}")
         self.oracle_timeout = oracle_timeout
+        from .stopping import make_stopping
+
+        # Checked before build_parts opens the store: a bad --stop or --stop-kwargs writes nothing.
+        self.stopping = make_stopping(config.stop, **config.stop_settings)
         parts = build_parts(
             config,
             store,
@@ -101,6 +105,7 @@ class Experiment:
         self._model_round: int | None = None
         self._store_s = 0.0
         self._aligned = False
+        self._stop_preds: np.ndarray | None = None
         self.checkpoint_dir = checkpoint_dir
         if checkpoint_dir is not None:
             from .checkpoints import check_writable
@@ -202,7 +207,53 @@ class Experiment:
                 self._fit_and_evaluate(st, last.round_idx)  # -> complete
 
     def _done(self, st: RunState) -> bool:
-        return len(st.labels) >= self.config.budget or len(self._unlabelled(st)) == 0
+        if len(st.labels) >= self.config.budget or len(self._unlabelled(st)) == 0:
+            return True
+        return self._criterion_says_stop(st)
+
+    def _criterion_says_stop(self, st: RunState) -> bool:
+        """Whether the stopping criterion, replayed over the values the store holds, has decided to stop."""
+        if self.config.stop == "budget":
+            return False
+        name = self.stopping.name
+        values = self.store.round_values(st.run_id)
+        history = [values.get(r.round_idx, {}).get(name) for r in st.rounds if r.state == "complete"]
+        last = self.stopping.from_history(history).last
+        if last is not None and last.stop:
+            self.notices.append(f"stopped before the budget by --stop {name}: {last.message}")
+            return True
+        return False
+
+    def _criterion(self, st: RunState, r: int) -> dict[str, float | None]:
+        """The stopping criterion's values for round ``r`` (its model is trained), computed from what it needs,
+        recorded in the store (a resumed round records the same values again: a no-op)."""
+        if self.config.stop == "budget":
+            return {}
+        c = self.config
+        needs = self.stopping.needs
+        kw: dict[str, np.ndarray] = {}
+        if "stop_set_predictions" in needs:
+            from .stopping import stop_set_ids
+
+            size = int(self.stopping.settings.get("stop_set_size", 1000))
+            ids = stop_set_ids(np.flatnonzero(self.dataset.available), size, round_rng(c.seed, 0, "stop-set"))
+            kw["stop_set_predictions"] = self.learner.predict(self.dataset.inputs(ids))
+        if "pool_probs" in needs:
+            cand = self._unlabelled(self.store.state(self.name))
+            if c.pool_subset and c.pool_subset < len(cand):
+                cand = np.sort(round_rng(c.seed, r, "stop-pool").choice(cand, size=c.pool_subset, replace=False))
+            kw["pool_probs"] = self.learner.predict_proba(self.dataset.inputs(cand))
+        values = self.store.round_values(st.run_id)
+        history = [values.get(x.round_idx, {}).get(self.stopping.name) for x in st.rounds if x.round_idx < r]
+        if "stop_set_predictions" in needs:
+            self.stopping.from_history(history, previous_predictions=self._stop_preds)
+        else:
+            self.stopping.from_history(history)
+        verdict = self.stopping.update(r, **kw)
+        self._stop_preds = kw.get("stop_set_predictions")
+        out = self.stopping.round_values(verdict)
+        self.store.record_round_values(st.run_id, r, out)
+        return {self.stopping.name: verdict.value}
 
     def _unlabelled(self, st: RunState) -> np.ndarray:
         mask = self.dataset.available.copy()
@@ -369,6 +420,7 @@ class Experiment:
         t0 = time.perf_counter()
         m = self._evaluate(r)
         eval_s = time.perf_counter() - t0
+        criteria = self._criterion(st, r)
         n = len(st.labelled_ids(up_to_round=r))
         # Time spent writing this round's query and labels (the metrics write itself is the last, unmeasured one).
         store_s, self._store_s = self._store_s, 0.0
@@ -385,7 +437,7 @@ class Experiment:
         crash_point("after-metrics", r)
         if self.on_round is not None:
             select_s = (st.last_round.select_seconds if st.last_round is not None else None) or 0.0
-            rep = RoundReport(r, n, m["accuracy"], m["nll"], train_s, select_s, store_s, self._eta(n))
+            rep = RoundReport(r, n, m["accuracy"], m["nll"], train_s, select_s, store_s, self._eta(n), criteria)
             self.on_round(rep)
 
     def _evaluate(self, r: int) -> dict[str, float | None]:
