@@ -282,8 +282,9 @@ def test_cuda_weights_back_on_the_cpu_are_close(digits, exact_cuda):
     a = learner("cpu", model=no_dropout_mlp).fit(x, y, seed=0)
     b = learner("cuda", model=no_dropout_mlp).fit(x, y, seed=0)
     for pa, pb in zip(a.module_.parameters(), b.module_.parameters(), strict=True):
-        torch.testing.assert_close(pb.detach().cpu(), pa.detach(), rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(b.predict_proba(digits.test_x), a.predict_proba(digits.test_x), atol=1e-4)
+        # Adam divides by sqrt(v): a gradient at rounding level can step either way, by up to lr (1e-3) a step
+        torch.testing.assert_close(pb.detach().cpu(), pa.detach(), rtol=1e-2, atol=2e-3)
+    np.testing.assert_allclose(b.predict_proba(digits.test_x), a.predict_proba(digits.test_x), atol=2e-3)
 
 
 @needs_cuda
@@ -305,6 +306,9 @@ def test_regrad_on_cuda_matches_the_cpu(digits, exact_cuda, model, kw):
     ids = np.arange(100) * 2
     s_cpu = regrad_scores(cpu_net, xt, ids=ids, rng=np.random.default_rng(0), **kw)
     s_gpu = regrad_scores(gpu_net, TensorLazy(xt, 33, pin=True), ids=ids, rng=np.random.default_rng(0), **kw)
+    # a caller's CUDA tensor: the noise is drawn on the CPU and moved to it
+    s_dev = regrad_scores(gpu_net, xt.cuda(), ids=ids, rng=np.random.default_rng(0), **kw)
+    np.testing.assert_allclose(s_dev, s_cpu, rtol=1e-4, atol=1e-9)
     assert s_gpu.dtype == np.float64 and s_gpu.shape == (100,)
     np.testing.assert_allclose(s_gpu, s_cpu, rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(gradnorm_scores(gpu_net, xt), gradnorm_scores(cpu_net, xt), rtol=1e-4)

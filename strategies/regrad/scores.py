@@ -178,7 +178,9 @@ def _gradient_norms(
                     continue
                 if m:
                     keys = ids[start : start + len(xb)] if ids is not None else range(start, start + len(xb))
-                    eps = perturbation_noise(xb.shape[1:], keys, m, s.seed, xb.dtype, key=key)
+                    # drawn on the CPU (the same numbers on every device); added where the chunk is (the CPU for
+                    # inputs read in batches, a GPU for a caller's CUDA tensor)
+                    eps = perturbation_noise(xb.shape[1:], keys, m, s.seed, xb.dtype, key=key).to(xb.device)
                     rows = torch.cat([xb.unsqueeze(1), xb.unsqueeze(1) + s.sigma * eps], 1)
                     rows = rows.reshape(len(xb) * group, *xb.shape[1:])
                 else:
