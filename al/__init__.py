@@ -1,5 +1,6 @@
 """al: pool-based deep active learning, with REGrad gradient-based epistemic uncertainty."""
 
+from .checkpoints import LoadedModel, ModelCard, load_model
 from .data import DATASETS, Dataset, load_dataset
 from .errors import (
     ALError,
@@ -18,6 +19,7 @@ from .learner import TorchLearner
 from .loop import Experiment, ExperimentConfig
 from .models import MODELS, build_model
 from .oracles import CallbackOracle, CsvOracle, GroundTruthOracle, NoisyOracle, Oracle, PromptOracle, as_oracle
+from .pool import FilePool, Pool
 from .store import Store
 from .strategy import Context, Selection, Strategy
 
@@ -53,4 +55,9 @@ __all__ = [
     "as_oracle",
     "build_model",
     "load_dataset",
+    "load_model",
+    "LoadedModel",
+    "ModelCard",
+    "Pool",
+    "FilePool",
 ]

@@ -115,8 +115,12 @@ class Experiment:
         self.notices: list[str] = []
 
     def config_record(self) -> dict[str, Any]:
-        """The run's configuration as the store keeps it (see :func:`al.config.config_record`)."""
-        return config_record(self.config, self.strategy)
+        """The run's configuration as the store keeps it (see :func:`al.config.config_record`); a user's pool adds
+        its class names (``al.export`` names the labels by them; built-in datasets' records stay as they were)."""
+        d = config_record(self.config, self.strategy)
+        if self.dataset.keys is not None:
+            d["classes"] = list(self.dataset.classes)
+        return d
 
     def open_run(self) -> RunState:
         """This experiment's run in the store, created if new; refused if stored with other settings or on other
