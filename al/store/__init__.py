@@ -2,7 +2,9 @@
 
 A round moves ``queried -> labelled -> complete``, each step one transaction: the query (ids, ranks, scores)
 is written before the oracle is asked, labels as they arrive, metrics last. A fresh process rebuilds the
-labelled set and the pending query from these rows and carries on.
+labelled set and the pending query from these rows and carries on. Schema 3 adds what each sample id is
+(``record_sample_keys``, ``sample_keys``, ``exclude_samples``, ``excluded_samples``) and named values per round
+(``record_round_values``, ``round_values``), e.g. a stopping criterion's.
 
 Modules: ``_tables`` (the private ORM tables and their constraints), ``engine`` (URL and driver, SQLite file
 checks and pragmas), ``migrations`` (schema versions and upgrades), ``configs`` (canonical config text and
