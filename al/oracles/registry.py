@@ -129,12 +129,11 @@ def make_oracle(
 def _true_labels(kind: str, ctx: OracleContext) -> np.ndarray:
     """The pool's labels, every one known: a simulation answers every query from them."""
     y = ctx.labels
-    n_missing = len(y) if y is None else int((y < 0).sum())
-    if y is None or n_missing:
+    missing = "the pool has no labels" if y is None else f"{int((y < 0).sum())} pool samples have no label"
+    if y is None or (y < 0).any():
         raise OracleError(
-            f"--oracle {kind} answers from the pool's true labels, but {n_missing} pool samples have none; label "
-            f"through --oracle csv (with --oracle-dir) or prompt, or give a labelled pool (class folders, a label "
-            f"column with every cell filled)"
+            f"--oracle {kind} answers from the pool's true labels, but {missing}; label through --oracle csv (with "
+            f"--oracle-dir) or prompt, or give a labelled pool (class folders, a label column with every cell filled)"
         )
     return y
 
