@@ -16,11 +16,12 @@ import torch
 
 from .config import ExperimentConfig, resolved_int
 from .data import load_dataset
+from .devices import resolve_device
 from .errors import ALError, ConfigError, OracleError
 from .learner import TorchLearner
 from .models import resolve_model
 from .oracles import Oracle, as_oracle, make_oracle
-from .pool import Pool
+from .pool import FilePool, Pool
 from .registry import build_strategy
 from .store import Store
 from .strategy import Strategy
@@ -59,6 +60,8 @@ def build_parts(
         # dataset column, the dataset's defaults), whatever config.dataset says (it only names what to load).
         config = dataclasses.replace(config, dataset=dataset.name)
     c = config.resolved(dataset)
+    if resolve_device(device).type == "cuda" and isinstance(dataset, FilePool):
+        dataset.pin_memory = True  # page-locked batches: the copies to the GPU overlap with the next read
     strategy = strategy if strategy is not None else build_strategy(c.strategy, **c.strategy_kwargs)
     if c.model is None:  # resolved() always chooses one; narrows the type
         raise ConfigError(f"no model for dataset {dataset.name!r}: pass --model")

@@ -129,7 +129,7 @@ class CsvOracle(Oracle):
     """File hand-off: queries out as CSV and PNGs, answers in as CSV. See the module docstring for the policy.
 
     Files in ``oracle_dir`` (one folder per run): ``queries-round-N.csv`` (rewritten from the store on each
-    call), ``images-round-N/<id>.png``, and ``answers-round-N.csv``, created with just its header when missing
+    call), ``images-round-N/<id>.png`` (for a pool of files, the ``image`` column is the file's own path instead), and ``answers-round-N.csv``, created with just its header when missing
     and never written to by this code once it exists.
     """
 
@@ -157,7 +157,6 @@ class CsvOracle(Oracle):
         self.info = info
         r = info.round_idx
         img_dir = self.dir / f"images-round-{r}"
-        img_dir.mkdir(exist_ok=True)
         rows = []
         for sid, rank, score in info.query[["sample_id", "rank", "score"]].itertuples(index=False):
             s = "" if score is None or (isinstance(score, float) and math.isnan(score)) else repr(float(score))
@@ -167,6 +166,7 @@ class CsvOracle(Oracle):
                 continue
             png = img_dir / f"{int(sid)}.png"
             if not png.exists():
+                img_dir.mkdir(exist_ok=True)
                 save_png(png, to_unit_image(self.dataset, int(sid)))
             rows.append([int(sid), int(rank), s, png.relative_to(self.dir).as_posix()])
         buf = io.StringIO(newline="")
