@@ -227,3 +227,16 @@ def test_readme_oracle_examples_run(digits, tmp_path):
         labels = Store(url).labels("digits-entropy-seed0")
         assert len(labels) == 40 and all(y == t(i) for i, y in zip(labels["sample_id"], labels["label"], strict=True))
         assert set(labels["oracle"]) == {"callback" if k == 0 else "my-tool"}
+
+
+def test_csv_answers_may_name_the_class(tmp_path):
+    """A person labelling their own photos writes 'cat', not 0; a name wins over an index ('1' is the class
+    named "1"), and an unknown word is refused with both readings named."""
+    from al.oracles.human import CsvOracle
+
+    path = tmp_path / "answers-round-0.csv"
+    path.write_text("id,label\n3,Dog\n4,0\n5,1\n6,bird\n")
+    refused: list[str] = []
+    rows = CsvOracle._read(path, 3, refused, {"cat": 0, "dog": 1, "1": 2})
+    assert {sid: labels[0] for sid, (_, labels) in rows.items()} == {3: 1, 4: 0, 5: 2}
+    assert len(refused) == 1 and "neither a class name nor an integer class index" in refused[0]

@@ -129,8 +129,9 @@ class CsvOracle(Oracle):
     """File hand-off: queries out as CSV and PNGs, answers in as CSV. See the module docstring for the policy.
 
     Files in ``oracle_dir`` (one folder per run): ``queries-round-N.csv`` (rewritten from the store on each
-    call), ``images-round-N/<id>.png`` (for a pool of files, the ``image`` column is the file's own path instead), and ``answers-round-N.csv``, created with just its header when missing
-    and never written to by this code once it exists.
+    call), ``images-round-N/<id>.png`` (for a pool of files, the ``image`` column is the file's own path instead),
+    and ``answers-round-N.csv``, created with just its header when missing and never written to by this code once
+    it exists. A label is a class index or a class name (case-insensitive; a name wins where both could match).
     """
 
     name = "csv"
@@ -201,7 +202,7 @@ class CsvOracle(Oracle):
         pending = {int(i) for i in ids}
         queried = {int(i) for i in info.query["sample_id"]}
         refused: list[str] = []
-        rows = self._read(self.answers_path(info.round_idx), info.n_classes, refused)
+        rows = self._read(self.answers_path(info.round_idx), info.n_classes, refused, self._class_index())
         taken: dict[int, int] = {}
         for sid, (lines, labels) in rows.items():
             where = f"{self.answers_path(info.round_idx).name} line {', '.join(map(str, lines))}"
@@ -233,8 +234,14 @@ class CsvOracle(Oracle):
         refused += self._check_earlier_files(info)
         return Answers(taken, refused)
 
+    def _class_index(self) -> dict[str, int]:
+        """Class names (lower case) -> index: an answer may name its class instead of giving its index."""
+        return {str(c).strip().lower(): k for k, c in enumerate(self.dataset.classes)}
+
     @staticmethod
-    def _read(path: Path, n_classes: int, refused: list[str]) -> dict[int, tuple[list[int], list[int]]]:
+    def _read(
+        path: Path, n_classes: int, refused: list[str], names: dict[str, int] | None = None
+    ) -> dict[int, tuple[list[int], list[int]]]:
         """Parse an answers file: {id: ([line numbers], [labels])} of rows that are well formed; the malformed
         rows are appended to ``refused``. Blank lines and lines starting with '#' are skipped."""
         out: dict[int, tuple[list[int], list[int]]] = {}
@@ -291,10 +298,14 @@ class CsvOracle(Oracle):
             if t.lower() in ("nan", "+nan", "-nan"):
                 refused.append(f"{where}: id {sid} has label NaN; give a class index 0..{n_classes - 1}")
                 continue
-            y = _parse_int(t)
+            # A class's name first (a pool whose classes are "1", "2", "3" means the name "1", not index 1).
+            y = (names or {}).get(t.lower())
+            if y is None:
+                y = _parse_int(t)
             if y is None:
                 refused.append(
-                    f"{where}: id {sid} has label {_show(t)}, which is not an integer class index 0..{n_classes - 1}"
+                    f"{where}: id {sid} has label {_show(t)}, which is neither a class name nor an integer class "
+                    f"index 0..{n_classes - 1}"
                 )
                 continue
             if not 0 <= y < n_classes:
@@ -325,7 +336,7 @@ class CsvOracle(Oracle):
             if not path.exists():
                 continue
             problems: list[str] = []
-            for sid, (lines, labels) in self._read(path, info.n_classes, problems).items():
+            for sid, (lines, labels) in self._read(path, info.n_classes, problems, self._class_index()).items():
                 if sid in info.labels:
                     wrong = [ln for ln, y in zip(lines, labels, strict=True) if y != info.labels[sid]]
                     if wrong:
