@@ -72,10 +72,16 @@ def _labels_from(values: Any, classes: list[str] | None, where: str) -> tuple[np
     for row, (v, e) in enumerate(zip(text, empty, strict=True)):
         if e:
             continue
-        if v in index:
+        if numeric:
+            if int(v) < len(classes):
+                y[row] = int(v)  # class numbers (not every cell is a class name): every cell is read as a number
+            else:
+                raise DataError(
+                    f"{where}, row {row + 1}: class number {v} is not below the {len(classes)} classes {classes}; "
+                    f"fix the cell or add the class to --classes"
+                )
+        elif v in index:
             y[row] = index[v]
-        elif numeric and int(v) < len(classes):
-            y[row] = int(v)  # a class number where the classes are names
         else:
             raise DataError(
                 f"{where}, row {row + 1}: label {v!r} is not one of the classes {classes}; fix the cell or add the "
