@@ -36,10 +36,16 @@ class Reader(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
+        """Item ``i``: what :meth:`finish` turns into the model input (for images, uint8 pixels), and ``""`` or
+        the reason it could not be read."""
         raise NotImplementedError
 
     def describe(self, i: int) -> str:
         return f"item {i}"
+
+    def finish(self, batch: torch.Tensor) -> torch.Tensor:
+        """A collated batch of items -> float32 model inputs (in the main process, once per batch)."""
+        return batch
 
 
 def _collate(items: list[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
@@ -81,7 +87,6 @@ class LoaderInputs(LazyInputs):
             shuffle=False,
             num_workers=workers,
             collate_fn=_collate,
-            pin_memory=self.pin_memory,
             # Prefetching two batches per worker bounds memory at (2 * workers + 1) batches.
             prefetch_factor=2 if workers else None,
         )
@@ -93,7 +98,9 @@ class LoaderInputs(LazyInputs):
                     k = start + j
                     failed[int(self.ids[k])] = f"{self.reader.describe(int(self.positions[k]))}: {err}"
             start += len(x)
-            yield x
+            out = self.reader.finish(x)
+            # Pinned after finishing, so that the float batch itself is copied to the GPU without blocking.
+            yield out.pin_memory() if self.pin_memory else out
         if failed:
             raise UnreadableSamples(failed)
 

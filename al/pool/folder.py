@@ -26,23 +26,30 @@ LabelLayout = Literal["auto", "folders", "none"]
 
 
 class ImageReader(Reader):
-    """Reads source position ``i`` (``paths[i]``) with ``spec``; a file that fails gives zeros and the reason."""
+    """Reads source position ``i`` (``paths[i]``) as uint8 pixels with ``spec`` (normalised per batch in
+    :meth:`finish`); a file that fails gives zeros and the reason."""
 
     def __init__(self, paths: Sequence[str], spec: ImageSpec, keys: Sequence[str]) -> None:
         self.paths, self.spec, self.keys = list(paths), spec, list(keys)
         self.input_shape = spec.input_shape
+        # Imports transforms.v2 here, in the parent: forked loader workers inherit it instead of each importing it
+        # (seconds per worker, on every pass).
+        spec.transform()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         try:
-            return self.spec.load(self.paths[i]), ""
+            return self.spec.read(self.paths[i]), ""
         except Exception as e:  # noqa: BLE001 - Pillow raises many kinds on a corrupt file; each is reported
-            return torch.zeros(self.input_shape), f"{type(e).__name__}: {' '.join(str(e).split())}"
+            return torch.zeros(self.input_shape, dtype=torch.uint8), f"{type(e).__name__}: {' '.join(str(e).split())}"
 
     def describe(self, i: int) -> str:
         return self.keys[i]
+
+    def finish(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.spec.normalise(batch)
 
 
 def scan_images(root: Path) -> list[str]:
