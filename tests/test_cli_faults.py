@@ -132,12 +132,12 @@ def test_in_memory_store_refused_by_the_cli(tmp_path, capsys, url):
 
 
 def test_no_flag_is_an_abbreviation_of_another(tmp_path, capsys):
-    """--pool must not be read as --pool-subset (nor --stor as --store) in any of the command-line tools."""
+    """--pool-sub must not be read as --pool-subset (nor --stor as --store) in any of the command-line tools."""
     with pytest.raises(SystemExit) as e:
-        main(DIGITS + ["--store", f"sqlite:///{tmp_path / 'X.db'}", "--pool", "5"])
+        main(DIGITS + ["--store", f"sqlite:///{tmp_path / 'X.db'}", "--pool-sub", "5"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "unrecognized arguments: --pool 5" in err
+    assert "unrecognized arguments: --pool-sub 5" in err
     assert not (tmp_path / "X.db").exists()
 
     from al.report import main as report_main
