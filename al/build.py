@@ -17,7 +17,7 @@ import torch
 from .config import ExperimentConfig, resolved_int
 from .data import load_dataset
 from .devices import resolve_device
-from .errors import ALError, ConfigError, OracleError
+from .errors import ALError, ConfigError, OracleError, UnreadableSamples
 from .learner import TorchLearner
 from .models import resolve_model
 from .oracles import Oracle, as_oracle, make_oracle
@@ -115,7 +115,10 @@ def probe_model(learner: TorchLearner, dataset: Pool, config: ExperimentConfig) 
             f"model {config.model!r} could not be built: {_one_line(e)}; fix the factory (it is called as "
             f"factory(n_classes={dataset.n_classes}, input_shape={shape})) or pick a registered model"
         ) from e
-    x = dataset.tensor_inputs(np.flatnonzero(dataset.available)[:2])
+    try:
+        x = dataset.tensor_inputs(np.flatnonzero(dataset.available)[:2])
+    except UnreadableSamples:  # the loop excludes such files with their reasons; the probe needs only the shape
+        x = torch.zeros((2, *shape))
     try:
         with torch.no_grad():
             out = learner.logits(x)

@@ -115,7 +115,12 @@ class ExperimentConfig:
         # A user's pool (keyed samples) gets the general defaults even when its folder is called "mnist".
         own = dataset is not None and dataset.keys is not None
         d = FALLBACK_DEFAULTS if own else DATASET_DEFAULTS.get(self.dataset, FALLBACK_DEFAULTS)
-        out = ExperimentConfig(**{**asdict(self), **{k: v for k, v in d.items() if getattr(self, k) is None}})
+        filled = {k: v for k, v in d.items() if getattr(self, k) is None}
+        if own:  # a person's budget may be smaller than a benchmark's initial set: the defaults fit within it
+            for k in ("init_size", "query_size"):
+                if k in filled:
+                    filled[k] = min(filled[k], self.budget)
+        out = ExperimentConfig(**{**asdict(self), **filled})
         if out.model is None:
             out.model = dataset.default_model if dataset is not None else "cnn"
         out.check(dataset.n_pool if dataset is not None else None)

@@ -129,8 +129,9 @@ class CsvOracle(Oracle):
     """File hand-off: queries out as CSV and PNGs, answers in as CSV. See the module docstring for the policy.
 
     Files in ``oracle_dir`` (one folder per run): ``queries-round-N.csv`` (rewritten from the store on each
-    call), ``images-round-N/<id>.png`` (for a pool of files, the ``image`` column is the file's own path instead),
-    and ``answers-round-N.csv``, created with just its header when missing and never written to by this code once
+    call), ``images-round-N/<id>.png`` (for a pool of files, the ``image`` column is the file's own path
+    instead; for a table, the columns are ``id, rank, score, key`` and the row's values), and
+    ``answers-round-N.csv``, created with just its header when missing and never written to by this code once
     it exists. A label is a class index or a class name (case-insensitive; a name wins where both could match).
     """
 
@@ -159,8 +160,15 @@ class CsvOracle(Oracle):
         r = info.round_idx
         img_dir = self.dir / f"images-round-{r}"
         rows = []
+        header = ["id", "rank", "score", "image"]
         for sid, rank, score in info.query[["sample_id", "rank", "score"]].itertuples(index=False):
             s = "" if score is None or (isinstance(score, float) and math.isnan(score)) else repr(float(score))
+            row = self.dataset.row_of(int(sid))
+            if row is not None:  # a table row: its key (the table's id) and its values, to label it by
+                keys = self.dataset.keys
+                header = ["id", "rank", "score", "key", *row]
+                rows.append([int(sid), int(rank), s, keys[int(sid)] if keys else "", *(repr(v) for v in row.values())])
+                continue
             original = self.dataset.path_of(int(sid))
             if original is not None:  # a pool of files: the person opens the file itself, at full resolution
                 rows.append([int(sid), int(rank), s, str(original.resolve())])
@@ -172,7 +180,7 @@ class CsvOracle(Oracle):
             rows.append([int(sid), int(rank), s, png.relative_to(self.dir).as_posix()])
         buf = io.StringIO(newline="")
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["id", "rank", "score", "image"])
+        w.writerow(header)
         w.writerows(rows)
         path = self.queries_path(r)
         # Rewritten only when missing or different: the person may have it open (a spreadsheet can lock it).

@@ -118,6 +118,11 @@ class Pool:
         """The sample's file, for pools of files."""
         return None
 
+    def row_of(self, sample_id: int) -> dict[str, float] | None:
+        """A table row's feature values as the table holds them (column -> value), for people labelling rows;
+        None for pools of images."""
+        return None
+
     def fingerprint(self) -> str:
         """What the pool is, in at most 128 characters, checked when a run is resumed (see al.data_fingerprint)."""
         raise NotImplementedError

@@ -235,6 +235,13 @@ class FilePool(Pool):
         s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
         return (x * s + m).clamp(0, 1).numpy()
 
+    def row_of(self, sample_id: int) -> dict[str, float] | None:
+        if self.card.get("kind") != "table":
+            return None
+        x = self.tensor_inputs(np.array([sample_id]))[0].double().numpy()
+        raw = x * np.asarray(self.card["std"]) + np.asarray(self.card["mean"])  # undo the pool's standardising
+        return {str(c): float(v) for c, v in zip(self.card["columns"], raw, strict=True)}
+
     def path_of(self, sample_id: int) -> Path | None:
         key = self.keys[int(sample_id)]
         return None if self.root is None or key is None else self.root / key
