@@ -240,3 +240,19 @@ def test_csv_answers_may_name_the_class(tmp_path):
     rows = CsvOracle._read(path, 3, refused, {"cat": 0, "dog": 1, "1": 2})
     assert {sid: labels[0] for sid, (_, labels) in rows.items()} == {3: 1, 4: 0, 5: 2}
     assert len(refused) == 1 and "neither a class name nor an integer class index" in refused[0]
+
+
+def test_prompt_shows_a_table_row_by_its_key_and_values():
+    """A table pool has no image: the prompt shows the row's id and its values as the table holds them."""
+    import io
+
+    import pandas as pd
+
+    from al.oracles.human import PromptOracle
+    from al.pool import from_table
+
+    df = pd.DataFrame({"id": ["a", "b"], "x": [1.5, 2.0], "y": [3.0, 7.0]})
+    out = io.StringIO()
+    oracle = PromptOracle(from_table(df, "cat,dog", id_column="id"), stdin=io.StringIO("dog\n"), stdout=out)
+    assert oracle.label(np.array([1])) == {1: 1}
+    assert "sample 1 (b): x=2, y=7" in out.getvalue()

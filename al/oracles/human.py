@@ -405,7 +405,16 @@ class PromptOracle(Oracle):
         n_classes = self.info.n_classes if self.info is not None else self.dataset.n_classes
         answers: dict[int, int] = {}
         for sid in (int(i) for i in ids):
-            out.write(f"\nsample {sid}\n{render_blocks(to_unit_image(self.dataset, sid))}\n")
+            row = self.dataset.row_of(sid)
+            if row is not None:  # a table row: its key and values
+                keys = self.dataset.keys
+                key = keys[sid] if keys is not None else sid
+                shown = ", ".join(f"{k}={v:g}" for k, v in row.items())
+                out.write(f"\nsample {sid} ({key}): {shown}\n")
+            else:
+                path = self.dataset.path_of(sid)
+                where = f" ({path})" if path is not None else ""
+                out.write(f"\nsample {sid}{where}\n{render_blocks(to_unit_image(self.dataset, sid))}\n")
             while True:
                 out.write(f"label for sample {sid} (0-{n_classes - 1}, s = skip, q = quit): ")
                 out.flush()
