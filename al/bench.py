@@ -93,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--query-size", type=int, help="labels acquired per round (dataset default)")
     a("--seed", type=int, default=0, help="seed of the run (default 0)")
     a("--seeds", type=int, nargs="+", help="several seeds, run one after the other (overrides --seed)")
-    a("--model", help="registered model (cnn, lenet5, mlp, resnet18, patch-transformer) or package.module:factory")
+    a(
+        "--model",
+        help="registered model (cnn, lenet5, mlp, resnet18, patch-transformer), torchvision:<builder> (e.g. "
+        "torchvision:resnet18, with --weights FILE), or package.module:factory",
+    )
     a("--epochs", type=int, help="training epochs per round (at least --min-steps steps are taken)")
     a("--min-steps", type=int, help="minimum optimiser steps per round")
     a("--batch-size", type=int, default=64, help="SGD mini-batch size (default 64)")
@@ -120,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop the run (the query stays saved) if the oracle gives no answer within SECONDS",
     )
     a("--store", default=DEFAULT_URL, help=f"SQLAlchemy URL of the store (default {DEFAULT_URL})")
-    a("--run-name", help="name of the run in the store (default <dataset>-<strategy>-seed<seed>)")
+    a("--run-name", help="name of the run in the store (default <dataset or pool folder>-<strategy>-seed<seed>)")
     a("--data-dir", help="data root (default $AL_DATA_DIR, else ~/.cache/al/data)")
     a("--no-progress", action="store_true", help="no progress bars")
     a("--device", default="cpu", help="auto, cpu, cuda, cuda:N or mps (default cpu; auto: CUDA, else MPS, else CPU)")
