@@ -204,7 +204,9 @@ class FilePool(Pool):
         self._test = split
 
     def fingerprint(self) -> str:
-        return spec_fingerprint(self.kind, self.name, self.input_shape, self.classes, self.card)
+        # A table's standardising statistics follow its rows, so rows added later must not make it other data.
+        card = {k: v for k, v in self.card.items() if not (self.kind == "table" and k in ("mean", "std"))}
+        return spec_fingerprint(self.kind, self.name, self.input_shape, self.classes, card)
 
     def input_card(self) -> dict[str, Any]:
         return dict(self.card)
