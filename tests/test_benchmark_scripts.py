@@ -131,6 +131,21 @@ def test_regrad_speed_compares_with_references(env, tmp_path):
     assert diffs and max(diffs) < 1e-4
 
 
+def test_folder_pool_compares_files_with_memory(env, tmp_path):
+    out = tmp_path / "folder_pool.md"
+    args = ["--folder", str(tmp_path / "png"), "--n", "300", "--rss-sizes", "300", "--repeats", "1"]
+    args += ["--n-labelled", "50", "--epochs", "1", "--min-steps", "0", "--n-regrad", "20", "--out", str(out)]
+    run("folder_pool.py", args, env)
+    md = out.read_text()
+    assert "folder / memory" in md and "## Peak RSS" in md
+    assert len(list((tmp_path / "png" / "train").rglob("*.png"))) == 300
+    # the folder pool reads back the in-memory tensors: the script reports the largest score differences
+    table = md.split("| max abs difference |", 1)[1].split("\n\n", 1)[0]
+    diffs = [float(x) for x in re.findall(r"\| (\d\.\d\de[-+]\d\d) \|", table)]
+    assert len(diffs) == 3 and max(diffs) < 1e-4
+    assert "agree to float32 rounding" in md
+
+
 def test_repeated_mnist_runs_into_a_store_and_reports(env, tmp_path):
     out, db = tmp_path / "rm.md", tmp_path / "rm.db"
     args = [
