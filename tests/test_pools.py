@@ -637,3 +637,23 @@ def test_labelled_table_pool_export_and_predict(tmp_path, capsys, monkeypatch):
     assert rc == 0, err
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert len(lines) == 3 and all(df["id"][i] in ln for i, ln in enumerate(lines)), out
+
+
+def test_image_read_keeps_pillows_pixels_and_resizes_only_other_sizes(tmp_path):
+    """Pixels come from Pillow unchanged (grey, RGB, grey -> RGB); only an image of another size is resized."""
+    from PIL import Image
+
+    from al.pool.images import ImageSpec
+
+    g = np.random.default_rng(0)
+    grey = g.integers(0, 256, (12, 10), dtype=np.uint8)
+    rgb = g.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    Image.fromarray(grey, "L").save(tmp_path / "g.png")
+    Image.fromarray(rgb, "RGB").save(tmp_path / "c.png")
+    assert torch.equal(ImageSpec(1, (12, 10)).read(tmp_path / "g.png"), torch.from_numpy(grey)[None])
+    assert torch.equal(ImageSpec(3, (12, 10)).read(tmp_path / "g.png"), torch.from_numpy(grey)[None].expand(3, -1, -1))
+    assert torch.equal(ImageSpec(3, (12, 10)).read(tmp_path / "c.png"), torch.from_numpy(rgb).permute(2, 0, 1))
+    small = ImageSpec(3, (6, 5)).read(tmp_path / "c.png")
+    assert small.shape == (3, 6, 5) and small.dtype == torch.uint8
+    x = ImageSpec(1, (12, 10), (0.5,), (0.25,)).load(tmp_path / "g.png")
+    assert torch.allclose(x, (torch.from_numpy(grey)[None] / 255.0 - 0.5) / 0.25)

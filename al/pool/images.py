@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import DataError
@@ -63,28 +64,31 @@ class ImageSpec:
         return "L" if self.channels == 1 else "RGB"
 
     def transform(self) -> Any:
-        """PIL image of mode ``self.mode`` -> uint8 tensor ``(C, H, W)`` (torchvision transforms.v2)."""
+        """uint8 tensor ``(C, h, w)`` -> ``(C, H, W)`` of the declared size (torchvision transforms.v2, bilinear
+        with antialiasing); applied only to images of another size."""
         if self._transform is None:
             from torchvision.transforms import v2
 
-            object.__setattr__(self, "_transform", v2.PILToTensor())
+            object.__setattr__(self, "_transform", v2.Resize(self.size, antialias=True))
         return self._transform
 
     def read(self, path: str | os.PathLike) -> torch.Tensor:
         """The pixels of one image file in the declared mode and size, ``(C, H, W)`` uint8. Raises whatever
         Pillow raises on a corrupt or unreadable file (callers decide whether that skips the file or stops).
 
-        Normalising is left to :meth:`normalise`, once per batch: per image it cost three times the decoding
-        of a small PNG (measured on MNIST-sized files), and uint8 batches cross from loader workers at a
-        quarter of the bytes."""
+        Pillow decodes, NumPy hands the pixels to torch (v2's ``PILToTensor`` cost more than the decoding of a
+        small PNG, measured on MNIST-sized files), and normalising is left to :meth:`normalise`, once per batch:
+        uint8 batches also cross from loader workers at a quarter of the bytes."""
         from PIL import Image
 
         with Image.open(path) as im:
             im.load()
-            img = to_mode(im, self.mode)
-        if img.size != (self.size[1], self.size[0]):  # PIL sizes are (width, height)
-            img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
-        return self.transform()(img)
+            pixels = np.array(to_mode(im, self.mode))  # a copy: torch wants a writable array
+        t = torch.from_numpy(pixels)
+        t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+        if tuple(t.shape[1:]) != self.size:
+            t = self.transform()(t)
+        return t
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels ``(N, C, H, W)`` (or one image ``(C, H, W)``) -> float32 model inputs, ``(x / 255 - mean)
