@@ -198,7 +198,10 @@ def test_csv_invalid_row_refused_by_line_valid_rows_taken(digits, tmp_path, case
         "out-of-range": ([f"{a},10"], f"line 7: id {a} has label 10, outside the classes 0..9"),
         "nan": ([f"{a},NaN"], f"line 7: id {a} has label NaN"),
         "empty": ([f"{a},"], f"line 7: id {a} has an empty label"),
-        "non-numeric": ([f"{a},seven"], f"line 7: id {a} has label 'seven', which is neither a class name nor an integer class index"),
+        "non-numeric": (
+            [f"{a},seven"],
+            f"line 7: id {a} has label 'seven', which is neither a class name nor an integer class index",
+        ),
         "not-queried": (["99999,3"], "line 7: id 99999 was not queried in round 0"),
         "twice": ([f"{a},1", f"{b},{truth(digits, b)}", f"{a},2"], f"line 7, 9: id {a} is given 2 times"),
         "empty-id": ([",3"], "line 7: empty id"),
