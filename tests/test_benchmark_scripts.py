@@ -131,6 +131,7 @@ def test_regrad_speed_compares_with_references(env, tmp_path):
     assert diffs and max(diffs) < 1e-4
 
 
+@pytest.mark.slow  # three processes, each loading MNIST: in the slow suite .ci/run also runs
 def test_folder_pool_compares_files_with_memory(env, tmp_path):
     out = tmp_path / "folder_pool.md"
     args = ["--folder", str(tmp_path / "png"), "--n", "300", "--rss-sizes", "300", "--repeats", "1"]
