@@ -241,7 +241,10 @@ class Experiment:
 
             size = int(self.stopping.settings.get("stop_set_size", 1000))
             ids = stop_set_ids(np.flatnonzero(self.dataset.available), size, round_rng(c.seed, 0, "stop-set"))
-            kw["stop_set_predictions"] = self.learner.predict(self.dataset.inputs(ids))
+            x = self.dataset.tensor_inputs(ids)  # a stop set is small: read once, used twice after a resume
+            kw["stop_set_predictions"] = self.learner.predict(x)
+            if self._stop_preds is None and r > 0:  # resumed: the last round's predictions, from its checkpoint
+                self._stop_preds = self._checkpoint_predictions(r - 1, x)
         if "pool_probs" in needs:
             cand = self._unlabelled(self.store.state(self.name))
             if c.pool_subset and c.pool_subset < len(cand):
@@ -387,6 +390,18 @@ class Experiment:
             raise ModelError(f"round {r}, training on {len(ids)} labels: {e}") from e
         self._model_round = r
         return time.perf_counter() - t0
+
+    def _checkpoint_predictions(self, r: int, x: torch.Tensor) -> np.ndarray | None:
+        """Predicted classes of round ``r``'s saved model on ``x``, or None without its checkpoint."""
+        if self.checkpoint_dir is None:
+            return None
+        from .checkpoints import checkpoint_path, load_model, run_checkpoint_folder
+
+        path = checkpoint_path(run_checkpoint_folder(self.name, self.checkpoint_dir), r)
+        if not path.exists():
+            return None
+        with torch.no_grad():
+            return load_model(path).predict_proba(x).argmax(1)
 
     def _save_checkpoint(self, r: int, n_labelled: int) -> None:
         """The model of round ``r`` under ``<checkpoint_dir>/<run>/`` (skipped when already saved: a resumed

@@ -657,3 +657,38 @@ def test_image_read_keeps_pillows_pixels_and_resizes_only_other_sizes(tmp_path):
     assert small.shape == (3, 6, 5) and small.dtype == torch.uint8
     x = ImageSpec(1, (12, 10), (0.5,), (0.25,)).load(tmp_path / "g.png")
     assert torch.allclose(x, (torch.from_numpy(grey)[None] / 255.0 - 0.5) / 0.25)
+
+
+def test_stabilising_predictions_resumes_with_the_same_values(tmp_path):
+    """A run stopped after round 1 and continued records the same kappa values as a run never stopped: the last
+    round's stop-set predictions come back from its checkpoint."""
+    from sklearn.datasets import load_digits
+
+    from al.loop import Experiment, ExperimentConfig
+    from al.pool import from_arrays
+
+    d = load_digits()
+    x = ((d.images / 16.0 - 0.3) / 0.4).astype(np.float32)[:, None][:400]
+    y = d.target[:400]
+    cfg = dict(strategy="entropy", budget=100, init_size=20, query_size=20, epochs=2, min_steps=30, model="mlp")
+    cfg["stop"], cfg["stop_settings"] = "stabilising-predictions", {"threshold": 1.0, "stop_set_size": 100}
+
+    def run(store: str, ckpt: Path, stop_after: int | None) -> dict:
+        def on_round(rep) -> None:  # noqa: ANN001
+            if stop_after is not None and rep.round_idx == stop_after:
+                raise KeyboardInterrupt
+
+        exp = Experiment(
+            ExperimentConfig(**cfg), store, dataset=from_arrays(x, y), checkpoint_dir=str(ckpt), on_round=on_round
+        )
+        try:
+            exp.run()
+        except KeyboardInterrupt:
+            Experiment(ExperimentConfig(**cfg), store, dataset=from_arrays(x, y), checkpoint_dir=str(ckpt)).run()
+        s = Store(store)
+        return s.round_values(s.state(exp.name).run_id)
+
+    whole = run(f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "ca", None)
+    resumed = run(f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "cb", 1)
+    assert len(whole) == 5 and whole == resumed
+    assert all(v["stabilising-predictions"] is not None for r, v in whole.items() if r > 0)
