@@ -26,6 +26,7 @@ from .labelling import LabellingSession
 from .oracles import Oracle
 from .pool import Pool, TestSplit
 from .seeding import round_rng, torch_seed
+from .stop_rounds import StoppingRounds
 from .store import HEARTBEAT_S, RunState, Store, crash_point
 from .strategy import Context, Strategy
 
@@ -105,7 +106,9 @@ class Experiment:
         self._model_round: int | None = None
         self._store_s = 0.0
         self._aligned = False
-        self._stop_preds: np.ndarray | None = None
+        self.stop_rounds = StoppingRounds(
+            self.stopping, self.config, self.store, self.dataset, self.learner, self._checkpoint_predictions
+        )
         self.checkpoint_dir = checkpoint_dir
         if checkpoint_dir is not None:
             from .checkpoints import check_writable
@@ -213,54 +216,10 @@ class Experiment:
     def _done(self, st: RunState) -> bool:
         if len(st.labels) >= self.config.budget or len(self._unlabelled(st)) == 0:
             return True
-        return self._criterion_says_stop(st)
-
-    def _criterion_says_stop(self, st: RunState) -> bool:
-        """Whether the stopping criterion, replayed over the values the store holds, has decided to stop."""
-        if self.config.stop == "budget":
-            return False
-        name = self.stopping.name
-        values = self.store.round_values(st.run_id)
-        history = [values.get(r.round_idx, {}).get(name) for r in st.rounds if r.state == "complete"]
-        last = self.stopping.from_history(history).last
-        if last is not None and last.stop:
-            self.notices.append(f"stopped before the budget by --stop {name}: {last.message}")
-            return True
-        return False
-
-    def _criterion(self, st: RunState, r: int) -> dict[str, float | None]:
-        """The stopping criterion's values for round ``r`` (its model is trained), computed from what it needs,
-        recorded in the store (a resumed round records the same values again: a no-op)."""
-        if self.config.stop == "budget":
-            return {}
-        c = self.config
-        needs = self.stopping.needs
-        kw: dict[str, np.ndarray] = {}
-        if "stop_set_predictions" in needs:
-            from .stopping import stop_set_ids
-
-            size = int(self.stopping.settings.get("stop_set_size", 1000))
-            ids = stop_set_ids(np.flatnonzero(self.dataset.available), size, round_rng(c.seed, 0, "stop-set"))
-            x = self.dataset.tensor_inputs(ids)  # a stop set is small: read once, used twice after a resume
-            kw["stop_set_predictions"] = self.learner.predict(x)
-            if self._stop_preds is None and r > 0:  # resumed: the last round's predictions, from its checkpoint
-                self._stop_preds = self._checkpoint_predictions(r - 1, x)
-        if "pool_probs" in needs:
-            cand = self._unlabelled(self.store.state(self.name))
-            if c.pool_subset and c.pool_subset < len(cand):
-                cand = np.sort(round_rng(c.seed, r, "stop-pool").choice(cand, size=c.pool_subset, replace=False))
-            kw["pool_probs"] = self.learner.predict_proba(self.dataset.inputs(cand))
-        values = self.store.round_values(st.run_id)
-        history = [values.get(x.round_idx, {}).get(self.stopping.name) for x in st.rounds if x.round_idx < r]
-        if "stop_set_predictions" in needs:
-            self.stopping.from_history(history, previous_predictions=self._stop_preds)
-        else:
-            self.stopping.from_history(history)
-        verdict = self.stopping.update(r, **kw)
-        self._stop_preds = kw.get("stop_set_predictions")
-        out = self.stopping.round_values(verdict)
-        self.store.record_round_values(st.run_id, r, out)
-        return {self.stopping.name: verdict.value}
+        message = self.stop_rounds.decided(st)
+        if message is not None:
+            self.notices.append(f"stopped before the budget by --stop {self.config.stop}: {message}")
+        return message is not None
 
     def _unlabelled(self, st: RunState) -> np.ndarray:
         mask = self.dataset.available.copy()
@@ -439,7 +398,7 @@ class Experiment:
         t0 = time.perf_counter()
         m = self._evaluate(r)
         eval_s = time.perf_counter() - t0
-        criteria = self._criterion(st, r)
+        criteria = self.stop_rounds.record(st, r, self._unlabelled(self.store.state(self.name)))
         n = len(st.labelled_ids(up_to_round=r))
         # Time spent writing this round's query and labels (the metrics write itself is the last, unmeasured one).
         store_s, self._store_s = self._store_s, 0.0
