@@ -692,3 +692,35 @@ def test_stabilising_predictions_resumes_with_the_same_values(tmp_path):
     resumed = run(f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "cb", 1)
     assert len(whole) == 5 and whole == resumed
     assert all(v["stabilising-predictions"] is not None for r, v in whole.items() if r > 0)
+
+
+def test_loader_workers_read_the_same_inputs_and_report_corrupt_files(tmp_path, monkeypatch):
+    """Large passes are read by DataLoader worker processes: the same inputs, in order, as reading in this process,
+    and a corrupt file found inside a worker comes back as UnreadableSamples naming it after the whole pass."""
+    import al.pool.files as files
+    from al.errors import UnreadableSamples
+    from al.pool import from_folder
+
+    truth = flat_folder(tmp_path / "p", 40)
+    pool = from_folder(tmp_path / "p", "a,b,c", workers=0)
+    ids = np.arange(pool.n_pool)[::-1].copy()
+    alone = pool.tensor_inputs(ids)
+    monkeypatch.setattr(files, "WORKERS_FROM", 0)
+    pool.workers = 2
+
+    def read() -> tuple[torch.Tensor, int]:
+        x = pool.inputs(ids)
+        x.batch_size = 8  # five batches, shared by the two workers
+        batches = []
+        for b in x:
+            batches.append(b)
+        return torch.cat(batches), len(batches)
+
+    both, n_batches = read()
+    assert torch.equal(both, alone) and n_batches == 5
+    bad = sorted(truth)[5]
+    (tmp_path / "p" / bad).write_bytes(b"not a png")
+    with pytest.raises(UnreadableSamples) as e:
+        read()
+    sid = pool.keys.index(bad)
+    assert list(e.value.reasons) == [sid] and bad in e.value.reasons[sid]
