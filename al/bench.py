@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--oracle",
         default="ground-truth",
         help="who labels: ground-truth, noisy:<fraction>, csv (file hand-off, needs --oracle-dir), prompt (you, at "
-        "this terminal), or package.module:factory (default ground-truth)",
+        "this terminal), label-studio-files (Label Studio tasks and exports as files, needs --oracle-dir), or "
+        "package.module:factory (default ground-truth)",
     )
     a(
         "--oracle-dir",
@@ -289,11 +290,11 @@ def _run(args: argparse.Namespace) -> int:
 
         configs = _configs(args)
         _check_store_url(args.store)
-        if args.oracle_dir and args.oracle != "csv":
+        if args.oracle_dir and args.oracle not in ("csv", "label-studio-files"):
             # Without this, a person who forgot --oracle csv would get a simulated run instead of their labels.
             raise ConfigError(
-                f"--oracle-dir is only used by --oracle csv, but --oracle is {args.oracle!r}; add "
-                f"--oracle csv to label through files, or drop --oracle-dir"
+                f"--oracle-dir is only used by --oracle csv and label-studio-files, but --oracle is {args.oracle!r}; "
+                f"add --oracle csv to label through files, or drop --oracle-dir"
             )
         # Names are checked before anything is loaded or written.
         STRATEGIES.get(args.strategy)

@@ -169,6 +169,19 @@ def _csv(arg: str, ctx: OracleContext) -> Oracle:
     return CsvOracle(ctx.oracle_dir, dataset)
 
 
+@register_oracle_kind("label-studio-files")
+def _label_studio_files(arg: str, ctx: OracleContext) -> Oracle:
+    from .label_studio_files import LabelStudioFilesOracle
+
+    dataset = _dataset_for("label-studio-files", ctx)
+    if not ctx.oracle_dir:
+        raise OracleError(
+            "--oracle label-studio-files needs --oracle-dir DIR: the folder where tasks-round-N.json and "
+            "label-config.xml are written and Label Studio's JSON exports are read (from DIR/exports/)"
+        )
+    return LabelStudioFilesOracle(ctx.oracle_dir, dataset)
+
+
 @register_oracle_kind("prompt")
 def _prompt(arg: str, ctx: OracleContext) -> Oracle:
     return PromptOracle(_dataset_for("prompt", ctx))
