@@ -13,8 +13,8 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from typing import NoReturn
 
+from .cli_parser import OneLineParser
 from .errors import ALError, ConfigError, DataError, LabelsPending, OracleError, StoreError, StrategyError
 from .loop import DATASET_DEFAULTS, Experiment, ExperimentConfig, RoundReport
 from .store import DEFAULT_URL, Store
@@ -36,16 +36,11 @@ Dataset defaults (init-size / query-size / pool-subset / epochs / min-steps):
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line and exit code 2, as argparse does, with a hint
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .registry import STRATEGIES
 
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m al.bench",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,

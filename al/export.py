@@ -23,9 +23,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from .checkpoints import checkpoint_path, checkpoint_rounds, export_model, read_model_file, run_checkpoint_folder
+from .cli_parser import OneLineParser
 from .errors import ALError, ConfigError, DataError, StoreError
 from .predict import check_output
 from .store import Store, display_url
@@ -33,13 +34,8 @@ from .store import Store, display_url
 LABEL_COLUMNS = ["sample_id", "key", "label", "class_name", "round_idx", "oracle"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line and exit code 2, as al.bench does
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m al.export",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,

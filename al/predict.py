@@ -18,21 +18,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from .checkpoints import LoadedModel, Prediction, load_model
+from .cli_parser import OneLineParser
 from .errors import ALError, ConfigError, DataError
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line and exit code 2, as al.bench does
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m al.predict",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
