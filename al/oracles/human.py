@@ -53,16 +53,37 @@ def to_unit_image(dataset: Dataset, sample_id: int) -> np.ndarray:
     return x[0] if x.shape[0] == 1 else np.transpose(x, (1, 2, 0))
 
 
-def save_png(path: str | os.PathLike, img: np.ndarray, min_side: int = 112) -> None:
-    """Save a [0, 1] image (H, W) or (H, W, 3) as PNG, enlarged by an integer factor (nearest neighbour)
-    to at least ``min_side`` pixels so that an 8x8 or 28x28 sample is readable in any image viewer."""
+def png_bytes(img: np.ndarray, min_side: int = 112) -> bytes:
+    """A [0, 1] image (H, W) or (H, W, 3) as PNG, enlarged by an integer factor (nearest neighbour) to at least
+    ``min_side`` pixels so that an 8x8 or 28x28 sample is readable in any image viewer."""
     import matplotlib.image  # no pyplot: works headless, and matplotlib is already a dependency
 
     k = max(1, math.ceil(min_side / min(img.shape[:2])))
     big = np.clip(np.repeat(np.repeat(img, k, axis=0), k, axis=1), 0.0, 1.0)
+    buf = io.BytesIO()
+    matplotlib.image.imsave(buf, big, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    return buf.getvalue()
+
+
+def save_png(path: str | os.PathLike, img: np.ndarray, min_side: int = 112) -> None:
+    """Save :func:`png_bytes` of ``img`` at ``path``."""
     tmp = Path(f"{path}.tmp")
-    matplotlib.image.imsave(tmp, big, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    tmp.write_bytes(png_bytes(img, min_side))
     os.replace(tmp, path)  # a reader never sees half a file
+
+
+def handoff_folder(oracle_dir: str | os.PathLike, *subfolders: str) -> Path:
+    """``--oracle-dir`` of a file hand-off oracle, created (with ``subfolders``) and checked writable; an
+    OracleError naming the fix otherwise."""
+    folder = Path(oracle_dir).expanduser()
+    try:
+        for sub in subfolders or ("",):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OracleError(f"cannot create --oracle-dir {folder} ({e}); pass a writable folder") from e
+    if not os.access(folder, os.W_OK):
+        raise OracleError(f"--oracle-dir {folder} is not writable; pass a writable folder")
+    return folder
 
 
 def render_blocks(img: np.ndarray, max_side: int = 40) -> str:
@@ -138,13 +159,7 @@ class CsvOracle(Oracle):
     name = "csv"
 
     def __init__(self, oracle_dir: str | os.PathLike, dataset: Dataset) -> None:
-        self.dir = Path(oracle_dir).expanduser()
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OracleError(f"cannot create --oracle-dir {self.dir} ({e}); pass a writable folder") from e
-        if not os.access(self.dir, os.W_OK):
-            raise OracleError(f"--oracle-dir {self.dir} is not writable; pass a writable folder")
+        self.dir = handoff_folder(oracle_dir)
         self.dataset = dataset
         self.info: RoundInfo | None = None
 

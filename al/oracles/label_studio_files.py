@@ -21,7 +21,6 @@ valid answers for pending samples are returned, through the same validation as e
 from __future__ import annotations
 
 import base64
-import io
 import json
 import mimetypes
 import os
@@ -34,7 +33,7 @@ import numpy as np
 
 from ..errors import OracleError
 from .base import Answers, Oracle, RoundInfo
-from .human import to_unit_image
+from .human import handoff_folder, png_bytes, to_unit_image
 
 if TYPE_CHECKING:
     from ..pool import Pool
@@ -48,19 +47,6 @@ def labelling_config(classes: Iterable[str]) -> str:
         '  <Choices name="label" toName="image" choice="single" showInline="true">\n'
         f"{choices}\n  </Choices>\n</View>\n"
     )
-
-
-def _png_bytes(img: np.ndarray, min_side: int = 112) -> bytes:
-    """A [0, 1] image (H, W) or (H, W, 3) as PNG bytes, enlarged by an integer factor (as the CSV oracle's)."""
-    import math
-
-    import matplotlib.image
-
-    k = max(1, math.ceil(min_side / min(img.shape[:2])))
-    big = np.clip(np.repeat(np.repeat(img, k, axis=0), k, axis=1), 0.0, 1.0)
-    buf = io.BytesIO()
-    matplotlib.image.imsave(buf, big, cmap="gray", vmin=0.0, vmax=1.0, format="png")
-    return buf.getvalue()
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -80,13 +66,7 @@ class LabelStudioFilesOracle(Oracle):
                 "--oracle label-studio-files shows images, but this pool holds table rows; label them with --oracle "
                 "csv (its queries list each row's values)"
             )
-        self.dir = Path(oracle_dir).expanduser()
-        try:
-            (self.dir / "exports").mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OracleError(f"cannot create --oracle-dir {self.dir} ({e}); pass a writable folder") from e
-        if not os.access(self.dir, os.W_OK):
-            raise OracleError(f"--oracle-dir {self.dir} is not writable; pass a writable folder")
+        self.dir = handoff_folder(oracle_dir, "exports")
         self.dataset = dataset
         self.info: RoundInfo | None = None
 
@@ -107,7 +87,7 @@ class LabelStudioFilesOracle(Oracle):
             mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
             data = path.read_bytes()
         else:
-            mime, data = "image/png", _png_bytes(to_unit_image(self.dataset, sid))
+            mime, data = "image/png", png_bytes(to_unit_image(self.dataset, sid))
         return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
     def begin_round(self, info: RoundInfo) -> None:

@@ -158,15 +158,19 @@ def _dataset_for(kind: str, ctx: OracleContext) -> Dataset:
     return ctx.dataset
 
 
+def _oracle_dir_for(kind: str, ctx: OracleContext, what: str) -> str:
+    """``--oracle-dir`` of a file hand-off kind; an OracleError saying what the folder is for when missing."""
+    if not ctx.oracle_dir:
+        raise OracleError(f"--oracle {kind} needs --oracle-dir DIR: the folder where {what}")
+    return ctx.oracle_dir
+
+
 @register_oracle_kind("csv")
 def _csv(arg: str, ctx: OracleContext) -> Oracle:
     dataset = _dataset_for("csv", ctx)
-    if not ctx.oracle_dir:
-        raise OracleError(
-            "--oracle csv needs --oracle-dir DIR: the folder where queries-round-N.csv is "
-            "written and answers-round-N.csv is read"
-        )
-    return CsvOracle(ctx.oracle_dir, dataset)
+    return CsvOracle(
+        _oracle_dir_for("csv", ctx, "queries-round-N.csv is written and answers-round-N.csv is read"), dataset
+    )
 
 
 @register_oracle_kind("label-studio-files")
@@ -174,12 +178,13 @@ def _label_studio_files(arg: str, ctx: OracleContext) -> Oracle:
     from .label_studio_files import LabelStudioFilesOracle
 
     dataset = _dataset_for("label-studio-files", ctx)
-    if not ctx.oracle_dir:
-        raise OracleError(
-            "--oracle label-studio-files needs --oracle-dir DIR: the folder where tasks-round-N.json and "
-            "label-config.xml are written and Label Studio's JSON exports are read (from DIR/exports/)"
-        )
-    return LabelStudioFilesOracle(ctx.oracle_dir, dataset)
+    folder = _oracle_dir_for(
+        "label-studio-files",
+        ctx,
+        "tasks-round-N.json and label-config.xml are written and Label Studio's JSON exports are read (from "
+        "DIR/exports/)",
+    )
+    return LabelStudioFilesOracle(folder, dataset)
 
 
 @register_oracle_kind("prompt")
