@@ -398,7 +398,7 @@ class Experiment:
         t0 = time.perf_counter()
         m = self._evaluate(r)
         eval_s = time.perf_counter() - t0
-        criteria = self.stop_rounds.record(st, r, self._unlabelled(self.store.state(self.name)))
+        criteria = self.stop_rounds.record(st, r, self._unlabelled(st))  # st holds round r's labels
         n = len(st.labelled_ids(up_to_round=r))
         # Time spent writing this round's query and labels (the metrics write itself is the last, unmeasured one).
         store_s, self._store_s = self._store_s, 0.0
@@ -449,10 +449,11 @@ class Experiment:
         """Seconds the remaining rounds should take, from the mean of the last three rounds' train, select and
         eval times (the labelling time is the person's, not estimated)."""
         c = self.config
-        left = min(c.budget, n_labelled + len(self._unlabelled(self.store.state(self.name)))) - n_labelled
+        st = self.store.state(self.name)  # read once: this round's metrics have just been recorded
+        left = min(c.budget, n_labelled + len(self._unlabelled(st))) - n_labelled
         if left <= 0:
             return 0.0
-        rounds = [x for x in self.store.state(self.name).rounds if x.state == "complete"][-3:]
+        rounds = [x for x in st.rounds if x.state == "complete"][-3:]
         times = [(x.train_seconds or 0) + (x.select_seconds or 0) + (x.eval_seconds or 0) for x in rounds]
         if not times:
             return None
