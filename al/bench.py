@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from .cli_parser import OneLineParser
 from .errors import ALError, ConfigError, DataError, LabelsPending, OracleError, StoreError, StrategyError
@@ -104,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--oracle",
         default="ground-truth",
         help="who labels: ground-truth, noisy:<fraction>, csv (file hand-off, needs --oracle-dir), prompt (you, at "
-        "this terminal), label-studio-files (Label Studio tasks and exports as files, needs --oracle-dir), or "
-        "package.module:factory (default ground-truth)",
+        "this terminal), web (you, in the browser: the page at --web-host:--web-port), label-studio (a Label Studio "
+        "server at --label-studio-url), label-studio-files (Label Studio tasks and exports as files, needs "
+        "--oracle-dir), or package.module:factory (default ground-truth)",
     )
     a(
         "--oracle-dir",
@@ -118,6 +121,29 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="stop the run (the query stays saved) if the oracle gives no answer within SECONDS",
+    )
+    a("--web-host", default="127.0.0.1", help="--oracle web: address the page binds to (default 127.0.0.1)")
+    a("--web-port", type=int, default=8000, help="--oracle web: port of the page (default 8000; 0 = any free port)")
+    a(
+        "--web-token",
+        default=os.environ.get("AL_WEB_TOKEN"),
+        help="--oracle web: token the page asks for (default $AL_WEB_TOKEN; generated when --web-host is not loopback)",
+    )
+    a("--label-studio-url", metavar="URL", help="--oracle label-studio: the server, e.g. http://127.0.0.1:8080")
+    a(
+        "--label-studio-project",
+        type=int,
+        metavar="ID",
+        help="--oracle label-studio: the project to use (default: one created for the run); the API token comes "
+        "from $LABEL_STUDIO_API_KEY",
+    )
+    a(
+        "--label-studio-poll",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="--oracle label-studio: look for new annotations every SECONDS until the round is labelled (default 0: "
+        "look once; the run then waits, exit 3, and the same command continues it)",
     )
     a("--store", default=DEFAULT_URL, help=f"SQLAlchemy URL of the store (default {DEFAULT_URL})")
     a("--run-name", help="name of the run in the store (default <dataset or pool folder>-<strategy>-seed<seed>)")
@@ -326,48 +352,72 @@ def _run(args: argparse.Namespace) -> int:
                     oracle_timeout=args.oracle_timeout,
                     device=device,
                     checkpoint_dir=checkpoints,
+                    oracle_options=_oracle_options(args),
                 )
             )
         store = experiments[0].store
     except (ConfigError, StoreError, DataError, OracleError, StrategyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    names = []
+    names: list[str] = []
     for exp in experiments:
-        t0 = time.perf_counter()
         try:
-            before = exp.open_run().status
-        except StoreError as e:  # a changed config under the same name: bad usage, nothing written
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if before == "finished":
-            print(f"run {exp.name!r} is already finished in {exp.store.shown_url}; nothing to do")
-        else:
-            print(
-                f"run {exp.name!r}: {exp.config.dataset}, strategy {exp.strategy!r}, budget {exp.config.budget}, "
-                f"query size {exp.config.query_size}, pool subset {exp.config.pool_subset or 'all'}",
-                flush=True,
-            )
-        try:
-            exp.run()
-        except LabelsPending as e:
-            for notice in exp.notices:
-                print(f"note: {notice}", file=sys.stderr)
-            print(f"waiting: {e}", file=sys.stderr)
-            return 3
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except ALError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        for notice in exp.notices:
-            print(f"note: {notice}", file=sys.stderr)
-        if before != "finished":
-            print(f"run {exp.name!r} finished in {time.perf_counter() - t0:.1f}s", flush=True)
+            code = _run_one(exp)
+        finally:  # an oracle that started a server (--oracle web) stops it before the next run or the exit
+            exp.oracle.close()
+        if code is not None:
+            return code
         names.append(exp.name)
     _print_table(store, names)
     return 0
+
+
+def _run_one(exp: Experiment) -> int | None:
+    """Run one experiment with its messages; an exit code to stop with, or None when it finished."""
+    t0 = time.perf_counter()
+    try:
+        before = exp.open_run().status
+    except StoreError as e:  # a changed config under the same name: bad usage, nothing written
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if before == "finished":
+        print(f"run {exp.name!r} is already finished in {exp.store.shown_url}; nothing to do")
+    else:
+        print(
+            f"run {exp.name!r}: {exp.config.dataset}, strategy {exp.strategy!r}, budget {exp.config.budget}, "
+            f"query size {exp.config.query_size}, pool subset {exp.config.pool_subset or 'all'}",
+            flush=True,
+        )
+    try:
+        exp.run()
+    except LabelsPending as e:
+        for notice in exp.notices:
+            print(f"note: {notice}", file=sys.stderr)
+        print(f"waiting: {e}", file=sys.stderr)
+        return 3
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ALError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for notice in exp.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    if before != "finished":
+        print(f"run {exp.name!r} finished in {time.perf_counter() - t0:.1f}s", flush=True)
+    return None
+
+
+def _oracle_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The --oracle kind's settings (al.oracles.OracleContext.options); each kind reads the ones it needs."""
+    return {
+        "web_host": args.web_host,
+        "web_port": args.web_port,
+        "web_token": args.web_token,
+        "label_studio_url": args.label_studio_url,
+        "label_studio_project": args.label_studio_project,
+        "label_studio_poll": args.label_studio_poll,
+    }
 
 
 def _print_table(store: Store, names: list[str]) -> None:

@@ -8,6 +8,7 @@ output size, the strategy's needs), and the store is opened last, so a bad setti
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ def build_parts(
     progress: bool = False,
     oracle_dir: str | None = None,
     device: Any = "cpu",
+    oracle_options: Mapping[str, Any] | None = None,
 ) -> Parts:
     """The parts of a run of ``config``; ``dataset``, ``oracle``, ``strategy`` and ``store`` given as objects
     are used as they are (an oracle object or function is wrapped as an ``Oracle``), the others are built."""
@@ -87,7 +89,15 @@ def build_parts(
         oracle = as_oracle(oracle)
     else:
         try:
-            oracle = make_oracle(c.oracle, labels, dataset.n_classes, c.seed, dataset=dataset, oracle_dir=oracle_dir)
+            oracle = make_oracle(
+                c.oracle,
+                labels,
+                dataset.n_classes,
+                c.seed,
+                dataset=dataset,
+                oracle_dir=oracle_dir,
+                options={"store_url": store if isinstance(store, str) else store.url, **(oracle_options or {})},
+            )
         except ALError:
             raise
         except Exception as e:  # a user's factory (package.module:factory) that raised: its message, one line

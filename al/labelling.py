@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import LabelsPending, OracleError
+from .errors import LabelsPending, OracleError, StoreError
 from .oracles import Answers, LabellingStopped, Oracle, RefusedAnswersWarning, RoundInfo, validate_answers
+from .oracles.base import _as_int
 
 if TYPE_CHECKING:
     from .store import RunState, Store
@@ -89,7 +90,15 @@ class LabellingSession:
         """Ask for round ``r``'s pending labels and store every valid answer. Raises OracleError when the oracle
         fails, hangs past the timeout or gives an invalid answer (the answers stored before are kept)."""
         oracle, name = self.oracle, self.oracle.name
-        info = RoundInfo(r, self.store.queried(st.run_id, r), dict(st.labels), dict(st.label_round), self.n_classes)
+        info = RoundInfo(
+            r,
+            self.store.queried(st.run_id, r),
+            dict(st.labels),
+            dict(st.label_round),
+            self.n_classes,
+            guesses=self.store.guesses(st.run_id, r),
+            run_name=st.run.name,
+        )
         # The round's queried ids without a label, in rank order: derived from the query just read and the state's
         # labels (what Store.pending would select again).
         pending = np.array([i for i in info.query["sample_id"].tolist() if i not in st.labels], dtype=np.int64)
@@ -166,6 +175,94 @@ class LabellingSession:
                 f"is saved, so run the same command again to ask for its labels"
             ) from err
         return box["answer"]
+
+
+@dataclass
+class Submission:
+    """What :func:`submit_answers` did with each answer.
+
+    stored: the answers recorded now; repeated: answers equal to the label already stored (a double submission:
+    nothing to do, not an error); refused: id -> the reason, in one line; pending: queried samples of the round
+    still without a label after this submission.
+    """
+
+    stored: dict[int, int] = field(default_factory=dict)
+    repeated: dict[int, int] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)
+    pending: int = 0
+
+
+def submit_answers(
+    store: Store, run_name: str, round_idx: int, answers: Mapping[Any, Any], *, oracle: str, n_classes: int
+) -> Submission:
+    """Store answers given outside the loop (a person on the web page) for round ``round_idx`` of ``run_name``,
+    each through the oracles' validation (:func:`al.oracles.validate_answers`) and ``Store.record_labels``.
+
+    Answers are judged one by one: an answer equal to the stored label is ``repeated`` (idempotent); one for a
+    round that is not the open one, a sample the round did not query, a label outside the classes, or a sample
+    already labelled differently is ``refused`` with the reason ("the first stored answer stands"). Two writers
+    answering the same sample at once: the store's UNIQUE label decides, and the later one is told the first's
+    label.
+    """
+    st = store.state(run_name)
+    out = Submission()
+    last = st.last_round
+    open_round = last.round_idx if last is not None and last.state == "queried" else None
+    if open_round != round_idx:
+        why = (
+            f"round {round_idx} is closed; the open round is {open_round}"
+            if open_round is not None
+            else f"round {round_idx} is not waiting for labels (no round is open)"
+        )
+        for raw_id in answers:
+            out.refused[_id_key(raw_id)] = why
+        out.pending = 0 if open_round is None else len(store.pending(st.run_id, open_round))
+        return out
+    queried = store.queried(st.run_id, round_idx)["sample_id"].tolist()
+    for raw_id, raw_y in answers.items():
+        i = _id_key(raw_id)
+        stored = st.labels.get(i) if isinstance(i, int) else None
+        if stored is not None and _same_label(raw_y, stored):
+            out.repeated[i] = stored
+            continue
+        try:
+            one = validate_answers({raw_id: raw_y}, queried, n_classes, st.labels, st.label_round)
+        except OracleError as e:
+            out.refused[i] = _reason(str(e))
+            continue
+        try:
+            store.record_labels(st.run_id, round_idx, one, oracle)
+        except StoreError:
+            # Another writer got there first (or the round closed meanwhile): say what stands now.
+            st = store.state(run_name)
+            first = st.labels.get(i)
+            if first is not None and _same_label(raw_y, first):
+                out.repeated[i] = first
+            elif first is not None:
+                out.refused[i] = f"id {i}: was just labelled {first} by another answer; the first stored answer stands"
+            else:
+                out.refused[i] = f"id {i}: round {round_idx} closed while this answer was sent"
+            continue
+        out.stored.update(one)
+        st = store.state(run_name)
+    out.pending = len(store.pending(st.run_id, round_idx))
+    return out
+
+
+def _id_key(raw_id: Any) -> Any:
+    """``raw_id`` as an int when it is one ("3" -> 3), else as it came (for the refusal's message)."""
+    i = _as_int(raw_id)
+    return raw_id if i is None else i
+
+
+def _same_label(raw_y: Any, stored: int) -> bool:
+    return _as_int(raw_y) == stored
+
+
+def _reason(message: str) -> str:
+    """validate_answers' message for one answer, without its "1 invalid answer(s), nothing recorded: " head."""
+    head, sep, rest = message.partition(": ")
+    return rest if sep and "invalid answer" in head else message
 
 
 class OracleCallAbandoned(BaseException):

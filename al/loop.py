@@ -11,7 +11,7 @@ bit for bit (same labelled set, same seed) and continues exactly where the kille
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +60,7 @@ class Experiment:
     model trains and scores (see :func:`al.devices.resolve_device`). ``checkpoint_dir``: save each round's model
     under ``<checkpoint_dir>/<run name>/`` (see :mod:`al.checkpoints`), for ``al.export``. None of these is part
     of the run's stored configuration: they do not choose what is labelled (on a GPU, see the README on
-    determinism).
+    determinism). ``oracle_options``: settings of the ``--oracle`` kind (:class:`al.oracles.OracleContext`).
     """
 
     def __init__(
@@ -79,6 +79,7 @@ class Experiment:
         oracle_timeout: float | None = None,
         device: Any = "cpu",
         checkpoint_dir: str | None = None,
+        oracle_options: Mapping[str, Any] | None = None,
     ) -> None:
         if oracle_timeout is not None and not oracle_timeout > 0:
             raise ConfigError(f"--oracle-timeout must be a positive number of seconds, got {oracle_timeout}")
@@ -97,6 +98,7 @@ class Experiment:
             progress=progress,
             oracle_dir=oracle_dir,
             device=device,
+            oracle_options=oracle_options,
         )
         self.config, self.dataset, self.strategy = parts.config, parts.dataset, parts.strategy
         self.learner, self.oracle, self.store = parts.learner, parts.oracle, parts.store
@@ -254,10 +256,29 @@ class Experiment:
             ids, scores = sel.ids, sel.scores
             pool_scores = sel.pool_scores if self.strategy.scores_are_uncertainty else None
         select_s = time.perf_counter() - t0
+        guesses = self._guesses(ids) if r > 0 else None
         t1 = time.perf_counter()
-        self.store.record_query(st.run_id, r, ids, scores, pool_scores=pool_scores, select_seconds=select_s)
+        self.store.record_query(
+            st.run_id, r, ids, scores, pool_scores=pool_scores, select_seconds=select_s, guesses=guesses
+        )
         self._store_s = time.perf_counter() - t1
         crash_point("after-query", r)
+
+    #: How many of the model's top classes are recorded for each queried sample (shown to whoever labels it).
+    n_guesses: int = 3
+
+    def _guesses(self, ids: np.ndarray) -> dict[int, list[tuple[int, float]]] | None:
+        """The model's top classes for the queried ``ids`` (the model that chose them), or None when it cannot
+        say (a file that became unreadable since: the guesses are a help to the labeller, not a result)."""
+        if len(ids) == 0:
+            return None
+        try:
+            p = self.learner.predict_proba(self.inputs_of(ids))
+        except (UnreadableSamples, ModelError):
+            return None
+        k = min(self.n_guesses, p.shape[1])
+        top = np.argsort(-p, axis=1, kind="stable")[:, :k]
+        return {int(i): [(int(y), float(p[j, y])) for y in top[j]] for j, i in enumerate(ids)}
 
     def _select(self, st: RunState, r: int, n: int, unlabelled: np.ndarray) -> Any:
         c = self.config

@@ -139,9 +139,9 @@ def batchbald_select(
     available = np.ones(N, dtype=bool)
     copy_of_picked = np.zeros(N, dtype=bool)
     P = np.ones((T, 1))  # posterior weights x T, one column per configuration of the batch
-    w = np.ones(1)  # weight of each configuration in H[y_i | batch]
+    w: np.ndarray = np.ones(1)  # weight of each configuration in H[y_i | batch]
     exact = True
-    counts = np.ones(1, dtype=np.int64)  # draws per distinct configuration, once sampling
+    counts: np.ndarray = np.ones(1, dtype=np.int64)  # draws per distinct configuration, once sampling
     for step in range(n):
         if step == 0:
             gain = mi.copy()  # with an empty batch the gain is BALD itself: the same top pick, bit for bit

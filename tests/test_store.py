@@ -220,9 +220,9 @@ def test_schema_1_store_is_upgraded_in_place(store_url):
     before = _store_v1().Store(store_url)
     curves, labels, queries = before.curves(), before.labels("r"), before.queries("r")
     before.close()
-    with pytest.warns(StoreUpgradedWarning, match="from schema 1 to 3 .*data_fingerprint.*al_samples") as caught:
+    with pytest.warns(StoreUpgradedWarning, match="from schema 1 to 4 .*data_fingerprint.*al_samples.*al_guesses") as caught:
         s = Store(store_url)
-    assert s.schema_version == SCHEMA_VERSION == 3 and _schema_row(store_url) == "3"
+    assert s.schema_version == SCHEMA_VERSION == 4 and _schema_row(store_url) == "4"
     sqlite_file = sa.engine.make_url(store_url).database if store_url.startswith("sqlite") else None
     if sqlite_file:  # SQLite: a backup copy of the old file, named in the message, itself a schema-1 store
         backup = f"{sqlite_file}.v1.bak"

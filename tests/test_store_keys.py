@@ -5,10 +5,6 @@ The tests that take only ``store_url`` are the contract: tests/test_postgres.py 
 """
 
 import hashlib
-import importlib.util
-import subprocess
-import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -16,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from old_stores import store_package
 
 from al.errors import StoreError
 from al.store import SCHEMA_VERSION, Store, StoreUpgradedWarning
@@ -200,32 +197,11 @@ def test_deleting_a_run_deletes_its_keys_and_values(store_url):
 # --- upgrading a schema-2 store -----------------------------------------------------------------------------------
 #: The last commit whose store wrote schema 2: the upgrade tests build their old stores with that very code.
 V2_COMMIT = "31c2d22"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _store_v2():
-    """The schema-2 ``al.store`` package, loaded from git as ``al._store_v2`` (skips if git cannot give it)."""
-    if "al._store_v2" in sys.modules:
-        return sys.modules["al._store_v2"]
-    names = subprocess.run(
-        ["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{V2_COMMIT}:al/store"], capture_output=True, text=True
-    )
-    if names.returncode != 0:
-        pytest.skip(f"the schema-2 store code ({V2_COMMIT}:al/store) is not in this checkout's git history")
-    folder = Path(tempfile.mkdtemp()) / "store_v2"
-    folder.mkdir()
-    for name in names.stdout.split():
-        out = subprocess.run(["git", "-C", str(ROOT), "show", f"{V2_COMMIT}:al/store/{name}"], capture_output=True)
-        (folder / name).write_bytes(out.stdout)
-    # A subpackage of al, so that its ``from ..errors import`` finds al.errors.
-    spec = importlib.util.spec_from_file_location(
-        "al._store_v2", folder / "__init__.py", submodule_search_locations=[str(folder)]
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["al._store_v2"] = mod
-    spec.loader.exec_module(mod)
-    assert mod.SCHEMA_VERSION == 2
-    return mod
+    """The schema-2 ``al.store`` package, loaded from git (skips if git cannot give it)."""
+    return store_package(V2_COMMIT, 2)
 
 
 def _write_v2_run(url: str) -> None:
@@ -254,9 +230,10 @@ def test_schema_2_store_is_upgraded_on_write(store_url):
     before = _store_v2().Store(store_url)
     curves, labels, queries, run = before.curves(), before.labels("r"), before.queries("r"), before.run("r")
     before.close()
-    with pytest.warns(StoreUpgradedWarning, match="from schema 2 to 3 .*al_samples.*al_round_values") as caught:
+    upgraded = "from schema 2 to 4 .*al_samples.*al_round_values.*al_guesses"
+    with pytest.warns(StoreUpgradedWarning, match=upgraded) as caught:
         s = Store(store_url)
-    assert s.schema_version == SCHEMA_VERSION == 3
+    assert s.schema_version == SCHEMA_VERSION == 4
     assert {"al_samples", "al_round_values"} <= _tables(store_url)
     sqlite_file = sa.engine.make_url(store_url).database if store_url.startswith("sqlite") else None
     if sqlite_file:  # a backup copy of the old file, named in the message, itself a schema-2 store

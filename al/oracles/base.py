@@ -12,6 +12,8 @@ feature has a default here, so the loop calls each one on every oracle and never
   query and the labels already stored (the CSV hand-off oracle needs them to name its files and to recognise
   rows it has already handed over).
 - ``how_to_answer(round_idx) -> str``: one sentence added to the "still awaited" message.
+- ``close()`` (default: nothing): called once when the command that built the oracle ends, on every way out;
+  an oracle that started a server or a thread stops it here.
 
 ``label`` may return an :class:`Answers` (a dict) whose ``refused`` lists rows it could not accept; the valid
 rows are stored and the refused ones reported. It may raise :class:`LabellingStopped` (the person chose to
@@ -26,7 +28,7 @@ from __future__ import annotations
 import abc
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,9 @@ class RoundInfo:
 
     query: (n_queried, 3) DataFrame with columns sample_id, rank, score: the round's whole query in rank order
     (answered or not). labels / label_round: every label already stored for the run, and its round.
+    guesses: for each queried id, the model's top classes as (class index, probability), most probable first, from
+    the model that chose the query (empty for round 0, which no model chose, and for rounds stored before schema 4).
+    run_name: the run's name in the store.
     """
 
     round_idx: int
@@ -47,6 +52,8 @@ class RoundInfo:
     labels: Mapping[int, int]
     label_round: Mapping[int, int]
     n_classes: int
+    guesses: Mapping[int, tuple[tuple[int, float], ...]] = field(default_factory=dict)
+    run_name: str = ""
 
     @property
     def n_queried(self) -> int:
@@ -95,6 +102,10 @@ class Oracle(abc.ABC):
     def how_to_answer(self, round_idx: int) -> str:
         """The sentence that ends the "still await a label" message of round ``round_idx``."""
         return "answer them and run the same command again to continue"
+
+    def close(self) -> None:  # noqa: B027 - an optional hook; doing nothing is its default
+        """Called once when the command that built this oracle ends (also on errors and Ctrl-C). Default: nothing.
+        An oracle that started a server or a thread stops and joins it here."""
 
 
 def validate_answers(

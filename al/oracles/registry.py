@@ -6,17 +6,20 @@ also be written out, for a module whose name is a kind's). Each kind is one buil
 :data:`ORACLES`, which refuses a duplicate name and answers a typo with suggestions; a new oracle (a web page,
 a labelling tool) is one module that defines its Oracle subclass and registers one kind::
 
-    @register_oracle_kind("web", usage="web:<port>", takes_argument=True)
-    def _web(arg: str, ctx: OracleContext) -> Oracle:
-        return WebOracle(int(arg), ctx.dataset)
+    @register_oracle_kind("my-tool", usage="my-tool:<queue>", takes_argument=True)
+    def _my_tool(arg: str, ctx: OracleContext) -> Oracle:
+        return MyToolOracle(arg, ctx.dataset, url=ctx.options.get("my_tool_url"))
+
+or, from another package (or a part of al that sits above the oracles, such as ``al.serve``'s ``web`` kind),
+declares an :class:`OracleKind` in the ``al.oracles`` entry-point group of its ``pyproject.toml``.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,7 +41,9 @@ class OracleContext:
     labels: (n_pool,) int64 true labels of the pool (for simulated oracles), -1 where unknown, or None for an
     unlabelled pool; seed: the run's seed; dataset: the
     loaded dataset (None from callers that have none: the human oracles refuse that); oracle_dir: the hand-off
-    folder given with ``--oracle-dir``; spec: the whole spec, for messages.
+    folder given with ``--oracle-dir``; spec: the whole spec, for messages; options: kind-specific settings from
+    the command line (``store_url``, ``web_host``, ``web_port``, ``web_token``, ``label_studio_url``,
+    ``label_studio_project``, ``label_studio_poll``; a kind reads the ones it needs, with its own defaults).
     """
 
     labels: np.ndarray | None
@@ -47,6 +52,7 @@ class OracleContext:
     dataset: Dataset | None = None
     oracle_dir: str | None = None
     spec: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 #: A builder gets the text after ``kind:`` ("" when there is none) and the context, and returns an Oracle.
@@ -71,7 +77,7 @@ class OracleKind:
         return f"OracleKind({self.name!r}, usage={self.usage!r})"
 
 
-ORACLES: Registry[OracleKind] = Registry("oracle")
+ORACLES: Registry[OracleKind] = Registry("oracle", entry_point_group="al.oracles")
 #: The kind that a spec ``package.module:factory`` goes to.
 IMPORT_KIND = "import"
 
@@ -101,6 +107,7 @@ def make_oracle(
     *,
     dataset: Dataset | None = None,
     oracle_dir: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Oracle:
     """Build an oracle from a CLI spec.
 
@@ -120,7 +127,13 @@ def make_oracle(
     if arg and not kind.takes_argument:
         raise OracleError(f"--oracle {kind.name} takes no argument, got {spec!r}; write --oracle {kind.name}")
     ctx = OracleContext(
-        labels=labels, n_classes=n_classes, seed=seed, dataset=dataset, oracle_dir=oracle_dir, spec=spec
+        labels=labels,
+        n_classes=n_classes,
+        seed=seed,
+        dataset=dataset,
+        oracle_dir=oracle_dir,
+        spec=spec,
+        options=dict(options or {}),
     )
     return kind.build(arg, ctx)
 
@@ -185,6 +198,14 @@ def _label_studio_files(arg: str, ctx: OracleContext) -> Oracle:
         "DIR/exports/)",
     )
     return LabelStudioFilesOracle(folder, dataset)
+
+
+@register_oracle_kind("label-studio")
+def _label_studio(arg: str, ctx: OracleContext) -> Oracle:
+    from . import label_studio
+
+    _dataset_for("label-studio", ctx)
+    return label_studio.build(arg, ctx)
 
 
 @register_oracle_kind("prompt")

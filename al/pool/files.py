@@ -159,7 +159,7 @@ class FilePool(Pool):
             if not (src_labels >= 0).any():
                 src_labels = None  # a label column with no label in it: an unlabelled pool
         self._source_labels = src_labels
-        self._pos = np.arange(n, dtype=np.int64)  # id -> source position (-1: gone)
+        self._pos: np.ndarray = np.arange(n, dtype=np.int64)  # id -> source position (-1: gone)
         self._excluded: dict[int, str] = {}
         shape = tuple(source.shape[1:]) if isinstance(source, torch.Tensor) else tuple(source.input_shape)
         self._shape = shape

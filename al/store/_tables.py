@@ -140,4 +140,18 @@ class RoundValue(Base):
     __table_args__ = ({"info": {"since": 3}},)
 
 
+class Guess(Base):
+    """Schema 4: the model's top classes for each queried sample, recorded with the query (an oracle shows them to
+    the person labelling: the web page's guesses, Label Studio's predictions). ``k``: 0 = the most probable."""
+
+    __tablename__ = "al_guesses"
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("al_runs.id", ondelete="CASCADE"), primary_key=True)
+    sample_id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=False)
+    k: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    round_idx: Mapped[int]
+    label: Mapped[int]
+    p: Mapped[float]
+    __table_args__ = ({"info": {"since": 4}},)
+
+
 TABLE_NAMES = frozenset(t.name for t in Base.metadata.sorted_tables)

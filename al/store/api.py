@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ from ._tables import (
     NAME_LENGTH,
     RUN_STATUSES,
     TABLE_NAMES,
+    Guess,
     Label,
     Query,
     Round,
@@ -33,7 +34,7 @@ from .configs import canonical, mismatch_message, same_config, with_absent
 from .engine import WRITE_OPTION, display_url, open_engine, parse_url, sqlite_path
 from .faults import crash_point
 from .migrations import SCHEMA_VERSION
-from .readers import Readers
+from .readers import GUESSES_SINCE, Readers
 from .records import RoundRecord, RunRecord, RunState, score_summary
 
 DEFAULT_URL = "sqlite:///al-runs.db"
@@ -261,8 +262,11 @@ class Store(Readers):
         *,
         pool_scores: np.ndarray | None = None,
         select_seconds: float | None = None,
+        guesses: Mapping[int, Sequence[tuple[int, float]]] | None = None,
     ) -> None:
-        """Open round ``round_idx`` in state ``queried`` with its query (ids in rank order and their scores)."""
+        """Open round ``round_idx`` in state ``queried`` with its query (ids in rank order and their scores) and,
+        when given, the model's top classes for queried ids (``{id: [(label, probability), ...]}``, most probable
+        first; see :meth:`guesses`)."""
         ids = np.asarray(ids, dtype=np.int64)
         stats = score_summary(pool_scores) if pool_scores is not None else {}
         with self._write() as s:
@@ -291,6 +295,16 @@ class Store(Readers):
                     for r, i in enumerate(ids)
                 ],
             )
+            if guesses and self.schema_version >= GUESSES_SINCE:
+                queried = {int(i) for i in ids}
+                rows = [
+                    dict(run_id=run_id, sample_id=int(i), k=k, round_idx=round_idx, label=int(y), p=float(p))
+                    for i, top in guesses.items()
+                    if int(i) in queried
+                    for k, (y, p) in enumerate(top)
+                ]
+                if rows:
+                    s.execute(sa.insert(Guess), rows)
             s.flush()
             crash_point("in-query-commit", round_idx)
 
@@ -310,6 +324,8 @@ class Store(Readers):
         with self._write() as s:
             self._fence(s, run_id)
             rnd = self._round_row(s, run_id, round_idx)
+            if not labels and rnd is not None and rnd.state == "labelled":
+                return 0  # nothing to add to a round whose labels were all stored (by a web server, say)
             if rnd is None or rnd.state != "queried":
                 raise StoreError(
                     f"round {round_idx} is not waiting for labels (state {None if rnd is None else rnd.state!r})"
@@ -341,6 +357,29 @@ class Store(Readers):
             s.flush()
             crash_point("in-labels-commit", round_idx)
             return left
+
+    def withdraw_label(self, run_id: int, round_idx: int, sample_id: int, oracle: str) -> None:
+        """Remove the label of ``sample_id`` that ``oracle`` gave in round ``round_idx``, while that round still
+        waits for labels (state ``queried``: nothing has been trained on it). The web page's undo; a StoreError
+        says why when the round has closed, the sample has no label, or the label came from another round or
+        oracle."""
+        with self._write() as s:
+            self._fence(s, run_id)
+            rnd = self._round_row(s, run_id, round_idx)
+            if rnd is None or rnd.state != "queried":
+                state = "not opened" if rnd is None else f"closed ({rnd.state})"
+                raise StoreError(f"round {round_idx} is {state}; the labels of a closed round are final")
+            row = s.execute(
+                sa.select(Label).where(Label.run_id == run_id, Label.sample_id == int(sample_id))
+            ).scalar_one_or_none()
+            if row is None:
+                raise StoreError(f"sample {int(sample_id)} has no label to withdraw")
+            if row.round_idx != round_idx or row.oracle != oracle:
+                raise StoreError(
+                    f"sample {int(sample_id)} was labelled in round {row.round_idx} by {row.oracle!r}; only a label "
+                    f"given by {oracle!r} in the open round {round_idx} can be withdrawn"
+                )
+            s.delete(row)
 
     def record_metrics(
         self,

@@ -14,7 +14,8 @@ and ``deferred=True`` (a new table: ``info={"since": <version>}`` in its ``__tab
 upgrades a store written by the previous version.
 
 Schema 2 added ``al_runs.data_fingerprint``; schema 3 the tables ``al_samples`` (what each sample id is, and
-which samples are excluded) and ``al_round_values`` (named values per round, such as a stopping criterion's).
+which samples are excluded) and ``al_round_values`` (named values per round, such as a stopping criterion's);
+schema 4 the table ``al_guesses`` (the model's top classes for each queried sample).
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ def _add_samples_and_round_values(conn: sa.Connection) -> None:
         Base.metadata.tables[name].create(conn)
 
 
+def _add_guesses(conn: sa.Connection) -> None:
+    Base.metadata.tables["al_guesses"].create(conn)
+
+
 STEPS: tuple[Step, ...] = (
     Step(2, "al_runs.data_fingerprint (what a run's data is, checked on resume)", _add_data_fingerprint, additive=True),
     Step(
@@ -68,6 +73,7 @@ STEPS: tuple[Step, ...] = (
         _add_samples_and_round_values,
         additive=True,
     ),
+    Step(4, "al_guesses (the model's top classes for each queried sample)", _add_guesses, additive=True),
 )
 SCHEMA_VERSION = 1 + len(STEPS)
 

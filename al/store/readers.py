@@ -9,10 +9,12 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ._tables import SCORE_STATS, Label, Query, Round, RoundValue, Run, Sample
+from ._tables import SCORE_STATS, Guess, Label, Query, Round, RoundValue, Run, Sample
 
 #: The schema that added ``al_samples`` and ``al_round_values``: an older store read as it is has neither.
 SAMPLES_SINCE = 3
+#: The schema that added ``al_guesses``.
+GUESSES_SINCE = 4
 
 
 class Readers:
@@ -138,6 +140,22 @@ class Readers:
                 Sample.run_id == run_id, Sample.excluded.is_not(None)
             )
             return {i: str(why) for i, why in s.execute(q)}
+
+    def guesses(self, run_id: int, round_idx: int) -> dict[int, tuple[tuple[int, float], ...]]:
+        """The model's top classes for each sample queried in round ``round_idx``: ``{id: ((label, p), ...)}``,
+        most probable first (``Store.record_query(guesses=)``); empty for round 0 and for stores before schema 4."""
+        out: dict[int, list[tuple[int, float]]] = {}
+        if self.schema_version < GUESSES_SINCE:
+            return {}
+        with self._read() as s:
+            q = (
+                sa.select(Guess.sample_id, Guess.label, Guess.p)
+                .where(Guess.run_id == run_id, Guess.round_idx == round_idx)
+                .order_by(Guess.sample_id, Guess.k)
+            )
+            for i, y, p in s.execute(q):
+                out.setdefault(int(i), []).append((int(y), float(p)))
+        return {i: tuple(top) for i, top in out.items()}
 
     @overload
     def round_values(self, run: int) -> dict[int, dict[str, float | None]]: ...
