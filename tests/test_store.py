@@ -220,7 +220,8 @@ def test_schema_1_store_is_upgraded_in_place(store_url):
     before = _store_v1().Store(store_url)
     curves, labels, queries = before.curves(), before.labels("r"), before.queries("r")
     before.close()
-    with pytest.warns(StoreUpgradedWarning, match="from schema 1 to 4 .*data_fingerprint.*al_samples.*al_guesses") as caught:
+    upgraded = "from schema 1 to 4 .*data_fingerprint.*al_samples.*al_guesses"
+    with pytest.warns(StoreUpgradedWarning, match=upgraded) as caught:
         s = Store(store_url)
     assert s.schema_version == SCHEMA_VERSION == 4 and _schema_row(store_url) == "4"
     sqlite_file = sa.engine.make_url(store_url).database if store_url.startswith("sqlite") else None
