@@ -2,8 +2,10 @@
 
 ``base`` holds the contract (:class:`Oracle` with a default for every optional feature, :class:`Answers`,
 :class:`RoundInfo`, validation); ``simulated`` the oracles that need no person (ground truth, noisy, a
-function); ``human`` the CSV hand-off and the terminal prompt; ``adapt`` the one place where a user's object
-becomes an Oracle (:func:`as_oracle`); ``registry`` the ``--oracle`` kinds and :func:`make_oracle`.
+function); ``human`` the CSV hand-off and the terminal prompt; ``label_studio_files`` and ``label_studio``
+labelling in Label Studio (through files, or a live server) in the formats of ``label_studio_format``; ``adapt``
+the one place where a user's object becomes an Oracle (:func:`as_oracle`); ``registry`` the ``--oracle`` kinds
+and :func:`make_oracle`.
 """
 
 from .adapt import WrappedOracle, as_oracle
