@@ -38,9 +38,8 @@ def find_executable() -> Path:
     path = Path(env) if env else REPO / ".venv-label-studio" / "bin" / "label-studio"
     if not path.is_file():
         raise LabelStudioUnavailable(
-            f"no Label Studio server at {path}: create its environment (python -m venv .venv-label-studio && "
-            f".venv-label-studio/bin/pip install label-studio; .ci/run does) or set AL_LABEL_STUDIO to its "
-            f"label-studio executable"
+            f"no Label Studio server at {path}: create its environment with make label-studio-env (.ci/run does) "
+            f"or set AL_LABEL_STUDIO to a label-studio executable"
         )
     return path
 
