@@ -4,7 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export AL_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install lint test test-slow test-all bench clean
+# Label Studio (the server, about 1 GB with its dependencies) lives in its own environment, not the project's;
+# the --oracle label-studio tests start it from here (or from $AL_LABEL_STUDIO).
+LS_VENV ?= .venv-label-studio
+LABEL_STUDIO_VERSION ?= 1.23.2
+
+.PHONY: install lint test test-slow test-all bench clean label-studio-env
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +19,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+$(LS_VENV)/.installed:
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LS_VENV)/bin/python -m pip install -q 'label-studio==$(LABEL_STUDIO_VERSION)'
+	touch $@
+
+label-studio-env: $(LS_VENV)/.installed
 
 # House rules: ruff (lint and format), mypy on the library, import-linter's layer and no-cycle contracts.
 lint: $(VENV)/.installed
@@ -36,4 +49,4 @@ bench: $(VENV)/.installed
 	$(PY) -m al.bench --strategy regrad --budget 2000
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) *.egg-info .pytest_cache

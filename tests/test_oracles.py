@@ -184,7 +184,8 @@ def test_a_third_registered_kind_is_built_by_make_oracle_and_runs(digits, store_
         o = make_oracle("constant:3", np.zeros(5, dtype=np.int64), 10, seed=7, oracle_dir="d")
         assert isinstance(o, Constant) and o.value == 3
         assert (seen[0].n_classes, seen[0].seed, seen[0].oracle_dir, seen[0].spec) == (10, 7, "d", "constant:3")
-        known = r"use constant:<class>, csv, ground-truth, label-studio, label-studio-files, noisy:<fraction>, prompt"
+        known = r"use constant:<class>, csv, ground-truth, label-studio, label-studio-files, noisy:<fraction>, prompt, "
+        known += "web"
         with pytest.raises(OracleError, match=known):
             make_oracle("nope", np.zeros(5, dtype=np.int64), 10)
         st = Experiment(fast_config(oracle="constant:2"), store_url, dataset=digits).run()
