@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
@@ -227,6 +227,40 @@ class Progress(BaseModel):
     total: int
 
 
+class ClassKey(BaseModel):
+    index: int = Field(description="the class index, the label sent in an answer")
+    name: str
+    key: str | None = Field(description="its keyboard shortcut on the page (None: no key left, a button only)")
+
+
+class Guess(BaseModel):
+    label: int
+    name: str
+    p: float = Field(description="the model's probability")
+
+
+class Card(BaseModel):
+    sample_id: int
+    rank: int = Field(description="rank in the strategy's order (0 = most informative)")
+    score: float | None = Field(description="the strategy's score (None in round 0, which is drawn at random)")
+    guesses: list[Guess] = Field(description="the model's top classes, most probable first (none in round 0)")
+    image: str | None = Field(description="URL of the sample's PNG (None for a table row)")
+    row: dict[str, float | None] | None = Field(description="a table row's values (None for an image)")
+    key: str | None = Field(description="what the sample is: its file's path in the pool, or its table id")
+
+
+class LabelView(BaseModel):
+    run: str
+    round: int | None
+    state: str = Field(description="labelling | training | finished | stopped")
+    message: str
+    classes: list[ClassKey]
+    labels: int = Field(description="labels the run holds")
+    budget: int | None
+    progress: Progress
+    cards: list[Card] = Field(description="the open round's pending samples, most informative first")
+
+
 class AnswerOut(BaseModel):
     status: str = Field(description="stored | repeated (the same label was already stored) | refused")
     reason: str = Field(description="why it was refused (or repeated); empty when stored")
@@ -309,24 +343,39 @@ def create_app(
     def docs_page(request: Request) -> HTMLResponse:
         return page(request, "docs.html")
 
-    @app.get("/api/runs", summary="Every run in the store, most recently updated first")
-    def api_runs() -> dict[str, Any]:
-        return dashboard.runs_payload(reader)
+    # The payloads are plain JSON values already: sent as they are, without FastAPI's per-value encoder (which
+    # cost more than building a view of 200 cards).
+    @app.get("/api/runs", summary="Every run in the store, most recently updated first", response_class=JSONResponse)
+    def api_runs() -> Response:
+        return JSONResponse(dashboard.runs_payload(reader))
 
-    @app.get("/api/curves", summary="Learning curves: mean ± std over seeds per protocol and strategy")
-    def api_curves(dataset: str | None = Query(None, description="only this dataset's protocols")) -> dict[str, Any]:
-        return dashboard.curves_payload(reader, dataset)
+    @app.get(
+        "/api/curves",
+        summary="Learning curves: mean ± std over seeds per protocol and strategy",
+        response_class=JSONResponse,
+    )
+    def api_curves(dataset: str | None = Query(None, description="only this dataset's protocols")) -> Response:
+        return JSONResponse(dashboard.curves_payload(reader, dataset))
 
-    @app.get("/api/runs/{name}/rounds", summary="One run's rounds: uncertainty, accuracy, stopping values")
-    def api_rounds(name: str = Path(description="the run's name")) -> dict[str, Any]:
+    @app.get(
+        "/api/runs/{name}/rounds",
+        summary="One run's rounds: uncertainty, accuracy, stopping values",
+        response_class=JSONResponse,
+    )
+    def api_rounds(name: str = Path(description="the run's name")) -> Response:
         try:
-            return dashboard.rounds_payload(reader, name)
+            return JSONResponse(dashboard.rounds_payload(reader, name))
         except StoreError as e:
             raise HTTPException(404, str(e)) from None
 
-    @app.get("/api/label", summary="The labelling state: run, round, classes, progress, pending cards")
-    def api_label() -> dict[str, Any]:
-        return need_desk().view()
+    @app.get(
+        "/api/label",
+        summary="The labelling state: run, round, classes, progress, pending cards",
+        response_model=LabelView,
+        responses={404: {"description": "this server labels no run (python -m al.serve alone)"}},
+    )
+    def api_label() -> Response:
+        return JSONResponse(need_desk().view())
 
     @app.get(
         "/api/label/samples/{sample_id}.png",

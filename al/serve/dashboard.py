@@ -69,7 +69,7 @@ def runs_payload(store: Store) -> dict[str, Any]:
             "protocol": row.protocol,
             "oracle": config.get("oracle"),
             "budget": config.get("budget"),
-            "message": row.message,
+            "message": row.message if isinstance(row.message, str) else None,  # pandas reads NULL as NaN here
             "updated_at": _when(row.updated_at),
             "rounds": 0,
             "labels": None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
@@ -71,15 +71,24 @@ def _finite(v: Any) -> float | None:
 
 class LabelDesk:
     """Labelling of run ``run_name`` in ``store``, whose pool is ``dataset``; answers are recorded as oracle
-    ``oracle`` ("web"). ``n_classes`` defaults to the pool's."""
+    ``oracle`` ("web"). ``n_classes`` defaults to the pool's. ``on_answer`` is called after each stored answer (the
+    web oracle waits on it instead of its next look at the store)."""
 
     def __init__(
-        self, store: Store, run_name: str, dataset: Pool, *, oracle: str = "web", n_classes: int | None = None
+        self,
+        store: Store,
+        run_name: str,
+        dataset: Pool,
+        *,
+        oracle: str = "web",
+        n_classes: int | None = None,
+        on_answer: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.run_name = run_name
         self.dataset = dataset
         self.oracle = oracle
+        self.on_answer = on_answer
         self.n_classes = int(n_classes if n_classes is not None else dataset.n_classes)
         names = [str(c) for c in dataset.classes] if dataset.classes else [str(k) for k in range(self.n_classes)]
         names += [str(k) for k in range(len(names), self.n_classes)]
@@ -233,6 +242,8 @@ class LabelDesk:
         )
         if sample_id in sub.stored:
             status, reason = "stored", ""
+            if self.on_answer is not None:
+                self.on_answer()
         elif sample_id in sub.repeated:
             status, reason = (
                 "repeated",
@@ -241,8 +252,14 @@ class LabelDesk:
         else:
             status = "refused"
             reason = next(iter(sub.refused.values()), f"sample {sample_id}: refused")
-        st = self._state()
-        return {"status": status, "reason": reason, "progress": self.progress(st, round_idx)}
+        if status == "refused":  # perhaps for a round that is not the open one: the open (or last) round's progress
+            progress = self.progress(self._state(), None)
+        else:  # the open round, whose pending samples submit_answers has just counted
+            with self._lock:
+                ids = self._queried.get(round_idx)
+            total = len(ids) if ids is not None else len(self.queried_ids(self._state(), round_idx))
+            progress = {"answered": total - sub.pending, "total": total}
+        return {"status": status, "reason": reason, "progress": progress}
 
     def undo(self, round_idx: int, sample_id: int) -> dict[str, Any]:
         """Withdraw this oracle's answer for ``sample_id`` while round ``round_idx`` is open (``POST

@@ -69,6 +69,7 @@ class WebOracle(Oracle):
         self._server: ServerThread | None = None
         self._run_id: int | None = None
         self._closed = threading.Event()
+        self._wake = threading.Event()  # set by the desk when it stores an answer, and by close()
 
     # --- the server ---------------------------------------------------------------------------------------------
     def _say(self, text: str) -> None:
@@ -104,7 +105,9 @@ class WebOracle(Oracle):
             raise OracleError(str(e)) from None
         try:
             store = Store(self.store_url)
-            desk = LabelDesk(store, run_name, self.dataset, oracle=self.name, n_classes=self.n_classes)
+            desk = LabelDesk(
+                store, run_name, self.dataset, oracle=self.name, n_classes=self.n_classes, on_answer=self._wake.set
+            )
             app = create_app(self.store_url, desk=desk, token=self.token, bind_host=self.host, store=store)
             server = ServerThread(app, sock)
             server.start()
@@ -146,7 +149,10 @@ class WebOracle(Oracle):
                     f"the web server stopped ({server.error or 'no reason given'}); every answer given is "
                     f"stored: run the same command again to continue"
                 )
-            self._closed.wait(self.poll_s)
+            # Woken at once by an answer given on this process's page; the timeout also sees answers stored by
+            # anyone else (another process writing the same store).
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
 
     def how_to_answer(self, round_idx: int) -> str:
         return "run the same command again: it serves the labelling page and asks only for what is still pending"
@@ -154,6 +160,7 @@ class WebOracle(Oracle):
     def close(self) -> None:
         """Stop the server and join its thread; a ``label`` call still waiting ends (the run waits)."""
         self._closed.set()
+        self._wake.set()
         server, self._server = self._server, None
         if server is not None:
             server.stop()
