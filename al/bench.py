@@ -101,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     a("--pool-subset", type=int, help="score a random subset of N unlabelled samples per round; 0 = whole pool")
     a("--mc-samples", type=int, default=20, help="MC-dropout passes for bald/batchbald (default 20)")
+    a(
+        "--early-stopping",
+        action="store_true",
+        help="train each round until a validation split of the labelled set stops improving (best weights kept) "
+        "instead of the fixed --epochs/--min-steps schedule",
+    )
+    a("--val-size", type=float, default=0.2, help="--early-stopping: held-out fraction (<1) or count (default 0.2)")
+    a("--patience", type=int, default=3, help="--early-stopping: epochs without improvement before stopping (3)")
+    a("--max-epochs", type=int, default=100, help="--early-stopping: at most this many epochs (default 100)")
     a("--warm-start", action="store_true", help="fine-tune last round's model instead of retraining from scratch")
     a(
         "--oracle",
@@ -235,6 +244,10 @@ def _configs(args: argparse.Namespace) -> list[ExperimentConfig]:
                 mc_samples=args.mc_samples,
                 weights=args.weights,
                 freeze_backbone=args.freeze_backbone,
+                early_stopping=args.early_stopping,
+                val_size=args.val_size,
+                patience=args.patience,
+                max_epochs=args.max_epochs,
                 stop=args.stop,
                 stop_settings=_json_object(args.stop_kwargs, "--stop-kwargs", '{"threshold": 0.99}'),
             )

@@ -79,6 +79,10 @@ def build_parts(
         seed=c.seed,
         progress=progress,
         device=device,
+        early_stopping=c.early_stopping,
+        val_size=c.val_size,
+        patience=c.patience,
+        max_epochs=c.max_epochs,
     )
     probe_model(learner, dataset, c)
     strategy.check_learner(learner)

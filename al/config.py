@@ -63,11 +63,31 @@ CONFIG_SETTINGS: dict[str, Setting] = {
     "freeze_backbone": Setting("bool"),
     "stop": Setting("str", example="--stop=stabilising-predictions"),
     "stop_settings": Setting("dict"),
+    "early_stopping": Setting("bool"),
+    "val_size": Setting(
+        "float",
+        minimum=0.0,
+        strict=True,
+        too_small="must be a fraction of the labelled set (0 < f < 1) or a count (>= 1)",
+        example=0.2,
+        keep_int=True,
+    ),
+    "patience": Setting("int", minimum=1, too_small="must be at least 1 epoch", example=3),
+    "max_epochs": Setting("int", minimum=1, too_small="must be at least 1", example=100),
 }
 
 #: Fields added after runs were stored, with the value those runs ran with: ``config_record`` leaves a field out
 #: while it has that value, so a stored run's record (and its resume check) is unchanged.
-CONFIG_ADDED: dict[str, Any] = {"weights": None, "freeze_backbone": False, "stop": "budget", "stop_settings": {}}
+CONFIG_ADDED: dict[str, Any] = {
+    "weights": None,
+    "freeze_backbone": False,
+    "stop": "budget",
+    "stop_settings": {},
+    "early_stopping": False,
+    "val_size": 0.2,
+    "patience": 3,
+    "max_epochs": 100,
+}
 
 
 def _flag(name: str) -> str:
@@ -99,6 +119,12 @@ class ExperimentConfig:
     freeze_backbone: bool = False
     stop: str = "budget"
     stop_settings: dict[str, Any] = field(default_factory=dict)
+    #: Train until a validation split carved from the labelled set stops improving (see TorchLearner), instead of
+    #: the fixed schedule (epochs, min_steps), which stays the default and that of every stored protocol.
+    early_stopping: bool = False
+    val_size: float = 0.2
+    patience: int = 3
+    max_epochs: int = 100
 
     def __post_init__(self) -> None:
         self._check_fields()
@@ -138,6 +164,10 @@ class ExperimentConfig:
             raise ConfigError(
                 f"--query-size {self.query_size} exceeds --pool-subset {self.pool_subset}; each round "
                 f"picks from the subset, so enlarge the subset or lower the query size"
+            )
+        if self.val_size >= 1 and float(self.val_size) != int(self.val_size):
+            raise ConfigError(
+                f"--val-size {self.val_size} is neither a fraction (below 1) nor a whole count; write e.g. 0.2 or 20"
             )
         if n_pool is not None:
             if self.budget > n_pool:

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from .devices import resolve_device, to_device
 from .errors import ConfigError, IncompatibleStrategyError, ModelError
 from .inputs import Inputs, LazyInputs, iter_batches, n_rows
-from .models import build_model
+from .models import build_model, set_mc_pass
 from .seeding import torch_rng_scope
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -145,7 +145,20 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
     are drawn on the CPU with the seeded CPU generator and then moved, so they are identical on every device; the
     batch order comes from a CPU generator too. Dropout masks on a GPU draw from that GPU's generator, seeded in the
     same scope: a run is reproducible on the same kind of GPU, and close to (not equal to) the CPU run.
+
+    early_stopping: instead of the fixed schedule, train until a validation split stops improving, as the BatchBALD
+    paper trains (Kirsch et al. 2019). The split is carved from the labelled set given to ``fit`` (``val_size``: a
+    fraction below 1, else a count; at least one sample on each side), drawn by ``fit``'s seed (so per round in the
+    loop; never from the pool or the test set). An epoch is at least EPOCH_SAMPLES training draws (the labelled part
+    reshuffled as often as needed, as the paper's fixed-length sampler does, so that patience means the same with
+    20 labels as with 300); after each the split's accuracy is measured (ties: the lower NLL), the best weights are
+    kept, and training ends after ``patience`` epochs without improvement or at ``max_epochs``, with the best
+    weights restored. ``epochs_run_``, ``best_epoch_`` and ``val_history_`` ((accuracy, NLL) per epoch) say what
+    happened.
     """
+
+    #: Training draws per epoch under early stopping (the BatchBALD paper's RandomFixedLengthSampler length).
+    EPOCH_SAMPLES = 5056
 
     def __init__(
         self,
@@ -163,6 +176,10 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         progress: bool = False,
         mc_trunk_bytes: int = 1 << 30,
         device: str | torch.device = "cpu",
+        early_stopping: bool = False,
+        val_size: float = 0.2,
+        patience: int = 3,
+        max_epochs: int = 100,
     ) -> None:
         self.model = model
         self.n_classes = n_classes
@@ -178,6 +195,10 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         self.progress = progress
         self.mc_trunk_bytes = mc_trunk_bytes
         self.device = device
+        self.early_stopping = early_stopping
+        self.val_size = val_size
+        self.patience = patience
+        self.max_epochs = max_epochs
 
     # --- construction -------------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> TorchLearner:
@@ -273,7 +294,10 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         epochs = max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
         net.train()
         try:
-            mean_loss = self._epochs(net, opt, x, yt, g, epochs)
+            if self.early_stopping:
+                mean_loss = self._train_early_stopping(net, opt, x, yt, g, seed)
+            else:
+                mean_loss = self._epochs(net, opt, x, yt, g, epochs)
         finally:  # the model is left in eval mode without gradients, even when training diverged
             net.eval()
             for p in net.parameters():
@@ -285,6 +309,55 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
                 f"{DIVERGED_LOSS_FACTOR:g} times that of a uniform guess ({limit:.3g}); {self._lr_hint()}"
             )
 
+    def validation_split(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions ``(train, val)`` of an ``n``-sample labelled set under early stopping, drawn by ``seed``."""
+        if n < 2:
+            raise ConfigError(f"early stopping needs at least 2 labelled samples to hold one out, got {n}")
+        k = int(round(self.val_size * n)) if self.val_size < 1 else int(self.val_size)
+        k = min(max(k, 1), n - 1)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))
+        return perm[k:].sort().values, perm[:k].sort().values
+
+    def _train_early_stopping(
+        self,
+        net: nn.Module,
+        opt: torch.optim.Optimizer,
+        x: torch.Tensor,
+        yt: torch.Tensor,
+        g: torch.Generator,
+        seed: int,
+    ) -> float:
+        """Epochs of at least EPOCH_SAMPLES draws until the validation split stops improving; the best weights are
+        restored. Returns the last epoch's mean training loss."""
+        tr, va = self.validation_split(len(x), seed)
+        tr, va = tr.to(x.device), va.to(x.device)
+        x_tr, y_tr, x_va, y_va = x[tr], yt[tr], x[va], yt[va]
+        repeats = max(1, math.ceil(self.EPOCH_SAMPLES / len(x_tr)))
+        best: tuple[float, float] | None = None  # (accuracy, -nll): larger is better
+        best_state: dict[str, torch.Tensor] | None = None
+        since_best, mean_loss = 0, math.nan
+        self.epochs_run_, self.best_epoch_ = 0, 0
+        self.val_history_: list[tuple[float, float]] = []  # (accuracy, nll) after each epoch
+        for epoch in range(1, self.max_epochs + 1):
+            mean_loss = self._epochs(net, opt, x_tr, y_tr, g, 1, repeats=repeats)
+            self.epochs_run_ = epoch
+            with eval_mode(net), torch.no_grad():
+                logits = net(x_va).double()
+            acc = float((logits.argmax(1) == y_va).double().mean())
+            nll = float(F.cross_entropy(logits, y_va))
+            self.val_history_.append((acc, nll))
+            score = (acc, -nll)
+            if best is None or score > best:
+                best, since_best, self.best_epoch_ = score, 0, epoch
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            else:
+                since_best += 1
+                if since_best >= self.patience:
+                    break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        return mean_loss
+
     def _epochs(
         self,
         net: nn.Module,
@@ -293,20 +366,26 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         yt: torch.Tensor,
         g: torch.Generator,
         epochs: int,
+        *,
+        repeats: int = 1,
     ) -> float:
-        """Train for ``epochs``; the last epoch's mean loss. ModelError as soon as an epoch's loss is not finite."""
+        """Train for ``epochs``; the last epoch's mean loss. ModelError as soon as an epoch's loss is not finite.
+        ``repeats``: passes over the data per epoch, each in a fresh permutation (early stopping's long epochs)."""
         n = len(x)
         bs = min(self.batch_size, n)
         mean_loss = math.nan
         # Manual batching over in-memory tensors: DataLoader's per-item collate costs more than the step itself
         # for these small models. The permutation comes from the seeded generator, as a DataLoader's would.
-        for epoch in self._progress(range(epochs), "train"):
-            perm = torch.randperm(n, generator=g)
+        for epoch in self._progress(range(epochs), "train", epochs > 1):
+            if repeats == 1:
+                perm = torch.randperm(n, generator=g)
+            else:
+                perm = torch.cat([torch.randperm(n, generator=g) for _ in range(repeats)])
             if x.device.type != "cpu":
                 perm = perm.to(x.device)  # one copy per epoch, not one per step
             total: torch.Tensor | None = None  # summed where the loss lives: read once per epoch, not per step
             n_steps = 0
-            for i in range(0, n, bs):
+            for i in range(0, len(perm), bs):
                 idx = perm[i : i + bs]
                 if len(idx) < 2 and n >= 2:
                     continue  # BatchNorm cannot train on a batch of one
@@ -413,8 +492,14 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
                         break
                 else:
                     head, inputs = net[k:], trunk
-            for t in self._progress(range(n_samples), "mc-dropout", len(x) >= self.eval_batch_size):
-                out[t] = torch.cat([torch.softmax(head(to_device(b, dev)).double(), 1) for b in inputs]).cpu()
+            try:
+                for t in self._progress(range(n_samples), "mc-dropout", len(x) >= self.eval_batch_size):
+                    set_mc_pass(net, seed, t)
+                    out[t] = (
+                        torch.cat([torch.softmax(head(to_device(b, dev)).double(), 1) for b in inputs]).cpu().numpy()
+                    )
+            finally:
+                set_mc_pass(net, None)
         self.check_finite(out.transpose(1, 0, 2), "inputs (MC-dropout passes)")
         return out
 
@@ -429,16 +514,26 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
             k = deterministic_trunk(net)
             trunk_net, head = (net[:k], net[k:]) if k and isinstance(net, nn.Sequential) else (None, net)
             worth = n is not None and n >= self.eval_batch_size
-            for b in self._progress(parts, "mc-dropout", worth):
-                h = to_device(b, dev)
-                if trunk_net is not None:
-                    h = trunk_net(h)
-                cols.append(torch.stack([torch.softmax(head(h).double(), 1) for _ in range(n_samples)]).cpu().numpy())
+            try:
+                for b in self._progress(parts, "mc-dropout", worth):
+                    h = to_device(b, dev)
+                    if trunk_net is not None:
+                        h = trunk_net(h)
+                    passes = [self._pass(head, h, net, seed, t) for t in range(n_samples)]
+                    cols.append(torch.stack(passes).cpu().numpy())
+            finally:
+                set_mc_pass(net, None)
         if not cols:
             return np.empty((n_samples, 0, self.n_classes))
         out = np.concatenate(cols, axis=1)
         self.check_finite(out.transpose(1, 0, 2), "inputs (MC-dropout passes)")
         return out
+
+    @staticmethod
+    def _pass(head: nn.Module, h: torch.Tensor, net: nn.Module, seed: int, t: int) -> torch.Tensor:
+        """Probabilities of MC pass ``t`` on one batch (consistent-dropout layers take pass ``t``'s mask)."""
+        set_mc_pass(net, seed, t)
+        return torch.softmax(head(h).double(), 1)
 
     def last_linear(self) -> nn.Linear:
         return last_linear(self.network, "embeddings")

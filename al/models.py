@@ -56,6 +56,58 @@ def cnn(n_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28), dropout
     )
 
 
+class ConsistentDropout(nn.Dropout):
+    """Dropout whose MC-dropout masks are the same for every input of one pass (BatchBALD's "consistent" MC
+    dropout, Kirsch et al. 2019): while training it is ``nn.Dropout``; during MC-dropout scoring the learner
+    sets :attr:`pass_seed` for each pass (:func:`set_mc_pass`), and every input of that pass, in whatever batch and
+    batch order it comes, is multiplied by one mask drawn from that seed. Joint scores over a candidate set
+    (BatchBALD) then compare the same T sampled models for every candidate, as the paper's estimator assumes.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__(p)
+        #: The current MC pass's mask seed; None: ordinary dropout (training, or an MC pass of another model).
+        self.pass_seed: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.pass_seed is None or self.p == 0:
+            return super().forward(x)
+        g = torch.Generator(device=x.device).manual_seed(self.pass_seed)
+        keep = torch.rand(x.shape[1:], generator=g, device=x.device, dtype=x.dtype) >= self.p
+        return x * keep / (1.0 - self.p)
+
+
+def set_mc_pass(model: nn.Module, seed: int | None, t: int = 0) -> None:
+    """Give every :class:`ConsistentDropout` of ``model`` the mask seed of MC pass ``t`` under ``seed`` (one seed per
+    module and pass); ``seed`` None turns them back into ordinary dropout."""
+    for k, m in enumerate(x for x in model.modules() if isinstance(x, ConsistentDropout)):
+        m.pass_seed = None if seed is None else (seed * 1_000_003 + t * 101 + k) % 2**62
+
+
+@MODELS.register("batchbald-cnn")
+def batchbald_cnn(n_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28), dropout: float = 0.5) -> nn.Module:
+    """The BatchBALD paper's MNIST model (Kirsch et al. 2019, appendix): two 5x5 convolutions (32, 64 channels),
+    each followed by ReLU and 2x2 max pooling, a 128-unit dense layer, dropout 0.5 (consistent MC dropout: one mask
+    per pass for every candidate, :class:`ConsistentDropout`), and the output layer."""
+    c, h, w = input_shape
+    side_h, side_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+    if side_h < 1 or side_w < 1:
+        raise ConfigError(f"the 'batchbald-cnn' model needs images of at least 16x16, got {input_shape}")
+    return nn.Sequential(
+        nn.Conv2d(c, 32, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * side_h * side_w, 128),
+        nn.ReLU(),
+        ConsistentDropout(dropout),
+        nn.Linear(128, n_classes),
+    )
+
+
 @MODELS.register("lenet5")
 def lenet5(n_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28)) -> nn.Module:
     """LeNet-5 (LeCun et al. 1998) with ReLU and max pooling, padded for 28x28 inputs."""

@@ -1,0 +1,138 @@
+"""Training that converges (issue 16, part 4): early stopping on a validation split carved from the labelled set,
+and the BatchBALD paper's MNIST model with consistent MC dropout."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import fast_config
+
+from al.config import config_record
+from al.errors import ConfigError
+from al.learner import TorchLearner
+from al.loop import Experiment
+from al.models import ConsistentDropout, build_model
+from al.registry import build_strategy
+from al.store import Store
+
+
+def _digits_xy(digits, n):
+    x = digits.inputs(np.arange(n))
+    y = digits.train_y.numpy()[:n]
+    return x, y
+
+
+def _learner(**kw):
+    base = dict(
+        model="mlp", n_classes=10, input_shape=(1, 8, 8), early_stopping=True, val_size=0.25, patience=2, max_epochs=30
+    )
+    base.update(kw)
+    return TorchLearner(**base)
+
+
+def test_the_validation_split_is_carved_from_the_labelled_set_by_the_seed():
+    lrn = _learner(val_size=0.25)
+    tr, va = lrn.validation_split(40, seed=3)
+    assert len(va) == 10 and len(tr) == 30 and set(tr.tolist()) | set(va.tolist()) == set(range(40))
+    assert not set(tr.tolist()) & set(va.tolist())
+    assert torch.equal(lrn.validation_split(40, seed=3)[1], va) and not torch.equal(lrn.validation_split(40, 4)[1], va)
+    assert len(_learner(val_size=7).validation_split(40, 0)[1]) == 7  # a count
+    assert len(_learner(val_size=0.01).validation_split(40, 0)[1]) == 1  # at least one held out
+    assert len(_learner(val_size=99).validation_split(40, 0)[0]) == 1  # at least one left to train on
+    with pytest.raises(ConfigError, match="at least 2 labelled samples"):
+        _learner().validation_split(1, 0)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience(digits):
+    x, y = _digits_xy(digits, 120)
+    lrn = _learner(patience=2, max_epochs=40).fit(x, y, seed=5)
+    hist = lrn.val_history_
+    assert len(hist) == lrn.epochs_run_ <= 40 and 1 <= lrn.best_epoch_ <= lrn.epochs_run_
+    best = max(range(len(hist)), key=lambda e: (hist[e][0], -hist[e][1]))
+    assert lrn.best_epoch_ == best + 1
+    if lrn.epochs_run_ < 40:  # stopped by patience: exactly `patience` epochs after the best
+        assert lrn.epochs_run_ == lrn.best_epoch_ + 2
+    # The restored weights are the best epoch's: the split scores exactly what that epoch scored.
+    _, va = lrn.validation_split(120, 5)
+    logits = lrn.logits(x[va]).double()
+    acc = float((logits.argmax(1) == torch.as_tensor(y[va.numpy()])).double().mean())
+    assert acc == hist[best][0]
+    nll = float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(y[va.numpy()])))
+    assert nll == pytest.approx(hist[best][1], rel=1e-9, abs=1e-12)
+    # Seeded: the same fit again is the same model.
+    again = _learner(patience=2, max_epochs=40).fit(x, y, seed=5)
+    assert again.val_history_ == hist
+    pairs = zip(again.network.state_dict().values(), lrn.network.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_max_epochs_bounds_training(digits):
+    x, y = _digits_xy(digits, 60)
+    lrn = _learner(patience=100, max_epochs=3).fit(x, y, seed=0)
+    assert lrn.epochs_run_ == 3 and len(lrn.val_history_) == 3
+
+
+def test_config_declares_early_stopping_for_stored_runs():
+    strat = build_strategy("entropy")
+    rec = config_record(fast_config(), strat)
+    assert not {"early_stopping", "val_size", "patience", "max_epochs"} & set(rec)  # stored runs unchanged
+    rec = config_record(fast_config(early_stopping=True, patience=5), strat)
+    assert rec["early_stopping"] is True and rec["patience"] == 5 and "val_size" not in rec
+    with pytest.raises(ConfigError, match="neither a fraction"):
+        fast_config(val_size=2.5).check()
+    with pytest.raises(ConfigError, match="--val-size must be a fraction"):
+        fast_config(val_size=0)
+
+
+def test_a_loop_with_early_stopping_records_its_config_and_runs(digits, store_url):
+    cfg = fast_config(budget=60, early_stopping=True, patience=1, max_epochs=5)
+    st = Experiment(cfg, store_url, dataset=digits, name="es").run()
+    assert st.status == "finished" and len(st.labels) == 60
+    rec = json.loads(Store(store_url).runs().set_index("run").loc["es", "config"])
+    assert rec["early_stopping"] is True and rec["max_epochs"] == 5
+
+
+def test_the_cli_takes_the_early_stopping_flags(tmp_path):
+    url = f"sqlite:///{tmp_path / 'es.db'}"
+    args = ["--dataset", "digits", "--strategy", "random", "--budget", "40", "--init-size", "20", "--query-size", "20"]
+    args += ["--early-stopping", "--val-size", "5", "--patience", "1", "--max-epochs", "2", "--no-progress"]
+    out = subprocess.run([sys.executable, "-m", "al.bench", *args, "--store", url], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(Store(url).runs().iloc[0]["config"])
+    assert rec["early_stopping"] is True and rec["val_size"] == 5 and rec["patience"] == 1
+
+
+# --- the BatchBALD paper's model and consistent MC dropout ------------------------------------------------------
+def test_batchbald_cnn_is_the_papers_model():
+    net = build_model("batchbald-cnn", 10, (1, 28, 28))
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    dense = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 32, (5, 5)), (32, 64, (5, 5))]
+    assert [(d.in_features, d.out_features) for d in dense] == [(1024, 128), (128, 10)]
+    drop = [m for m in net.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(drop) == 1 and isinstance(drop[0], ConsistentDropout) and drop[0].p == 0.5
+    assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_consistent_dropout_uses_one_mask_per_pass_for_every_candidate():
+    lrn = TorchLearner("batchbald-cnn", 10, (1, 28, 28), seed=0).reset()
+    x = torch.randn(1, 1, 28, 28).repeat(6, 1, 1, 1)  # six copies of one input
+    p = lrn.mc_predict_proba(x, n_samples=5, seed=11)  # (T, n, C)
+    assert np.array_equal(p, np.repeat(p[:, :1], 6, axis=1))  # the same model for every candidate of a pass
+    assert not np.allclose(p[0], p[1])  # another mask in another pass
+    # Read in any batching and order, the passes are the same sampled models: batch-major equals pass-major.
+    xs = torch.randn(10, 1, 28, 28)
+    lrn.eval_batch_size = 4
+    pass_major = lrn.mc_predict_proba(xs, n_samples=4, seed=2)
+    batch_major = lrn.mc_predict_proba([xs[:3], xs[3:7], xs[7:]], n_samples=4, seed=2)
+    np.testing.assert_allclose(batch_major, pass_major, rtol=0, atol=1e-12)
+    # Training still drops out per sample (ordinary dropout), and the seeds are cleared after scoring.
+    drop = next(m for m in lrn.network.modules() if isinstance(m, ConsistentDropout))
+    assert drop.pass_seed is None
+    drop.train()
+    h = torch.ones(2, 1000)
+    out = drop(h)
+    assert not torch.equal(out[0], out[1])
