@@ -291,6 +291,7 @@ def create_app(
     if store is None:
         store = desk.store if desk is not None else Store(store_url, must_exist=True)
     reader = store
+    data = dashboard.DashboardData(reader)
     templates = Jinja2Templates(directory=str(_PACKAGE / "templates"))
     focus = run if run is not None else (desk.run_name if desk is not None else None)
     app = FastAPI(
@@ -347,7 +348,7 @@ def create_app(
     # cost more than building a view of 200 cards).
     @app.get("/api/runs", summary="Every run in the store, most recently updated first", response_class=JSONResponse)
     def api_runs() -> Response:
-        return JSONResponse(dashboard.runs_payload(reader))
+        return JSONResponse(data.runs())
 
     @app.get(
         "/api/curves",
@@ -355,7 +356,7 @@ def create_app(
         response_class=JSONResponse,
     )
     def api_curves(dataset: str | None = Query(None, description="only this dataset's protocols")) -> Response:
-        return JSONResponse(dashboard.curves_payload(reader, dataset))
+        return JSONResponse(data.curves(dataset))
 
     @app.get(
         "/api/runs/{name}/rounds",
@@ -364,7 +365,7 @@ def create_app(
     )
     def api_rounds(name: str = Path(description="the run's name")) -> Response:
         try:
-            return JSONResponse(dashboard.rounds_payload(reader, name))
+            return JSONResponse(data.rounds(name))
         except StoreError as e:
             raise HTTPException(404, str(e)) from None
 

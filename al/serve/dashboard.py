@@ -13,6 +13,7 @@ criteria are the round values without a colon in their name and their ``"<name>:
 from __future__ import annotations
 
 import math
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,12 +52,22 @@ def web_hint(name: str) -> str:
     )
 
 
-def runs_payload(store: Store) -> dict[str, Any]:
-    """``GET /api/runs``: every run, most recently updated first, with its status, labels so far and, for runs
-    in progress, the open round and whether the process writing it is still alive."""
-    runs = runs_table(store)
+def last_rounds(store: Store) -> pd.DataFrame:
+    """Each run's last completed round (index: run; round_idx, n_labelled, accuracy...)."""
     cur = store.curves()
-    last = cur.groupby("run").tail(1).set_index("run") if len(cur) else pd.DataFrame()
+    return cur.groupby("run").tail(1).set_index("run") if len(cur) else pd.DataFrame()
+
+
+def runs_payload(store: Store, runs: pd.DataFrame | None = None, last: pd.DataFrame | None = None) -> dict[str, Any]:
+    """``GET /api/runs``: every run, most recently updated first, with its status, labels so far and, for runs
+    in progress, the open round and whether the process writing it is still alive. ``runs``/``last``: the
+    :func:`al.report.runs_table` and :func:`last_rounds` of the store when the caller has them."""
+    runs = runs_table(store) if runs is None else runs
+    last = last_rounds(store) if last is None else last
+    done: dict[str, tuple[Any, Any, Any]] = {}
+    if len(last):
+        cols = (last["round_idx"], last["n_labelled"], last["accuracy"])
+        done = {r: (i, n, a) for r, i, n, a in zip(last.index, *cols, strict=True)}
     out = []
     for row in runs.itertuples(index=False):
         config: dict[str, Any] = row.config
@@ -77,11 +88,11 @@ def runs_payload(store: Store) -> dict[str, Any]:
             "open_round": None,
             "hint": None,
         }
-        if row.run in last.index:
-            lr = last.loc[row.run]
-            item["rounds"] = int(lr["round_idx"]) + 1
-            item["labels"] = int(lr["n_labelled"]) if num(lr["n_labelled"]) is not None else None
-            item["accuracy"] = num(lr["accuracy"])
+        if row.run in done:
+            r_idx, n_lab, acc = done[row.run]
+            item["rounds"] = int(r_idx) + 1
+            item["labels"] = int(n_lab) if num(n_lab) is not None else None
+            item["accuracy"] = num(acc)
         if row.status != "finished":
             st = store.state(row.run)
             item["labels"] = len(st.labels)
@@ -197,3 +208,50 @@ def rounds_payload(store: Store, name: str) -> dict[str, Any]:
         "criteria": [{"name": c, "threshold_name": f"{c}{THRESHOLD_SUFFIX}"} for c in sorted(criteria)],
         "rounds": rounds,
     }
+
+
+def store_signature(store: Store) -> tuple[tuple[str, str, str], ...]:
+    """What the curves depend on, read in one small query: each run's name, status and last update (a round's
+    completion and every status change update it)."""
+    runs = store.runs()
+    return tuple(zip(runs["run"], runs["status"], runs["updated_at"].astype(str), strict=True))
+
+
+class DashboardData:
+    """The dashboard's payloads for one store, the parts that change only with a completed round or a status
+    (the runs table, each run's last round, the curves) read again only when :func:`store_signature` changed: the
+    dashboard asks every 2 s, and on a store of 79 runs those parts cost 0.4 s against a few ms for the
+    signature. Runs in progress are always read afresh (their labels change with every answer)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._sig: Any = None
+        self._parts: dict[str, Any] = {}
+
+    def _fresh(self) -> dict[str, Any]:
+        sig = store_signature(self.store)
+        with self._lock:
+            if sig != self._sig:
+                self._sig, self._parts = sig, {}
+            return self._parts
+
+    def _part(self, parts: dict[str, Any], key: str, make: Any) -> Any:
+        if key not in parts:
+            value = make()
+            with self._lock:
+                parts.setdefault(key, value)
+        return parts[key]
+
+    def runs(self) -> dict[str, Any]:
+        parts = self._fresh()
+        table = self._part(parts, "runs", lambda: runs_table(self.store))
+        last = self._part(parts, "last", lambda: last_rounds(self.store))
+        return runs_payload(self.store, table, last)
+
+    def curves(self, dataset: str | None = None) -> dict[str, Any]:
+        parts = self._fresh()
+        return self._part(parts, f"curves:{dataset}", lambda: curves_payload(self.store, dataset))
+
+    def rounds(self, name: str) -> dict[str, Any]:
+        return rounds_payload(self.store, name)

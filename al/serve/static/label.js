@@ -6,8 +6,13 @@
   const { api, el, fmt } = AL;
   const $ = (id) => document.getElementById(id);
 
+  const MAX_SHOWN = 40; // cards on the page at once: the rest follow as these are answered
   let view = null; // the last GET /api/label
   let order = []; // sample ids in the order shown (skipped ones moved to the back)
+  const cardEls = new Map(); // "round:sample_id" -> its element, built once (a card never changes; no image reloads)
+  let keysFor = null; // the classes the key legend was drawn for
+  let seq = 0; // refreshes sent
+  let applied = 0; // the newest refresh shown (an older reply arriving late is dropped)
   const history = []; // this tab's stored answers, for undo: {round, sample_id, label}
   const hidden = new Set(); // answered here, waiting for the server's reply
   let queue = Promise.resolve(); // answers and undos go one after the other
@@ -44,6 +49,9 @@
   }
 
   function renderKeys() {
+    const sig = JSON.stringify(view.classes);
+    if (sig === keysFor) return;
+    keysFor = sig;
     const box = $("keys");
     box.replaceChildren(
       el("span", { class: "muted" }, "keys: "),
@@ -75,6 +83,12 @@
       media, guesses, buttons);
   }
 
+  function renderProgress() {
+    const p = view.progress;
+    $("progress-text").textContent = `${p.answered} of ${p.total} answered`;
+    $("progress-fill").style.width = p.total ? `${(100 * p.answered) / p.total}%` : "0";
+  }
+
   function render() {
     if (!view) return;
     $("title").textContent = `Labelling ${view.run}` + (view.round !== null ? `, round ${view.round}` : "");
@@ -83,24 +97,40 @@
     status.className = `status ${view.state}`;
     document.body.dataset.state = view.state;
     document.body.dataset.round = view.round === null ? "" : String(view.round);
-    const p = view.progress;
-    $("progress-text").textContent = `${p.answered} of ${p.total} answered`;
-    $("progress-fill").style.width = p.total ? `${(100 * p.answered) / p.total}%` : "0";
+    renderProgress();
     renderKeys();
     const byId = cardsById();
     const ids = view.state === "labelling" ? visible() : [];
-    $("cards").replaceChildren(...ids.map((id, i) => card(byId.get(id), i === 0)));
+    const shown = ids.slice(0, MAX_SHOWN).map((id, i) => {
+      const k = `${view.round}:${id}`;
+      let node = cardEls.get(k);
+      if (!node) {
+        node = card(byId.get(id), false);
+        cardEls.set(k, node);
+      }
+      node.classList.toggle("current", i === 0);
+      return node;
+    });
+    const keep = new Set(ids.map((id) => `${view.round}:${id}`));
+    for (const k of Array.from(cardEls.keys())) if (!keep.has(k)) cardEls.delete(k);
+    if (ids.length > MAX_SHOWN) shown.push(el("p", { class: "muted more", text: `and ${ids.length - MAX_SHOWN} more, shown as these are answered` }));
+    $("cards").replaceChildren(...shown);
     $("undo").disabled = history.length === 0;
   }
 
   async function refresh() {
+    const mine = ++seq;
+    let v;
     try {
-      view = await api("/api/label");
+      v = await api("/api/label");
     } catch (e) {
       $("status").textContent = e.message;
       $("status").className = "status stopped";
       return 5000;
     }
+    if (mine < applied) return view && view.state === "labelling" ? 1500 : 300; // a newer view is shown already
+    applied = mine;
+    view = v;
     reconcile();
     render();
     if (view.state === "finished") return 0; // nothing more will happen
@@ -118,11 +148,16 @@
         if (res.status === "stored") history.push({ round, sample_id: sampleId, label });
         else if (res.status === "repeated") notice(res.reason, "info");
         else { hidden.delete(sampleId); notice(`refused: ${res.reason}`, "refused"); }
+        if (view && view.round === round && res.status !== "refused") {
+          view.progress = res.progress; // stored: say so now; the cards follow with the refresh
+          renderProgress();
+          $("undo").disabled = history.length === 0;
+        }
       } catch (e) {
         hidden.delete(sampleId);
         notice(`not stored: ${e.message}`, "refused");
       }
-      await refresh();
+      refresh(); // not awaited: the next answer need not wait for this view
     });
   }
 
