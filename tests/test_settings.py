@@ -142,8 +142,8 @@ def test_python_strategy_construction_is_checked_the_same_way():
     with pytest.raises(ConfigError, match="^strategy 'gradnorm': temperature must be a finite number"):
         build_strategy("gradnorm", temperature=float("nan"))
     b = BatchBALD(max_exact_configs=4096.0, num_samples=np.int64(1000))
-    assert b.params() == {"max_exact_configs": 4096, "num_samples": 1000}
-    assert all(type(v) is int for v in b.params().values())
+    assert b.params() == {"max_exact_configs": 4096, "num_samples": 1000, "sampling": "stratified"}
+    assert all(type(v) is int for k, v in b.params().items() if k != "sampling")
     assert GradNorm(temperature=2).params() == {"temperature": 2.0, "batch_size": 1024}
 
 
@@ -187,11 +187,21 @@ DEFAULT_PARAMS = {
 }
 
 
+#: Settings added since with a new default (issue 16): each is declared in the strategy's ``params_added`` with the
+#: value that stored runs used, so such a run resumes only under that value (never silently under the new one).
+ADDED_DEFAULTS = {"badge": {"seeding": "published"}, "batchbald": {"sampling": "stratified"}}
+
+
 @pytest.mark.parametrize("name", sorted(DEFAULT_PARAMS))
 def test_default_params_unchanged_so_stored_runs_resume(name):
-    p = build_strategy(name).params()
-    assert p == DEFAULT_PARAMS[name]
-    assert [type(v) for v in p.values()] == [type(v) for v in DEFAULT_PARAMS[name].values()]
+    strategy = build_strategy(name)
+    p = strategy.params()
+    added = ADDED_DEFAULTS.get(name, {})
+    assert set(added) <= set(strategy.params_added), "a changed default must be declared in params_added"
+    assert p == {**DEFAULT_PARAMS[name], **added}
+    assert [type(v) for v in p.values()] == [type(v) for v in {**DEFAULT_PARAMS[name], **added}.values()]
+    old = {**DEFAULT_PARAMS[name], **{k: strategy.params_added[k] for k in added}}
+    assert build_strategy(name, **old).params() == old  # the stored behaviour is still there to resume under
 
 
 def test_every_builtin_strategy_declares_each_constructor_setting():
