@@ -140,5 +140,8 @@ def test_the_token_is_enforced_in_the_browser(tmp_path, browser):
         progress(page, "1 of 4 answered")
         page.goto(w.url + "/dashboard")  # the cookie carries the page; the header the API
         page.wait_for_selector(f"tr[data-run='{w.exp.name}']")
+        page.goto(w.url + "/docs")  # the API's documentation, drawn from /openapi.json
+        page.wait_for_selector("section.endpoint")
+        assert "/api/label/answers" in page.inner_text("#api") and "Card[]" in page.inner_text("#api")
         other = browser.new_context().new_page()  # another browser profile: no cookie
         assert other.goto(w.url + "/dashboard").status == 401

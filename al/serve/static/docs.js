@@ -17,6 +17,7 @@
     s = deref(s);
     if (s.anyOf) return s.anyOf.map(typeOf).join(" | ");
     if (s.type === "array") return `${typeOf(s.items)}[]`;
+    if (s.type === "object" && s.title) return s.title;
     return s.type || s.title || "object";
   };
   const fields = (s) => {
