@@ -271,6 +271,21 @@ def test_a_non_loopback_host_needs_a_token_which_is_generated_when_missing(digit
         build("", bad)
 
 
+def test_a_port_in_use_is_one_line_naming_the_fix(digits, tmp_path):
+    from al.errors import OracleError
+    from al.serve.oracle import WebOracle
+
+    taken = bind("127.0.0.1", 0)
+    try:
+        port = taken.getsockname()[1]
+        o = WebOracle(digits, f"sqlite:///{tmp_path / 'p.db'}", port=port)
+        with pytest.raises(OracleError, match=rf"cannot listen on 127.0.0.1:{port} .*--web-port \(0: any free port\)"):
+            o.start("some-run")
+        o.close()
+    finally:
+        taken.close()
+
+
 def test_serve_cli_usage_errors_are_one_line(tmp_path, capsys):
     assert serve_main(["--store", f"sqlite:///{tmp_path / 'missing.db'}", "--port", "0"]) == 2
     err = capsys.readouterr().err
