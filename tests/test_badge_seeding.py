@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +174,16 @@ def test_every_committed_badge_run_resumes_as_greedy_and_is_refused_under_the_ne
             store.open_run(
                 f"r{i}", {**cfg, "strategy_params": new.params()}, absent_means={"strategy_params": new.params_added}
             )
+
+
+def test_the_benchmark_script_runs_at_toy_size(tmp_path):
+    """benchmarks/badge_seeding.py end to end (1 pool, 1 digits model, 1 draw): the tables it promises."""
+    out = tmp_path / "badge.md"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "badge_seeding.py"
+    args = ["--out", str(out), "--synthetic-pools", "1", "--digits-seeds", "1", "--draws", "1"]
+    p = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    text = out.read_text()
+    assert "### Synthetic pool" in text and "### Digits" in text
+    for rule in ("published (new default)", "greedy (old)", "random"):
+        assert text.count(f"| {rule} |") == 2

@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -227,3 +229,15 @@ def test_every_committed_batchbald_run_resumes_as_ancestral_and_is_refused_under
             store.open_run(
                 f"r{i}", {**cfg, "strategy_params": new.params()}, absent_means={"strategy_params": new.params_added}
             )
+
+
+def test_the_benchmark_script_runs_at_toy_size(tmp_path):
+    """benchmarks/batchbald_sampling.py end to end (1 pool, 1 seed, no timing on the large pool)."""
+    out = tmp_path / "bb.md"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "batchbald_sampling.py"
+    args = ["--out", str(out), "--pools", "1", "--seeds", "1", "--cost-runs", "0"]
+    p = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    text = out.read_text()
+    assert "summed gains equal the exact joint MI" in text
+    assert text.count("| ancestral (old) |") == 3 and text.count("| stratified (new default) |") == 3
