@@ -99,6 +99,7 @@ class LabelDesk:
         ]
         self._lock = threading.Lock()
         self._queried: dict[int, frozenset[int]] = {}  # round -> its queried ids (a query never changes)
+        self._cards: dict[int, list[dict[str, Any]]] = {}  # round -> every card of its query
         self._pngs: OrderedDict[int, bytes] = OrderedDict()
         self._render = threading.Lock()  # one image rendered at a time: matplotlib and file reads are not shared
 
@@ -171,14 +172,21 @@ class LabelDesk:
 
     def cards(self, st: RunState, r: int) -> list[dict[str, Any]]:
         """The pending samples of open round ``r`` as cards, in rank order."""
+        return [c for c in self.round_cards(st, r) if c["sample_id"] not in st.labels]
+
+    def round_cards(self, st: RunState, r: int) -> list[dict[str, Any]]:
+        """Every queried sample of round ``r`` as a card, in rank order; built once per round (a query and its
+        guesses never change once recorded), so that the page's refresh after each answer costs a state read."""
+        with self._lock:
+            hit = self._cards.get(r)
+        if hit is not None:
+            return hit
         q = self.store.queried(st.run_id, r)
         guesses = self.store.guesses(st.run_id, r)
         keys = self.dataset.keys
         out = []
         for sid, rank, score in q[["sample_id", "rank", "score"]].itertuples(index=False):
             sid = int(sid)
-            if sid in st.labels:
-                continue
             row = self.dataset.row_of(sid)
             key = keys[sid] if keys is not None and 0 <= sid < len(keys) else None
             out.append(
@@ -194,6 +202,9 @@ class LabelDesk:
                     "key": key,
                 }
             )
+        with self._lock:
+            self._cards = {k: v for k, v in self._cards.items() if k >= r - 1}  # this round and the one before
+            self._cards[r] = out
         return out
 
     def _name(self, y: int) -> str:

@@ -6,7 +6,7 @@
   const { api, el, fmt } = AL;
   const $ = (id) => document.getElementById(id);
 
-  const MAX_SHOWN = 40; // cards on the page at once: the rest follow as these are answered
+  const MAX_SHOWN = 12; // cards on the page at once (three rows of four): the rest follow as these are answered
   let view = null; // the last GET /api/label
   let order = []; // sample ids in the order shown (skipped ones moved to the back)
   const cardEls = new Map(); // "round:sample_id" -> its element, built once (a card never changes; no image reloads)
@@ -17,6 +17,14 @@
   const hidden = new Set(); // answered here, waiting for the server's reply
   let queue = Promise.resolve(); // answers and undos go one after the other
   let noticeTimer = null;
+  let refreshTimer = null;
+
+  // After an answer the page already shows what changed (the card hidden, the progress from the reply); the view
+  // is fetched again once answers pause, so that a quick run of answers is not slowed by a refresh after each.
+  function refreshSoon(ms = 250) {
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(refresh, ms);
+  }
 
   function notice(text, kind) {
     const box = $("notice");
@@ -89,6 +97,16 @@
     $("progress-fill").style.width = p.total ? `${(100 * p.answered) / p.total}%` : "0";
   }
 
+  // Put exactly these nodes in box, in this order, moving only those out of place: an answered card leaves and the
+  // next one joins without the others being detached and laid out again.
+  function place(box, nodes) {
+    nodes.forEach((node, i) => {
+      const at = box.children[i];
+      if (at !== node) box.insertBefore(node, at || null);
+    });
+    while (box.children.length > nodes.length) box.lastElementChild.remove();
+  }
+
   function render() {
     if (!view) return;
     $("title").textContent = `Labelling ${view.run}` + (view.round !== null ? `, round ${view.round}` : "");
@@ -114,7 +132,7 @@
     const keep = new Set(ids.map((id) => `${view.round}:${id}`));
     for (const k of Array.from(cardEls.keys())) if (!keep.has(k)) cardEls.delete(k);
     if (ids.length > MAX_SHOWN) shown.push(el("p", { class: "muted more", text: `and ${ids.length - MAX_SHOWN} more, shown as these are answered` }));
-    $("cards").replaceChildren(...shown);
+    place($("cards"), shown);
     $("undo").disabled = history.length === 0;
   }
 
@@ -147,7 +165,7 @@
         const res = await api("/api/label/answers", { round, sample_id: sampleId, label });
         if (res.status === "stored") history.push({ round, sample_id: sampleId, label });
         else if (res.status === "repeated") notice(res.reason, "info");
-        else { hidden.delete(sampleId); notice(`refused: ${res.reason}`, "refused"); }
+        else { hidden.delete(sampleId); notice(`refused: ${res.reason}`, "refused"); refresh(); }
         if (view && view.round === round && res.status !== "refused") {
           view.progress = res.progress; // stored: say so now; the cards follow with the refresh
           renderProgress();
@@ -156,8 +174,9 @@
       } catch (e) {
         hidden.delete(sampleId);
         notice(`not stored: ${e.message}`, "refused");
+        refresh();
       }
-      refresh(); // not awaited: the next answer need not wait for this view
+      refreshSoon();
     });
   }
 
