@@ -366,7 +366,7 @@ def main() -> None:
     for name, t in ans.items():
         for what, key in (
             ("API: POST /api/label/answers", "api"),
-            ("page: key press to stored", "page"),
+            ("page: keydown to stored", "page"),
             ("GET /api/label", "get"),
         ):
             xs = t[key]
