@@ -288,7 +288,9 @@ def main() -> None:
 
         pw_cm = sync_playwright()
         pw = pw_cm.__enter__()
-    how = "headless Chromium pressing the keys" if pw is not None else "the HTTP API (no /usr/bin/chromium)"
+    how = "the HTTP API (no /usr/bin/chromium)"
+    if pw is not None:
+        how = "headless Chromium pressing the keys (the page timed by its own clock)"
     lat: dict[str, list[dict[str, float]]] = {}
     ans: dict[str, dict[str, list[float]]] = {}
     t_all = time.perf_counter()
