@@ -80,8 +80,9 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("spawn")
 
 
-#: What the fork server imports once for every worker it forks.
-PRELOAD = ["al.grid.worker", "al.loop", "al.data", "distributed"]
+#: What the fork server imports once for every worker it forks. torch._dynamo: torch.optim imports it when the first
+#: optimizer is made, 4-6 s on this machine, which every fresh worker would pay in its first cell.
+PRELOAD = ["al.grid.worker", "al.loop", "al.data", "torch._dynamo", "distributed"]
 
 
 class LocalPool(cf.Executor):
