@@ -164,8 +164,6 @@ def _list(cells_grid, url: str, out=None) -> int:  # noqa: ANN001 - a cells.Grid
         if s.status in ("failed", "stopped", "waiting") and s.message:
             line += f"  {s.message.strip().splitlines()[0][:160]}"
         print(line, file=out)
-    for name, other in cells_grid.same_as.items():
-        print(f"  {name:{width}s} same settings as {other}", file=out)
     print(", ".join(f"{v} {k}" for k, v in counts.items()) or "no cells", file=out)
     return 0
 
@@ -241,8 +239,6 @@ def _run(args: argparse.Namespace, grid, deadline: float | None, noun: str) -> i
             file=sys.stderr,
             flush=True,
         )
-        for name, other in grid.same_as.items():
-            print(f"{name}: same settings as {other}, run once under that name", file=sys.stderr)
         bar = GridProgress(len(grid.cells), 0, enabled=not args.no_progress)
         try:
             result = run_grid(grid.cells, opts, executor, store=store, progress=bar, deadline=deadline)

@@ -7,8 +7,9 @@ Its cells are named ``<protocol>-<strategy>-seed<seed>`` (the names the committe
 of seeds.
 
 A cell is identified by its configuration: the store refuses to continue a run under another one
-(``Store.open_run``), two cells of the same name with different settings are refused before anything runs, and two
-cells with the same settings under different names are run once (the first name; see :func:`grid_cells`).
+(``Store.open_run``), and two cells of the same name with different settings are refused before anything runs.
+Two names with the same settings are two runs, as they always were: a protocol may rerun another's settings under
+its own names on purpose (after a strategy's defaults changed, say, which the protocol file does not show).
 """
 
 from __future__ import annotations
@@ -124,11 +125,9 @@ def cells_of(
 
 @dataclass(frozen=True)
 class Grid:
-    """The cells to run, in order, and the cells left out because another cell has the same settings."""
+    """The cells to run, in order (a name given twice with the same settings appears once)."""
 
     cells: list[Cell]
-    #: name of a left-out cell -> the name of the cell that runs its settings
-    same_as: dict[str, str] = field(default_factory=dict)
 
 
 def grid_cells(
@@ -141,7 +140,7 @@ def grid_cells(
     """The cells of every protocol file, in the order given (each file seed-major), checked.
 
     ``names``: keep only cells whose name matches one of these shell patterns (``mnist-p1-random-*``). A cell
-    name given twice with different settings is a ConfigError; the same settings under a second name run once."""
+    name given twice with different settings is a ConfigError (with the same settings it is one cell)."""
     cells: list[Cell] = []
     for f in files:
         cells += cells_of(load_protocol(f), strategies, seeds, source=str(f))
@@ -150,26 +149,21 @@ def grid_cells(
         if unmatched:
             raise ConfigError(f"--cells {' '.join(unmatched)} matches no cell of the protocols given")
         cells = [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in names)]
-    by_name: dict[str, Cell] = {}
-    by_identity: dict[str, str] = {}
+    by_name: dict[str, tuple[Cell, str]] = {}
     kept: list[Cell] = []
-    same_as: dict[str, str] = {}
     for c in cells:
         ident = check_cell(c)
         if c.name in by_name:
-            if by_name[c.name].identity() != ident:
+            first, first_ident = by_name[c.name]
+            if first_ident != ident:
                 raise ConfigError(
-                    f"cell {c.name} is defined twice with different settings ({by_name[c.name].source} and "
-                    f"{c.source}); a run name is one configuration: rename one protocol"
+                    f"cell {c.name} is defined twice with different settings ({first.source} and {c.source}); a "
+                    f"run name is one configuration: rename one protocol"
                 )
             continue
-        by_name[c.name] = c
-        if ident in by_identity:
-            same_as[c.name] = by_identity[ident]
-            continue
-        by_identity[ident] = c.name
+        by_name[c.name] = (c, ident)
         kept.append(c)
-    return Grid(kept, same_as)
+    return Grid(kept)
 
 
 def check_cell(cell: Cell) -> str:
