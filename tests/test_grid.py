@@ -186,6 +186,14 @@ def test_local_pool_runs_the_grid_and_a_resubmission_adds_nothing(tmp_path, caps
     with Store(url) as s:
         before = table_counts(s), results(s)
         assert set(s.runs()["status"]) == {"finished"}
+    # the same run made in this process by the loop alone, as al.bench makes it: identical, bit for bit
+    from al.loop import Experiment
+
+    alone = f"sqlite:///{tmp_path / 'alone.db'}"
+    cell = grid_cells([p]).cells[0]
+    Experiment(cell.experiment_config(), alone, name=cell.name).run()
+    with Store(alone) as s:
+        assert results(s)[cell.name] == before[1][cell.name]
     assert main(argv) == 0
     assert "2 of 2 cells finished (2 already before this command)" in capsys.readouterr().out
     with Store(url) as s:
