@@ -2,10 +2,11 @@
 ``concurrent.futures`` interface (``submit`` -> ``Future``, ``wait``, ``shutdown``), plus ``capacity()`` (how many
 cells can run at once) and ``interrupt()`` (Ctrl-C: stop the cells running now, their runs marked stopped).
 
-``LocalPool``: one single-process ``ProcessPoolExecutor`` per worker slot (spawned, one torch thread each by
-default). A plain pool of N processes breaks as a whole when one of them dies (every pending future fails with
-BrokenProcessPool); here only the slot whose process died is replaced, the cell it ran is retried, and a cell whose
-process dies more than ``allowed_failures`` times fails with :class:`KilledWorker`, as Dask reports it.
+``LocalPool``: one single-process ``ProcessPoolExecutor`` per worker slot (forked from a fork server, see
+``worker_context``; one torch thread each by default). A plain pool of N processes breaks as a whole when one of
+them dies (every pending future fails with BrokenProcessPool); here only the slot whose process died is replaced,
+the cell it ran is retried, and a cell whose process dies more than ``allowed_failures`` times fails with
+:class:`KilledWorker`, as Dask reports it.
 
 ``dask_pool``: ``distributed.Client`` on a given scheduler, or a ``LocalCluster(processes=True,
 threads_per_worker=1, host="127.0.0.1")`` of ``workers`` processes with its dashboard on loopback (or none) and
@@ -86,7 +87,7 @@ PRELOAD = ["al.grid.worker", "al.loop", "al.data", "torch._dynamo", "distributed
 
 
 class LocalPool(cf.Executor):
-    """``workers`` spawned processes on this machine; see the module docstring."""
+    """``workers`` worker processes on this machine; see the module docstring."""
 
     def __init__(self, workers: int, *, threads: int = 1, allowed_failures: int = ALLOWED_FAILURES) -> None:
         if workers < 1:
@@ -149,6 +150,15 @@ class LocalPool(cf.Executor):
 
     # --- the dispatcher thread -----------------------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as e:  # a bug here must not leave the grid waiting on futures that never finish
+            for item in [*self._queue, *(b for b in self._busy if b is not None)]:
+                if not item.future.done():
+                    item.future.set_exception(e)
+            raise
+
+    def _serve(self) -> None:
         while True:
             ev = self._events.get()
             if ev[0] == "submit":

@@ -136,6 +136,8 @@ def run_grid(
             cf.wait(list(in_flight), timeout=2.0)
             executor.interrupt()
             executor.shutdown(wait=True, cancel_futures=True)
+            for f in [f for f in in_flight if f.done()]:
+                _conclude(res, in_flight.pop(f), f, store, bar)
             for c in in_flight.values():
                 res.status.setdefault(c.name, "interrupted")
             for c in todo:
