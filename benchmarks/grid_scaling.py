@@ -1,17 +1,19 @@
 """How a grid scales with workers, and what the Dask path costs against the local process pool, side by side.
 
-A 12-cell digits grid (entropy, margin, least-confidence, random x seeds 0-2; budget 300, 20 class-balanced initial
-labels, 20 per round, the digits schedule of 30 epochs / 200 steps: 15 rounds a cell) is run by
-``python -m al.grid`` into a fresh SQLite store four times, one torch thread per worker:
+A 12-cell digits grid (entropy, margin, least-confidence, random x seeds 0-2; budget 500, 20 class-balanced initial
+labels, 20 per round, the digits schedule of 30 epochs / 200 steps: 25 rounds a cell) is run by
+``python -m al.grid`` into a fresh SQLite store per run, one torch thread per worker, in four configurations:
 
     local pool, 1 worker | local pool, 2 workers | Dask LocalCluster, 2 workers | Dask LocalCluster, 1 worker
 
-Each wall time is the whole command as a user runs it (start-up of the client, its workers or cluster, and the
-shutdown included); the cells' own time (sum of every cell's "finished in" from its log) is beside it. Results:
-scaling = wall(1 worker) / wall(2 workers) per executor (goal >= 1.8 on 2 cores), Dask overhead = wall(dask) /
-wall(local) - 1 at the same number of workers (goal < 5%). Every store must hold the same results, cell by cell
-(checked and reported). The load average before and after each run is recorded: on a machine shared with other
-jobs the figures are noisy.
+``--repeats`` times (default 2), the order reversed every other repeat (ABCD DCBA ...) so that a drift of the
+machine's load does not favour one configuration; medians are quoted. Two times per run: the wall time of the whole
+command as a user runs it (start-up of the client and of its workers or cluster, and the shutdown, included), and
+the cells' span, from the first cell's start to the last cell's end (from their log files): what the executor
+itself takes. Results: scaling = time(1 worker) / time(2 workers) per executor (goal >= 1.8 on 2 cores), Dask
+overhead = time(dask) / time(local) - 1 at the same number of workers (goal < 5%). Every store must hold the same
+results, cell by cell (checked and reported). The load average before and after each run is recorded: on a machine
+shared with other jobs the figures are noisy.
 
     .venv/bin/python benchmarks/grid_scaling.py                      # writes benchmarks/results/grid_scaling.md
     .venv/bin/python benchmarks/grid_scaling.py --quick --out /tmp/g.md   # 4 short cells, to try it
@@ -23,7 +25,7 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +39,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere in the checkout
 STRATEGIES = ["entropy", "margin", "least-confidence", "random"]
 CONFIG = {
     "dataset": "digits",
-    "budget": 300,
+    "budget": 500,
     "init_size": 20,
     "init_balanced": True,
     "query_size": 20,
@@ -55,8 +57,8 @@ def write_protocol(folder: Path, quick: bool) -> Path:
     return path
 
 
-def run_once(proto: Path, folder: Path, executor: str, workers: int) -> dict:
-    tag = f"{executor}{workers}"
+def run_once(proto: Path, folder: Path, executor: str, workers: int, rep: int) -> dict:
+    tag = f"{executor}{workers}-{rep}"
     store = folder / f"{tag}.db"
     logs = folder / f"{tag}-logs"
     cmd = [sys.executable, "-m", "al.grid", str(proto), "--store", f"sqlite:///{store}", "--executor", executor]
@@ -67,14 +69,20 @@ def run_once(proto: Path, folder: Path, executor: str, workers: int) -> dict:
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise SystemExit(f"{tag}: exit {r.returncode}\n{r.stdout}\n{r.stderr}")
-    cell_s = sum(
-        float(m.group(1)) for f in logs.glob("*.log") for m in re.finditer(r"finished in ([0-9.]+)s", f.read_text())
-    )
+    starts, ends = [], []
+    for f in logs.glob("*.log"):
+        for line in f.read_text().splitlines():
+            stamp = dt.datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S").timestamp()
+            if " start on " in line:
+                starts.append(stamp)
+            elif " finished in " in line:
+                ends.append(stamp)
     return {
         "executor": executor,
         "workers": workers,
+        "rep": rep,
         "wall": wall,
-        "cells": cell_s,
+        "span": max(ends) - min(starts),
         "load_before": load0[0],
         "load_after": os.getloadavg()[0],
         "store": store,
@@ -101,6 +109,7 @@ def same_results(a: Path, b: Path) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="4 short cells instead of 12 (to try the script)")
+    p.add_argument("--repeats", type=int, default=2, help="runs of each configuration (default 2)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grid_scaling.md"))
     args = p.parse_args()
     started = dt.datetime.now(dt.timezone.utc)
@@ -109,14 +118,27 @@ def main() -> None:
         proto = write_protocol(folder, args.quick)
         n_cells = len(STRATEGIES) * (1 if args.quick else 3)
         rows = []
-        for executor, workers in RUNS:
-            rows.append(run_once(proto, folder, executor, workers))
-            r = rows[-1]
-            print(f"{executor} x{workers}: {r['wall']:.1f} s (cells {r['cells']:.1f} s)", flush=True)
-        identical = {f"{r['executor']} x{r['workers']}": same_results(rows[0]["store"], r["store"]) for r in rows[1:]}
-    wall = {(r["executor"], r["workers"]): r["wall"] for r in rows}
-    scaling = {e: wall[(e, 1)] / wall[(e, 2)] for e in ("local", "dask")}
-    overhead = {w: wall[("dask", w)] / wall[("local", w)] - 1 for w in (1, 2)}
+        for rep in range(args.repeats):
+            for executor, workers in RUNS if rep % 2 == 0 else RUNS[::-1]:
+                rows.append(run_once(proto, folder, executor, workers, rep))
+                r = rows[-1]
+                print(
+                    f"{executor} x{workers} #{rep}: wall {r['wall']:.1f} s, cells' span {r['span']:.0f} s", flush=True
+                )
+        first = rows[0]
+        identical = {
+            f"{r['executor']} x{r['workers']} #{r['rep']}": same_results(first["store"], r["store"]) for r in rows[1:]
+        }
+
+    def median(key: str, executor: str, workers: int) -> float:
+        return statistics.median(r[key] for r in rows if (r["executor"], r["workers"]) == (executor, workers))
+
+    wall = {(e, w): median("wall", e, w) for e, w in RUNS}
+    span = {(e, w): median("span", e, w) for e, w in RUNS}
+    scaling = {e: (wall[(e, 1)] / wall[(e, 2)], span[(e, 1)] / span[(e, 2)]) for e in ("local", "dask")}
+    overhead = {
+        w: (wall[("dask", w)] / wall[("local", w)] - 1, span[("dask", w)] / span[("local", w)] - 1) for w in (1, 2)
+    }
     cfg = dict(CONFIG, budget=80, min_steps=50) if args.quick else CONFIG
     lines = [
         "# Grid scaling: 1 and 2 workers, local process pool and Dask LocalCluster, side by side",
@@ -127,26 +149,28 @@ def main() -> None:
         "after each run is in the table, and the figures are as noisy as it suggests.",
         "",
         f"Grid: {n_cells} digits cells ({', '.join(STRATEGIES)} x seeds {'0' if args.quick else '0-2'}), "
-        f"`{json.dumps(cfg)}`, each into a fresh SQLite store. Wall time: the whole `python -m al.grid` command (the "
-        "client's start-up, its workers' or cluster's, the cells, the shutdown); cells: the sum of the cells' own "
-        "times from their log files.",
+        f"`{json.dumps(cfg)}`, each run into a fresh SQLite store. Wall: the whole `python -m al.grid` command (the "
+        "client's start-up, its workers' or cluster's, the cells, the shutdown); cells' span: from the first cell's "
+        "start to the last cell's end, from their log files (1 s resolution): what the executor itself takes.",
         "",
-        "| executor | workers | wall (s) | cells (s) | load before | load after |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| executor | workers | repeat | wall (s) | cells' span (s) | load before | load after |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['executor']} | {r['workers']} | {r['wall']:.1f} | {r['cells']:.1f} | {r['load_before']:.2f} | "
-            f"{r['load_after']:.2f} |"
+            f"| {r['executor']} | {r['workers']} | {r['rep']} | {r['wall']:.1f} | {r['span']:.0f} | "
+            f"{r['load_before']:.2f} | {r['load_after']:.2f} |"
         )
     lines += [
         "",
-        f"- scaling, 1 -> 2 workers (goal >= 1.8): local pool **{scaling['local']:.2f}x**, Dask "
-        f"**{scaling['dask']:.2f}x**",
-        f"- Dask overhead against the local pool (goal < 5%): **{overhead[2]:+.1%}** at 2 workers, "
-        f"**{overhead[1]:+.1%}** at 1 worker",
-        "- same results as `local x1`, cell by cell (labelled sets and per-round accuracies): "
-        + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in identical.items()),
+        f"Medians over {args.repeats} repeat(s), wall / cells' span:",
+        "",
+        f"- scaling, 1 -> 2 workers (goal >= 1.8): local pool **{scaling['local'][0]:.2f}x** / "
+        f"**{scaling['local'][1]:.2f}x**, Dask **{scaling['dask'][0]:.2f}x** / **{scaling['dask'][1]:.2f}x**",
+        f"- Dask overhead against the local pool (goal < 5%): at 2 workers **{overhead[2][0]:+.1%}** / "
+        f"**{overhead[2][1]:+.1%}**, at 1 worker **{overhead[1][0]:+.1%}** / **{overhead[1][1]:+.1%}**",
+        f"- same results as `{first['executor']} x{first['workers']} #0`, cell by cell (labelled sets and per-round "
+        "accuracies): " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in identical.items()),
         "",
     ]
     Path(args.out).write_text("\n".join(lines))

@@ -53,7 +53,11 @@ def build_parser(prog: str = "python -m al.grid", default_store: str = DEFAULT_U
         metavar="HOST:PORT",
         help="the LocalCluster's dashboard (default 127.0.0.1 on a free port; Dask's own default is 0.0.0.0:8787)",
     )
-    a("--no-dashboard", action="store_true", help="no dashboard for the LocalCluster")
+    a(
+        "--no-dashboard",
+        action="store_true",
+        help="no dashboard pages for the LocalCluster (Dask's health endpoint stays on 127.0.0.1)",
+    )
     a("--scratch", metavar="DIR", help="the LocalCluster workers' scratch folder (default Dask's, in the temp dir)")
     a(
         "--logs",
