@@ -214,8 +214,18 @@ def submit_answers(
             if open_round is not None
             else f"round {round_idx} is not waiting for labels (no round is open)"
         )
-        for raw_id in answers:
-            out.refused[_id_key(raw_id)] = why
+        for raw_id, raw_y in answers.items():
+            i = _id_key(raw_id)
+            stored = st.labels.get(i) if isinstance(i, int) else None
+            if stored is not None and _same_label(raw_y, stored):
+                out.repeated[i] = stored  # e.g. the round's last answer, sent twice: nothing to do
+            elif stored is not None:
+                out.refused[i] = (
+                    f"id {i}: is already labelled {stored} in round {st.label_round.get(i)}; the first stored answer "
+                    f"stands ({why})"
+                )
+            else:
+                out.refused[i] = why
         out.pending = 0 if open_round is None else len(store.pending(st.run_id, open_round))
         return out
     queried = store.queried(st.run_id, round_idx)["sample_id"].tolist()

@@ -486,13 +486,19 @@ def test_the_bench_process_killed_mid_round_loses_nothing_and_resumes(tmp_path):
     try:
         base, headers = _split(again.url())
         with httpx.Client(base_url=base, headers=headers, timeout=30) as c:
-            v = wait_for_view(lambda: c.get("/api/label").json(), 0, "labelling", 60)
+
+            def view():  # a failed request names the server's own output (its traceback) in the assertion
+                r = c.get("/api/label")
+                assert r.status_code == 200, f"{r.status_code} {r.text}\n{again.output()}"
+                return r.json()
+
+            v = wait_for_view(view, 0, "labelling", 60)
             assert v["progress"] == {"answered": 3, "total": 8}
             assert [card["sample_id"] for card in v["cards"]] == ids[3:]  # only the pending, in rank order
             for i in ids[3:]:
                 r = c.post("/api/label/answers", json={"round": 0, "sample_id": i, "label": int(truth[i])})
                 assert r.json()["status"] == "stored"
-            v = wait_for_view(lambda: c.get("/api/label").json(), 1, "labelling", 60)
+            v = wait_for_view(view, 1, "labelling", 60)
             assert v["progress"] == {"answered": 0, "total": 4}
         again.proc.send_signal(signal.SIGINT)  # Ctrl-C while waiting: the server stops and the run is kept
         assert again.proc.wait(60) == 130, again.output()

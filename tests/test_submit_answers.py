@@ -71,7 +71,9 @@ def test_answers_for_a_closed_round_are_refused(store_url):
     out = _submit(s, {3: 2}, round_idx=0)
     assert out.refused == {3: "round 0 is closed; the open round is 1"} and out.pending == 3
     assert _submit(s, {3: 2, 2: 1, 4: 0}).pending == 0
-    late = _submit(s, {3: 2})
+    assert _submit(s, {3: 2}).repeated == {3: 2}  # the round's answer sent again after it closed: nothing to do
+    late = _submit(s, {3: 1})
+    assert "already labelled 2 in round 1; the first stored answer stands" in late.refused[3]
     assert "not waiting for labels" in late.refused[3]
     assert s.state("r").last_round.state == "labelled"
 
