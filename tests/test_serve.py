@@ -145,9 +145,11 @@ def test_every_fault_is_refused_with_its_reason(tmp_path):
         for i in ids[2:]:
             assert w.answer(0, i)["status"] == "stored"
         w.wait_for(1)
-        # The closed round: answers and undos refused with the reason.
-        r = w.answer(0, a)
-        assert r["status"] == "refused" and "closed" in r["reason"]
+        # The closed round: the same answer again is an idempotent repeat (the last answer sent twice); another
+        # label, and undos, are refused with the reason.
+        assert w.answer(0, a)["status"] == "repeated"
+        r = w.answer(0, a, (int(w.truth[a]) + 1) % 10)
+        assert r["status"] == "refused" and "closed" in r["reason"] and "first stored answer stands" in r["reason"]
         late = w.http.post("/api/label/undo", json={"round": 0, "sample_id": a}).json()
         assert late["status"] == "refused" and "closed" in late["reason"]
         # GET changes nothing; answers are POSTs only.
