@@ -36,11 +36,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 # The long runs (-m slow: repeated subprocess exit codes, CLI processes side by side, real-data runs).
 test-slow: $(VENV)/.installed
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=10
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q -m ''

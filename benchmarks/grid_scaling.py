@@ -144,9 +144,9 @@ def main() -> None:
         "# Grid scaling: 1 and 2 workers, local process pool and Dask LocalCluster, side by side",
         "",
         f"`benchmarks/grid_scaling.py{' --quick' if args.quick else ''}`, run {started:%Y-%m-%d %H:%M} UTC on this "
-        f"machine ({os.cpu_count()} cores), one torch thread per worker. **The machine was shared** with other jobs "
-        "(two other sessions' servers, a browser, a Label Studio server and their tests): the load average before and "
-        "after each run is in the table, and the figures are as noisy as it suggests.",
+        f"machine ({os.cpu_count()} cores), one torch thread per worker. The load average before and after each run "
+        "is in the table (about 1 is this benchmark alone); on a shared virtual machine the same run's time still "
+        "varies between repeats, so compare the medians and read the repeats as the spread.",
         "",
         f"Grid: {n_cells} digits cells ({', '.join(STRATEGIES)} x seeds {'0' if args.quick else '0-2'}), "
         f"`{json.dumps(cfg)}`, each run into a fresh SQLite store. Wall: the whole `python -m al.grid` command (the "
