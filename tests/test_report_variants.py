@@ -179,3 +179,19 @@ def test_the_default_mc_samples_keeps_protocol_ids_stable():
         oracle="ground-truth",
     )
     assert report.protocol_id({**p1, "mc_samples": 20}) == report.protocol_id(p1)
+
+
+def test_early_stopping_makes_its_own_protocol_and_is_described():
+    """Runs trained with early stopping are never averaged with fixed-schedule runs, the description says how they
+    were trained, and the ids of the fixed-schedule protocols (every committed report) stay as they were."""
+    assert report.protocol_id({**BASE, "early_stopping": False, "patience": 3}) == report.protocol_id(BASE)
+    es = {**BASE, "early_stopping": True}
+    assert report.protocol_id(es) != report.protocol_id(BASE)
+    assert report.protocol_id({**es, "patience": 5}) != report.protocol_id(es)
+    text = report.describe_protocol({**es, "val_size": 0.2, "patience": 3, "max_epochs": 100})
+    assert "validation split of 20% of the labelled set" in text and "patience 3 epochs, at most 100" in text
+    assert "30 epochs" not in text and "steps" not in text
+    assert "20 labelled samples" in report.describe_protocol({**es, "val_size": 20})
+    assert "validation" not in report.describe_protocol(BASE)
+    for k in ("early_stopping", "val_size", "patience", "max_epochs"):
+        assert report.PROTOCOL_FIELD_DEFAULTS[k] == getattr(ExperimentConfig(), k)

@@ -32,11 +32,21 @@ PROTOCOL_FIELDS = (
     "warm_start",
     "oracle",
     "mc_samples",
+    "early_stopping",
+    "val_size",
+    "patience",
+    "max_epochs",
 )
 #: Protocol fields that joined :data:`PROTOCOL_FIELDS` after reports had been committed, with the value every run
 #: recorded before then used (the ExperimentConfig default). At that value (or absent) they stay out of
 #: :func:`protocol_id`'s hash, so those reports keep their protocol ids and file names.
-PROTOCOL_FIELD_DEFAULTS: dict[str, Any] = {"mc_samples": 20}
+PROTOCOL_FIELD_DEFAULTS: dict[str, Any] = {
+    "mc_samples": 20,
+    "early_stopping": False,
+    "val_size": 0.2,
+    "patience": 3,
+    "max_epochs": 100,
+}
 IN_PROGRESS = "in progress"
 
 
@@ -74,12 +84,21 @@ def describe_protocol(config: dict) -> str:
     )
     start = "class-balanced" if c.get("init_balanced") else "random"
     fit = "fine-tuned from the previous round" if c.get("warm_start") else "retrained from scratch"
+    if c.get("early_stopping"):
+        val = c.get("val_size", PROTOCOL_FIELD_DEFAULTS["val_size"])
+        held = f"{val:.0%} of the labelled set" if val < 1 else f"{int(val)} labelled samples"
+        schedule = (
+            f"until its loss on a validation split of {held} stops improving (patience "
+            f"{c.get('patience', PROTOCOL_FIELD_DEFAULTS['patience'])} epochs, at most "
+            f"{c.get('max_epochs', PROTOCOL_FIELD_DEFAULTS['max_epochs'])}; the best epoch's weights kept)"
+        )
+    else:
+        schedule = f"for {c.get('epochs')} epochs and at least {c.get('min_steps')} steps"
     return (
         f"{c.get('dataset')}, model `{c.get('model')}`: {c.get('init_size')} {start} initial labels, "
         f"{c.get('query_size')} per round up to {c.get('budget')}; each round scores {subset}; the model is "
-        f"{fit} each round with Adam (lr {c.get('lr')}, batch {c.get('batch_size')}) for "
-        f"{c.get('epochs')} epochs and at least {c.get('min_steps')} steps; oracle {c.get('oracle')}."
-        + _non_default_fields(c)
+        f"{fit} each round with Adam (lr {c.get('lr')}, batch {c.get('batch_size')}) {schedule}; "
+        f"oracle {c.get('oracle')}." + _non_default_fields(c)
     )
 
 
