@@ -217,14 +217,15 @@ def submit_answers(
         for raw_id, raw_y in answers.items():
             i = _id_key(raw_id)
             stored = st.labels.get(i) if isinstance(i, int) else None
-            if stored is not None and _same_label(raw_y, stored):
-                out.repeated[i] = stored  # e.g. the round's last answer, sent twice: nothing to do
-            elif stored is not None:
-                out.refused[i] = (
-                    f"id {i}: is already labelled {stored} in round {st.label_round.get(i)}; the first stored answer "
-                    f"stands ({why})"
-                )
-            else:
+            # e.g. the round's last answer, sent twice: repeated, nothing to do
+            if not _against_stored(
+                out,
+                i,
+                raw_y,
+                stored,
+                f"id {i}: is already labelled {stored} in round {st.label_round.get(i)}; the first stored answer "
+                f"stands ({why})",
+            ):
                 out.refused[i] = why
         out.pending = 0 if open_round is None else len(store.pending(st.run_id, open_round))
         return out
@@ -246,11 +247,13 @@ def submit_answers(
             # Another writer got there first (or the round closed meanwhile): say what stands now.
             st = store.state(run_name)
             first = st.labels.get(i)
-            if first is not None and _same_label(raw_y, first):
-                out.repeated[i] = first
-            elif first is not None:
-                out.refused[i] = f"id {i}: was just labelled {first} by another answer; the first stored answer stands"
-            else:
+            if not _against_stored(
+                out,
+                i,
+                raw_y,
+                first,
+                f"id {i}: was just labelled {first} by another answer; the first stored answer stands",
+            ):
                 out.refused[i] = f"id {i}: round {round_idx} closed while this answer was sent"
             continue
         out.stored.update(one)
@@ -263,6 +266,18 @@ def _id_key(raw_id: Any) -> Any:
     """``raw_id`` as an int when it is one ("3" -> 3), else as it came (for the refusal's message)."""
     i = _as_int(raw_id)
     return raw_id if i is None else i
+
+
+def _against_stored(out: Submission, i: Any, raw_y: Any, stored: int | None, refusal: str) -> bool:
+    """Judge an answer for a sample that has a stored label: the same label is ``repeated`` (idempotent), another
+    is refused with ``refusal`` (the first stored answer stands). False, recording nothing, when none is stored."""
+    if stored is None:
+        return False
+    if _same_label(raw_y, stored):
+        out.repeated[i] = stored
+    else:
+        out.refused[i] = refusal
+    return True
 
 
 def _same_label(raw_y: Any, stored: int) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..config import CONFIG_ADDED
 from ..store import Store
 
 #: Config fields that define a protocol: runs differing in any of them are never compared or averaged.
@@ -42,10 +43,7 @@ PROTOCOL_FIELDS = (
 #: :func:`protocol_id`'s hash, so those reports keep their protocol ids and file names.
 PROTOCOL_FIELD_DEFAULTS: dict[str, Any] = {
     "mc_samples": 20,
-    "early_stopping": False,
-    "val_size": 0.2,
-    "patience": 3,
-    "max_epochs": 100,
+    **{k: CONFIG_ADDED[k] for k in ("early_stopping", "val_size", "patience", "max_epochs")},
 }
 IN_PROGRESS = "in progress"
 
