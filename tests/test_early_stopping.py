@@ -14,7 +14,7 @@ from al.config import config_record
 from al.errors import ConfigError
 from al.learner import TorchLearner
 from al.loop import Experiment
-from al.models import ConsistentDropout, build_model
+from al.models import ConsistentDropout, ConsistentDropout2d, build_model
 from al.registry import build_strategy
 from al.store import Store
 
@@ -117,8 +117,31 @@ def test_batchbald_cnn_is_the_papers_model():
     assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
 
-def test_consistent_dropout_uses_one_mask_per_pass_for_every_candidate():
-    lrn = TorchLearner("batchbald-cnn", 10, (1, 28, 28), seed=0).reset()
+def test_batchbald_cnn_paper_has_dropout_in_both_conv_blocks_and_between_the_dense_layers():
+    net = build_model("batchbald-cnn-paper", 10, (1, 28, 28))
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == [
+        "Conv2d", "ConsistentDropout2d", "MaxPool2d", "ReLU", "Conv2d", "ConsistentDropout2d", "MaxPool2d", "ReLU",
+        "Flatten", "Linear", "ConsistentDropout", "ReLU", "Linear",
+    ]  # fmt: skip
+    assert all(m.p == 0.5 for m in net.modules() if isinstance(m, ConsistentDropout))
+    assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    # Channel dropout: a training pass zeroes whole feature maps; an MC pass drops the same channels for every input.
+    drop = net[1]
+    assert isinstance(drop, ConsistentDropout2d)
+    drop.train()
+    out = drop(torch.ones(4, 32, 5, 5))
+    per_map = out.flatten(2)
+    assert ((per_map == 0).all(-1) | (per_map == 2).all(-1)).all() and not torch.equal(out[0], out[1])
+    drop.pass_seed = 7
+    out = drop(torch.randn(4, 32, 5, 5))
+    dropped = (out.flatten(2) == 0).all(-1)
+    assert dropped.any() and (dropped == dropped[:1]).all()
+
+
+@pytest.mark.parametrize("model", ["batchbald-cnn", "batchbald-cnn-paper"])
+def test_consistent_dropout_uses_one_mask_per_pass_for_every_candidate(model):
+    lrn = TorchLearner(model, 10, (1, 28, 28), seed=0).reset()
     x = torch.randn(1, 1, 28, 28).repeat(6, 1, 1, 1)  # six copies of one input
     p = lrn.mc_predict_proba(x, n_samples=5, seed=11)  # (T, n, C)
     assert np.array_equal(p, np.repeat(p[:, :1], 6, axis=1))  # the same model for every candidate of a pass
@@ -130,7 +153,7 @@ def test_consistent_dropout_uses_one_mask_per_pass_for_every_candidate():
     batch_major = lrn.mc_predict_proba([xs[:3], xs[3:7], xs[7:]], n_samples=4, seed=2)
     np.testing.assert_allclose(batch_major, pass_major, rtol=0, atol=1e-12)
     # Training still drops out per sample (ordinary dropout), and the seeds are cleared after scoring.
-    drop = next(m for m in lrn.network.modules() if isinstance(m, ConsistentDropout))
+    drop = next(m for m in lrn.network.modules() if type(m) is ConsistentDropout)
     assert drop.pass_seed is None
     drop.train()
     h = torch.ones(2, 1000)
