@@ -181,9 +181,9 @@ def test_schema_3_store_is_upgraded_and_reads_without_guesses(tmp_path):
     reader = Store(url, must_exist=True)  # a reader leaves it as it is
     assert reader.schema_version == 3 and reader.guesses(run, 1) == {}
     reader.close()
-    with pytest.warns(StoreUpgradedWarning, match="from schema 3 to 4 .*al_guesses"):
+    with pytest.warns(StoreUpgradedWarning, match="from schema 3 to 5 .*al_guesses.*al_labels.target"):
         s = Store(url)
-    assert s.schema_version == SCHEMA_VERSION == 4 and Path(f"{path}.v3.bak").exists()
+    assert s.schema_version == SCHEMA_VERSION == 5 and Path(f"{path}.v3.bak").exists()
     assert s.guesses(run, 1) == {} and s.pending(run, 1).tolist() == [2, 3]
     assert _submit(s, {2: 1, 3: 0}).pending == 0
     s.record_metrics(run, 1, n_labelled=4, accuracy=0.75, nll=0.9, train_seconds=0.1)

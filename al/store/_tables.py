@@ -19,6 +19,8 @@ RUN_STATUSES = ("running", "waiting", "finished", "failed", "stopped")
 KEY_LENGTH = 1024  # a sample's key (a relative path, an id value): longer ones are refused before the INSERT
 NAME_LENGTH = 64  # a round value's name
 SCORE_STATS = ("mean", "std", "min", "q10", "q25", "median", "q75", "q90", "max")
+#: ``al_labels.label`` of a row whose answer is a regression target (``al_labels.target``, schema 5): no class.
+NO_CLASS = -1
 
 
 def now() -> datetime:
@@ -84,6 +86,9 @@ class Round(Base):
     score_max: Mapped[float | None]
     queried_at: Mapped[datetime] = mapped_column(default=now)
     completed_at: Mapped[datetime | None]
+    # Schema 5: a regression run's test RMSE (in the target's units; ``nll`` is then the Gaussian NLL and
+    # ``accuracy`` NULL). NULL for classification rounds.
+    rmse: Mapped[float | None] = mapped_column(sa.Float, deferred=True, info={"since": 5})
     __table_args__ = (
         sa.UniqueConstraint("run_id", "round_idx", name="one_round_row"),
         sa.CheckConstraint(f"state IN {ROUND_STATES}", name="round_state"),
@@ -110,6 +115,9 @@ class Label(Base):
     round_idx: Mapped[int]
     oracle: Mapped[str] = mapped_column(sa.String(128))
     created_at: Mapped[datetime] = mapped_column(default=now)
+    # Schema 5: the numeric target of a regression run's sample (its answer); ``label`` then holds NO_CLASS, since
+    # the column is NOT NULL in every store and an additive step cannot relax that. NULL for class labels.
+    target: Mapped[float | None] = mapped_column(sa.Float, deferred=True, info={"since": 5})
     __table_args__ = (sa.UniqueConstraint("run_id", "sample_id", name="label_once"),)
 
 

@@ -19,6 +19,7 @@ from . import claims, migrations, privileges
 from ._tables import (
     KEY_LENGTH,
     NAME_LENGTH,
+    NO_CLASS,
     RUN_STATUSES,
     TABLE_NAMES,
     Guess,
@@ -34,7 +35,7 @@ from .configs import canonical, mismatch_message, same_config, with_absent
 from .engine import WRITE_OPTION, display_url, open_engine, parse_url, sqlite_path
 from .faults import crash_point
 from .migrations import SCHEMA_VERSION
-from .readers import GUESSES_SINCE, Readers
+from .readers import GUESSES_SINCE, TARGETS_SINCE, Readers
 from .records import RoundRecord, RunRecord, RunState, score_summary
 
 DEFAULT_URL = "sqlite:///al-runs.db"
@@ -196,17 +197,20 @@ class Store(Readers):
         """The run with its labels and rounds, read in one session."""
         with self._read() as s:
             run = self._run_row(s, name)
-            labels, label_round = {}, {}
-            for sid, y, r in s.execute(
-                sa.select(Label.sample_id, Label.label, Label.round_idx).where(Label.run_id == run.id)
-            ):
+            labels, label_round, targets = {}, {}, {}
+            since5 = self.schema_version >= TARGETS_SINCE
+            cols = (Label.sample_id, Label.label, Label.round_idx, *((Label.target,) if since5 else ()))
+            for sid, y, r, *target in s.execute(sa.select(*cols).where(Label.run_id == run.id)):
                 labels[sid], label_round[sid] = y, r
+                if target and target[0] is not None:  # a regression run's answer (schema 5)
+                    targets[sid] = target[0]
             rounds = s.execute(sa.select(Round).where(Round.run_id == run.id).order_by(Round.round_idx)).scalars()
             return RunState(
                 RunRecord.of(run, with_fingerprint=self.schema_version >= 2),
                 labels,
                 label_round,
-                tuple(RoundRecord.of(r) for r in rounds),
+                tuple(RoundRecord.of(r, with_rmse=since5) for r in rounds),
+                targets,
             )
 
     def set_status(self, run_id: int, status: str, message: str | None = None) -> None:
@@ -321,6 +325,24 @@ class Store(Readers):
 
     def record_labels(self, run_id: int, round_idx: int, labels: Mapping[int, int], oracle: str) -> int:
         """Add labels to the open round; it becomes ``labelled`` when none is pending. Returns #still pending."""
+        rows = [dict(sample_id=int(i), label=int(y)) for i, y in labels.items()]
+        return self._record_answers(run_id, round_idx, rows, oracle)
+
+    def record_targets(self, run_id: int, round_idx: int, targets: Mapping[int, float], oracle: str) -> int:
+        """:meth:`record_labels` for a regression run: each answer is a finite number, stored in
+        ``al_labels.target`` (schema 5; the row's ``label`` is NO_CLASS) and read back in :meth:`state`'s
+        ``targets``. Returns how many queried samples of the round still await an answer."""
+        rows: list[dict[str, Any]] = []
+        for i, y in targets.items():
+            if isinstance(y, bool) or not isinstance(y, numbers.Real) or not math.isfinite(float(y)):
+                raise StoreError(f"sample {int(i)}: a regression target must be a finite number, got {y!r}")
+            rows.append(dict(sample_id=int(i), label=NO_CLASS, target=float(y)))
+        return self._record_answers(run_id, round_idx, rows, oracle)
+
+    def _record_answers(self, run_id: int, round_idx: int, rows: list[dict[str, Any]], oracle: str) -> int:
+        """The labels or targets ``rows`` (``sample_id`` and the columns to set) of the open round, in one
+        transaction; returns how many queried samples still await an answer."""
+        labels = {r["sample_id"]: r for r in rows}
         with self._write() as s:
             self._fence(s, run_id)
             rnd = self._round_row(s, run_id, round_idx)
@@ -346,10 +368,7 @@ class Store(Readers):
             if labels:
                 s.execute(
                     sa.insert(Label),
-                    [
-                        dict(run_id=run_id, sample_id=int(i), label=int(y), round_idx=round_idx, oracle=oracle)
-                        for i, y in labels.items()
-                    ],
+                    [dict(run_id=run_id, round_idx=round_idx, oracle=oracle, **row) for row in labels.values()],
                 )
             left = len(queried) - len(done) - len(labels)
             if left == 0:
@@ -392,11 +411,13 @@ class Store(Readers):
         train_seconds: float | None = None,
         eval_seconds: float | None = None,
         store_seconds: float | None = None,
+        rmse: float | None = None,
     ) -> None:
         """Close a ``labelled`` round with the test metrics of the model trained on its labelled set.
 
         ``accuracy`` and ``nll`` are None for a pool without a test set (reports leave such rounds out of their
-        accuracy tables and curves)."""
+        accuracy tables and curves). A regression round gives ``rmse`` (schema 5) and its Gaussian ``nll`` instead
+        of an accuracy."""
         with self._write() as s:
             run = self._fence(s, run_id)
             rnd = self._round_row(s, run_id, round_idx)
@@ -404,6 +425,8 @@ class Store(Readers):
                 raise StoreError(f"round {round_idx} is not labelled yet; cannot record its metrics")
             rnd.state, rnd.n_labelled, rnd.accuracy, rnd.nll = "complete", n_labelled, accuracy, nll
             rnd.train_seconds, rnd.eval_seconds, rnd.store_seconds = train_seconds, eval_seconds, store_seconds
+            if rmse is not None:  # never set otherwise: a store of schema 4 read as it is has no such column
+                rnd.rmse = rmse
             rnd.completed_at = now()
             run.updated_at = run.heartbeat = now()
             s.flush()

@@ -15,7 +15,8 @@ upgrades a store written by the previous version.
 
 Schema 2 added ``al_runs.data_fingerprint``; schema 3 the tables ``al_samples`` (what each sample id is, and
 which samples are excluded) and ``al_round_values`` (named values per round, such as a stopping criterion's);
-schema 4 the table ``al_guesses`` (the model's top classes for each queried sample).
+schema 4 the table ``al_guesses`` (the model's top classes for each queried sample); schema 5 the columns
+``al_labels.target`` (a regression run's numeric answers) and ``al_rounds.rmse`` (its test RMSE).
 """
 
 from __future__ import annotations
@@ -65,6 +66,13 @@ def _add_guesses(conn: sa.Connection) -> None:
     Base.metadata.tables["al_guesses"].create(conn)
 
 
+def _add_targets_and_rmse(conn: sa.Connection) -> None:
+    # The column type as this dialect spells sa.Float (FLOAT on both SQLite and PostgreSQL).
+    kind = sa.Float().compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE al_labels ADD COLUMN target {kind}"))
+    conn.execute(sa.text(f"ALTER TABLE al_rounds ADD COLUMN rmse {kind}"))
+
+
 STEPS: tuple[Step, ...] = (
     Step(2, "al_runs.data_fingerprint (what a run's data is, checked on resume)", _add_data_fingerprint, additive=True),
     Step(
@@ -74,6 +82,12 @@ STEPS: tuple[Step, ...] = (
         additive=True,
     ),
     Step(4, "al_guesses (the model's top classes for each queried sample)", _add_guesses, additive=True),
+    Step(
+        5,
+        "al_labels.target and al_rounds.rmse (regression runs' numeric answers and test RMSE)",
+        _add_targets_and_rmse,
+        additive=True,
+    ),
 )
 SCHEMA_VERSION = 1 + len(STEPS)
 

@@ -15,6 +15,8 @@ from ._tables import SCORE_STATS, Guess, Label, Query, Round, RoundValue, Run, S
 SAMPLES_SINCE = 3
 #: The schema that added ``al_guesses``.
 GUESSES_SINCE = 4
+#: The schema that added ``al_labels.target`` and ``al_rounds.rmse`` (regression runs).
+TARGETS_SINCE = 5
 
 
 class Readers:
@@ -60,7 +62,9 @@ class Readers:
         return pd.DataFrame(rows, columns=cols)
 
     def curves(self) -> pd.DataFrame:
-        """One row per run and completed round: run, strategy, dataset, seed, round_idx, n_labelled, accuracy..."""
+        """One row per run and completed round: run, strategy, dataset, seed, round_idx, n_labelled, accuracy...,
+        and last ``rmse`` (a regression round's test RMSE; NaN for classification and in stores before schema 5)."""
+        with_rmse = self.schema_version >= TARGETS_SINCE
         cols = [
             Run.name.label("run"),
             Run.strategy,
@@ -79,6 +83,7 @@ class Readers:
             Round.store_seconds,
             Round.n_scored,
             *[getattr(Round, f"score_{k}") for k in SCORE_STATS],
+            Round.rmse if with_rmse else sa.null().label("rmse"),
         ]
         q = (
             sa.select(*cols)
@@ -88,7 +93,23 @@ class Readers:
         )
         with self._read() as s:
             res = s.execute(q)
-            return pd.DataFrame(res.all(), columns=list(res.keys()))
+            frame = pd.DataFrame(res.all(), columns=list(res.keys()))
+        return frame.astype({"rmse": "float64"})  # NULL everywhere would otherwise read as an object column
+
+    def targets(self, run: str) -> pd.DataFrame:
+        """A regression run's answers: sample_id, target, round_idx, oracle (empty before schema 5 and for a
+        classification run, whose answers are :meth:`labels`)."""
+        cols = ["sample_id", "target", "round_idx", "oracle"]
+        if self.schema_version < TARGETS_SINCE:
+            return pd.DataFrame(columns=cols)
+        with self._read() as s:
+            q = (
+                sa.select(Label.sample_id, Label.target, Label.round_idx, Label.oracle)
+                .join(Run, Run.id == Label.run_id)
+                .where(Run.name == run, Label.target.is_not(None))
+                .order_by(Label.round_idx, Label.sample_id)
+            )
+            return pd.DataFrame(s.execute(q).all(), columns=cols)
 
     def labels(self, run: str) -> pd.DataFrame:
         """Labelled samples of a run: sample_id, label, round_idx, oracle."""

@@ -84,10 +84,13 @@ class RoundRecord:
     score_max: float | None
     queried_at: datetime
     completed_at: datetime | None
+    rmse: float | None = None  # schema 5: a regression round's test RMSE; None for classification
 
     @classmethod
-    def of(cls, row: t.Round) -> RoundRecord:
-        return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls)})
+    def of(cls, row: t.Round, *, with_rmse: bool = True) -> RoundRecord:
+        """``with_rmse``: the store has schema 5 (an older store read as it is has no rmse column to load)."""
+        skip = () if with_rmse else ("rmse",)
+        return cls(**{f.name: getattr(row, f.name) for f in dataclasses.fields(cls) if f.name not in skip})
 
     def __getitem__(self, key: str) -> Any:
         # Rounds were dicts before schema 2's API; code reading them by key keeps working for a while.
@@ -99,7 +102,8 @@ class RoundRecord:
 class RunState:
     """Everything a process needs to continue a run.
 
-    labels: {sample_id: label} of every labelled sample. label_round: {sample_id: round_idx}.
+    labels: {sample_id: label} of every labelled sample (NO_CLASS, -1, for a regression run's samples).
+    label_round: {sample_id: round_idx}. targets: a regression run's answers, {sample_id: target} (schema 5).
     rounds: the round rows by round_idx. Each call of ``Store.state`` builds a new one (the dicts are its own).
     """
 
@@ -107,6 +111,7 @@ class RunState:
     labels: Mapping[int, int]
     label_round: Mapping[int, int]
     rounds: tuple[RoundRecord, ...]
+    targets: Mapping[int, float] = dataclasses.field(default_factory=dict)
 
     @property
     def run_id(self) -> int:
