@@ -13,8 +13,9 @@ one at a time, and the results come back as CPU NumPy arrays.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from al.inputs import iter_batches
 from al.learner import eval_mode, last_linear
 
 from .engine import Engine
-from .layers import discover_layers
+from .layers import Layer, discover_layers
 from .noise import noise_key, parameter_noise, parameter_scales, perturbation_noise, trainable_parameters
 from .pairs import PairRule, check_pair_rule
 from .settings import (
@@ -104,16 +105,55 @@ def _sample_ids(ids: Sequence[int] | np.ndarray | None) -> np.ndarray | None:
     return a.astype(np.int64)
 
 
-def _gradient_norms(
+class DriveSettings(Protocol):
+    """What :func:`drive` reads from a validated settings object (REGradSettings and the regression settings)."""
+
+    @property
+    def sigma(self) -> float: ...
+
+    @property
+    def aggregate(self) -> str: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def last_layer_only(self) -> bool: ...
+
+    @property
+    def perturb(self) -> str: ...
+
+    @property
+    def effective_perturbations(self) -> int: ...
+
+
+#: (engine, rows on the model's device, the clean run's info or None) -> (squared norms, info). Called once per
+#: chunk, and with ``perturb="params"`` once more per perturbed model with the clean run's info.
+RunChunk = Callable[[Engine, torch.Tensor, Any], tuple[np.ndarray, Any]]
+#: (model, a probe batch of at most 2 rows on the model's device, the layers) -> the engine for every chunk.
+StartEngine = Callable[[nn.Module, torch.Tensor, list[Layer], int], Engine]
+
+
+def drive(
     model: nn.Module,
     inputs: Inputs,
-    s: REGradSettings,
-    top_k: int | None,
+    s: DriveSettings,
     ids: np.ndarray | None,
     rng: np.random.Generator | None,
-    pair_rule: PairRule,
-) -> GradientNorms:
-    """:func:`gradient_norms` for settings already validated; ``top_k`` overrides ``s.top_k``."""
+    start_engine: StartEngine,
+    run_chunk: RunChunk,
+) -> tuple[list[str], list[tuple[np.ndarray, Any]]]:
+    """The chunk loop shared by the classifier and the regression scores: noise (on the inputs, folded into the
+    batch, or on the parameters, restored after each perturbed run), eval mode, the model left as found.
+
+    ``start_engine(model, probe, layers, group)`` builds the engine on the first chunk; ``run_chunk`` computes one
+    chunk's squared norms. Returns the layer names (empty for empty inputs) and, per chunk, (norms, info): norms
+    ``(n, R, L)``, the square roots averaged over the copies (``mean-norm``) or the perturbed models, and the info
+    of the clean run.
+    """
     if torch.is_inference_mode_enabled():
         raise ConfigError("REGrad needs autograd; call it outside torch.inference_mode()")
     m = s.effective_perturbations
@@ -122,7 +162,7 @@ def _gradient_norms(
     group = 1 if on_params else m + 1
     chunk = max(1, s.batch_size // group)
     engine: Engine | None = None
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    parts: list[tuple[np.ndarray, Any]] = []
     start = 0
     grad_flags = [(p, p.grad) for p in model.parameters()]
     dev = model_device(model)
@@ -152,28 +192,24 @@ def _gradient_norms(
                     layers = discover_layers(model, probe)
                     if s.last_layer_only:
                         layers = layers[-1:]
-                    with torch.no_grad():
-                        n_cls = model(probe[:1]).shape[-1]
-                    n_ranks = n_cls if top_k is None else min(top_k, n_cls)
-                    engine = Engine(model, layers, n_ranks, group, s.aggregate, pair_rule)
+                    engine = start_engine(model, probe, layers, group)
                 if on_params:
                     xd = to_device(xb, dev)
-                    sq, probs, classes = engine.run(xd, None)  # the clean model ranks the classes
+                    sq, info = run_chunk(engine, xd, None)  # the clean model ranks the classes
                     norms = np.sqrt(np.clip(sq, 0, None))
-                    ranks = torch.from_numpy(classes)
                     for noise_m in noise:
                         with torch.no_grad():
                             for p, c, e in zip(perturbed, clean, noise_m, strict=True):
                                 p.copy_(c).add_(e)
                         try:
-                            sq_m, _, _ = engine.run(xd, ranks)
+                            sq_m, _ = run_chunk(engine, xd, info)
                         finally:
                             with torch.no_grad():
                                 for p, c in zip(perturbed, clean, strict=True):
                                     p.copy_(c)
                         norms = norms + np.sqrt(np.clip(sq_m, 0, None))
                     norms = norms / (m + 1)
-                    parts.append((norms, probs, classes))
+                    parts.append((norms, info))
                     start += len(xb)
                     continue
                 if m:
@@ -185,11 +221,11 @@ def _gradient_norms(
                     rows = rows.reshape(len(xb) * group, *xb.shape[1:])
                 else:
                     rows = xb
-                sq, probs, classes = engine.run(to_device(rows, dev), None)
+                sq, info = run_chunk(engine, to_device(rows, dev), None)
                 norms = np.sqrt(np.clip(sq, 0, None))
                 if s.aggregate == "mean-norm" and group > 1:
                     norms = norms.reshape(len(xb), group, *norms.shape[1:]).mean(1)
-                parts.append((norms, probs, classes))
+                parts.append((norms, info))
                 start += len(xb)
     finally:
         if engine is not None:
@@ -201,13 +237,39 @@ def _gradient_norms(
             p.grad = g
     if ids is not None and start != len(ids):
         raise ConfigError(f"ids has {len(ids)} entries but inputs have {start} rows; pass one id per row")
-    if engine is None:
+    return ([L.name for L in engine.layers] if engine is not None else []), parts
+
+
+def _gradient_norms(
+    model: nn.Module,
+    inputs: Inputs,
+    s: REGradSettings,
+    top_k: int | None,
+    ids: np.ndarray | None,
+    rng: np.random.Generator | None,
+    pair_rule: PairRule,
+) -> GradientNorms:
+    """:func:`gradient_norms` for settings already validated; ``top_k`` overrides ``s.top_k``."""
+
+    def start_engine(model: nn.Module, probe: torch.Tensor, layers: list[Layer], group: int) -> Engine:
+        with torch.no_grad():
+            n_cls = model(probe[:1]).shape[-1]
+        n_ranks = n_cls if top_k is None else min(top_k, n_cls)
+        return Engine(model, layers, n_ranks, group, s.aggregate, pair_rule)
+
+    def run_chunk(engine: Engine, x: torch.Tensor, clean: Any) -> tuple[np.ndarray, Any]:
+        # a perturbed model scores the classes of the clean one, in the clean model's rank order
+        sq, probs, classes = engine.run(x, None if clean is None else torch.from_numpy(clean[1]))
+        return sq, (probs, classes)
+
+    layers, parts = drive(model, inputs, s, ids, rng, start_engine, run_chunk)
+    if not layers:
         return GradientNorms(np.zeros((0, 0, 0)), np.zeros((0, 0)), np.zeros((0, 0), np.int64), [])
     return GradientNorms(
         np.concatenate([p[0] for p in parts]),
-        np.concatenate([p[1] for p in parts]),
-        np.concatenate([p[2] for p in parts]).astype(np.int64),
-        [L.name for L in engine.layers],
+        np.concatenate([p[1][0] for p in parts]),
+        np.concatenate([p[1][1] for p in parts]).astype(np.int64),
+        layers,
     )
 
 
