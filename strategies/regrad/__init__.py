@@ -23,6 +23,9 @@ Huang, Geng & Li, "On the Importance of Gradients for Detecting Distributional S
 NeurIPS 2021. The paper's exact constants are not public to us; every choice is a named parameter here and the
 defaults were picked by ``benchmarks/regrad_ood.py`` (see ``benchmarks/results/regrad_ood.md``).
 
+Regression models (no classes): :mod:`.regression` defines the family (targets "mean" and "gaussian-nll",
+output weighting, the gap-aware "kfac-laplace" metric) on the same engine; see :func:`regression_regrad_scores`.
+
 Where things are: :mod:`.settings` (REGradSettings, validated once), :mod:`.weighting` (class and layer weights),
 :mod:`.noise` (perturbation noise, keyed by sample id), :mod:`.layers` / :mod:`.recorder` / :mod:`.pairs` /
 :mod:`.fallback` / :mod:`.engine` (the general per-sample gradient-norm engine), :mod:`.scores`
@@ -37,6 +40,16 @@ from .engine import Engine
 from .layers import Layer, discover_layers
 from .noise import parameter_noise, parameter_scales, perturbation_noise, trainable_parameters
 from .pairs import PAIR_RULES, PairRule
+from .regression import (
+    METRICS,
+    OUTPUT_WEIGHTINGS,
+    TARGETS,
+    VARIANCE_HEADS,
+    RegressionGradientNorms,
+    RegressionREGradSettings,
+    regression_gradient_norms,
+    regression_regrad_scores,
+)
 from .scores import GradientNorms, gradient_norms, gradnorm_scores, regrad_scores
 from .settings import (
     AGGREGATES,
@@ -67,6 +80,14 @@ __all__ = [
     "REGradSettings",
     "NOISE_KEY",
     "regrad_scores",
+    "regression_regrad_scores",
+    "regression_gradient_norms",
+    "RegressionREGradSettings",
+    "RegressionGradientNorms",
+    "TARGETS",
+    "VARIANCE_HEADS",
+    "OUTPUT_WEIGHTINGS",
+    "METRICS",
     "gradient_norms",
     "gradnorm_scores",
     "GradientNorms",
