@@ -23,9 +23,11 @@ from .learner import TorchLearner
 from .models import resolve_model
 from .oracles import Oracle, as_oracle, make_oracle
 from .pool import FilePool, Pool
-from .registry import build_strategy
+from .registry import build_strategy, check_strategy_task
+from .regression import TorchRegressor
 from .store import Store
 from .strategy import Strategy
+from .tasks import REGRESSION
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,18 @@ def build_parts(
         # dataset column, the dataset's defaults), whatever config.dataset says (it only names what to load).
         config = dataclasses.replace(config, dataset=dataset.name)
     c = config.resolved(dataset)
+    check_task(c, dataset)
     if resolve_device(device).type == "cuda" and isinstance(dataset, FilePool):
         dataset.pin_memory = True  # page-locked batches: the copies to the GPU overlap with the next read
-    strategy = strategy if strategy is not None else build_strategy(c.strategy, **c.strategy_kwargs)
+    if strategy is None:
+        check_strategy_task(c.strategy, c.task, c.strategy_kwargs)
+        strategy = build_strategy(c.strategy, **c.strategy_kwargs)
+    else:
+        check_strategy_task(type(strategy), c.task)
     if c.model is None:  # resolved() always chooses one; narrows the type
         raise ConfigError(f"no model for dataset {dataset.name!r}: pass --model")
-    learner = TorchLearner(
+    kind, task_settings = (TorchRegressor, {"mc_samples": c.mc_samples}) if c.task == REGRESSION else (TorchLearner, {})
+    learner = kind(
         resolve_model(c.model, weights=c.weights, freeze_backbone=c.freeze_backbone),
         dataset.n_classes,
         dataset.input_shape,
@@ -83,6 +91,7 @@ def build_parts(
         val_size=c.val_size,
         patience=c.patience,
         max_epochs=c.max_epochs,
+        **task_settings,
     )
     probe_model(learner, dataset, c)
     strategy.check_learner(learner)
@@ -111,6 +120,17 @@ def build_parts(
             ) from e
     # The store is opened last: nothing is written until every setting has been checked.
     return Parts(c, dataset, strategy, learner, oracle, store if isinstance(store, Store) else Store(store))
+
+
+def check_task(config: ExperimentConfig, dataset: Pool) -> None:
+    """The config's task must be the data's: a regression dataset or table (numeric targets) runs with
+    ``--task regression``, class labels with the default."""
+    if dataset.task != config.task:
+        what = "numeric targets" if dataset.task == REGRESSION else "class labels"
+        raise ConfigError(
+            f"dataset {dataset.name!r} holds {what} (a {dataset.task} task) but the run's task is {config.task}; "
+            f"pass --task {dataset.task} (ExperimentConfig(task={dataset.task!r}))"
+        )
 
 
 def probe_model(learner: TorchLearner, dataset: Pool, config: ExperimentConfig) -> None:
@@ -148,6 +168,11 @@ def probe_model(learner: TorchLearner, dataset: Pool, config: ExperimentConfig) 
             f"model {config.model!r} outputs shape {tuple(out.shape)} for a batch of shape {tuple(x.shape)}; it "
             f"must output logits of shape (batch, n_classes) = ({len(x)}, {dataset.n_classes}): flatten before "
             f"the last layer"
+        )
+    if out.shape[1] != dataset.n_classes and config.task == REGRESSION:
+        raise ConfigError(
+            f"model {config.model!r} outputs {out.shape[1]} values per sample, but a regression model outputs one "
+            f"(the predicted mean); use --model mlp-regressor or build the model with n_classes=1"
         )
     if out.shape[1] != dataset.n_classes:
         raise ConfigError(

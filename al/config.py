@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .settings import Setting, check_settings
+from .tasks import CLASSIFICATION, REGRESSION, TASKS
 
 if TYPE_CHECKING:
     from .pool import Pool as Dataset
@@ -22,7 +23,12 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "fashion-mnist": dict(init_size=100, query_size=100, pool_subset=10_000, epochs=30, min_steps=300),
     "cifar10": dict(init_size=1000, query_size=1000, pool_subset=10_000, epochs=30, min_steps=1000),
     "digits": dict(init_size=20, query_size=30, pool_subset=0, epochs=30, min_steps=200),
+    # regression (al.data): a few hundred rows; every candidate is scored, the small MLP trains in a second
+    "diabetes": dict(init_size=20, query_size=10, pool_subset=0, epochs=30, min_steps=100),
+    "synthetic-gap": dict(init_size=10, query_size=10, pool_subset=0, epochs=30, min_steps=300),
 }
+#: The --oracle kinds through which a person answers with class labels (refused for a regression task).
+HUMAN_ORACLES = frozenset({"csv", "prompt", "web", "label-studio", "label-studio-files"})
 FALLBACK_DEFAULTS: dict[str, Any] = dict(init_size=100, query_size=100, pool_subset=10_000, epochs=30, min_steps=300)
 
 #: The declared type and range of every ExperimentConfig field (see :mod:`al.settings`), named in messages by its
@@ -74,6 +80,7 @@ CONFIG_SETTINGS: dict[str, Setting] = {
     ),
     "patience": Setting("int", minimum=1, too_small="must be at least 1 epoch", example=3),
     "max_epochs": Setting("int", minimum=1, too_small="must be at least 1", example=100),
+    "task": Setting("choice", choices=TASKS, example="--task=regression"),
 }
 
 #: Fields added after runs were stored, with the value those runs ran with: ``config_record`` leaves a field out
@@ -87,6 +94,7 @@ CONFIG_ADDED: dict[str, Any] = {
     "val_size": 0.2,
     "patience": 3,
     "max_epochs": 100,
+    "task": CLASSIFICATION,
 }
 
 
@@ -125,6 +133,9 @@ class ExperimentConfig:
     val_size: float = 0.2
     patience: int = 3
     max_epochs: int = 100
+    #: What the answers are (:mod:`al.tasks`): class indices (the default, that of every stored run) or numbers
+    #: (regression: MSE training, RMSE and Gaussian NLL recorded; see :class:`al.regression.TorchRegressor`).
+    task: str = CLASSIFICATION
 
     def __post_init__(self) -> None:
         self._check_fields()
@@ -169,6 +180,8 @@ class ExperimentConfig:
             raise ConfigError(
                 f"--val-size {self.val_size} is neither a fraction (below 1) nor a whole count; write e.g. 0.2 or 20"
             )
+        if self.task == REGRESSION:
+            self._check_regression()
         if n_pool is not None:
             if self.budget > n_pool:
                 raise ConfigError(
@@ -177,6 +190,26 @@ class ExperimentConfig:
                 )
             if self.query_size is not None and self.query_size > n_pool:
                 raise ConfigError(f"--query-size {self.query_size} exceeds the pool of {n_pool} samples")
+
+    def _check_regression(self) -> None:
+        """What a regression run cannot do (yet): each refusal names the flag and the way out."""
+        if self.init_balanced:
+            raise ConfigError(
+                "--init-balanced draws the initial set class by class, but --task regression has no classes; drop it"
+            )
+        if self.stop != "budget":
+            raise ConfigError(
+                f"--stop {self.stop} judges class predictions (their entropy or agreement), which a regression task "
+                f"does not make; use --stop budget (the default) with --task regression"
+            )
+        kind = self.oracle.partition(":")[0]
+        if kind in HUMAN_ORACLES or kind == "noisy":
+            raise ConfigError(
+                f"--oracle {self.oracle} answers with class labels; a regression task needs numbers: use --oracle "
+                f"ground-truth (a simulation from the target column) or your own oracle (package.module:factory, "
+                f"or an object from Python) that returns numbers. Numeric answers from a person (csv, prompt, "
+                f"web, Label Studio) are not supported yet"
+            )
 
     def default_run_name(self) -> str:
         return f"{self.dataset}-{self.strategy}-seed{self.seed}"

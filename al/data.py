@@ -25,6 +25,7 @@ import torch
 from .errors import DataError
 from .pool.base import Pool, TestSplit
 from .registry import Registry
+from .tasks import CLASSIFICATION, REGRESSION
 
 DEFAULT_ROOT = Path("~/.cache/al/data").expanduser()
 
@@ -36,6 +37,9 @@ class Dataset(Pool):
 
     train_x: (n_pool, C, H, W) float32, normalised; train_y: (n_pool,) int64.
     test_x: (n_test, C, H, W); test_y: (n_test,). Sample ids are row indices of ``train_x``.
+    task: ``"regression"`` for a regression dataset (:mod:`al.tasks`): ``train_x`` is then ``(n_pool, d)``
+    standardised features, ``train_y``/``test_y`` float64 targets in their own units, ``n_classes`` 1 (the model's
+    output width) and ``classes`` empty.
     """
 
     name: str
@@ -48,6 +52,7 @@ class Dataset(Pool):
     classes: list[str] = field(default_factory=list)
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    task: str = CLASSIFICATION
     # data_fingerprint's cache: (the tensors' storage and in-place version counters, fingerprint).
     _fingerprint: tuple[tuple[int, ...], str] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -105,6 +110,7 @@ class Dataset(Pool):
             self.classes,
             self.mean,
             self.std,
+            self.task,
         )
 
 
@@ -293,6 +299,73 @@ def _digits(root: Path) -> Dataset:
         (DIGITS_MEAN,),
         (DIGITS_STD,),
     )
+
+
+def _regression_dataset(name: str, x_pool: np.ndarray, y_pool: np.ndarray, x_test: np.ndarray, y_test: np.ndarray):
+    """A regression :class:`Dataset`: features standardised with the pool's mean and std (as table pools are),
+    targets float64 in their own units."""
+    mean, std = x_pool.mean(0), x_pool.std(0)
+    std[std == 0] = 1.0
+
+    def feats(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(((a - mean) / std).astype(np.float32))
+
+    return Dataset(
+        name,
+        feats(x_pool),
+        torch.from_numpy(np.asarray(y_pool, dtype=np.float64)),
+        feats(x_test),
+        torch.from_numpy(np.asarray(y_test, dtype=np.float64)),
+        1,
+        "mlp-regressor",
+        [],
+        tuple(float(v) for v in mean),
+        tuple(float(v) for v in std),
+        REGRESSION,
+    )
+
+
+@DATASETS.register("diabetes")
+def _diabetes(root: Path) -> Dataset:
+    """scikit-learn's bundled diabetes data (Efron et al. 2004): 442 patients, 10 features (age, sex, BMI, blood
+    pressure, six serum measurements, as recorded: ``scaled=False``), target a measure of disease progression one
+    year later (25..346). A regression task: 353 pool / 89 test rows (a fixed random split)."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.model_selection import train_test_split
+
+    d = load_diabetes(scaled=False)
+    tr, te = train_test_split(np.arange(len(d.target)), test_size=0.2, random_state=0)
+    tr, te = np.sort(tr), np.sort(te)
+    x = d.data.astype(np.float64)
+    return _regression_dataset("diabetes", x[tr], d.target[tr], x[te], d.target[te])
+
+
+#: synthetic-gap: the gap of inputs the pool hardly covers, and the share of pool rows drawn inside it.
+SYNTHETIC_GAP, SYNTHETIC_GAP_SHARE = (-1.0, 1.0), 0.02
+
+
+def synthetic_gap_function(x: np.ndarray) -> np.ndarray:
+    """The noiseless target of ``synthetic-gap``: ``sin(2x) + 0.5 x`` (``x: (n,)``)."""
+    return np.sin(2.0 * x) + 0.5 * x
+
+
+@DATASETS.register("synthetic-gap")
+def _synthetic_gap(root: Path) -> Dataset:
+    """A 1-D regression task with a gap (seeded, the same in every process): ``y = sin(2x) + 0.5x + N(0, 0.1^2)``.
+    Pool: 600 inputs on [-4, 4], only 2% of them (12) inside the gap (-1, 1), the rest uniform outside it; test:
+    400 inputs uniform over [-4, 4], gap included. A model trained on random labels rarely sees the gap, so its
+    test error there is large: a strategy that finds where the model is unsure should label the gap's few rows."""
+    g = np.random.default_rng(20240617)
+    lo, hi = SYNTHETIC_GAP
+    n_pool, n_in = 600, round(600 * SYNTHETIC_GAP_SHARE)
+    side = g.uniform(0.0, 3.0, n_pool - n_in)  # distance into the outer part, then a side for each
+    outer = np.where(g.random(n_pool - n_in) < 0.5, lo - side, hi + side)
+    x_pool = np.concatenate([outer, g.uniform(lo, hi, n_in)])
+    x_pool = x_pool[g.permutation(n_pool)]
+    x_test = g.uniform(-4.0, 4.0, 400)
+    y_pool = synthetic_gap_function(x_pool) + 0.1 * g.standard_normal(n_pool)
+    y_test = synthetic_gap_function(x_test) + 0.1 * g.standard_normal(400)
+    return _regression_dataset("synthetic-gap", x_pool[:, None], y_pool, x_test[:, None], y_test)
 
 
 def _read_idx_gz(path: Path) -> np.ndarray:

@@ -22,7 +22,8 @@ import numpy as np
 
 from .errors import LabelsPending, OracleError, StoreError
 from .oracles import Answers, LabellingStopped, Oracle, RefusedAnswersWarning, RoundInfo, validate_answers
-from .oracles.base import _as_int
+from .oracles.base import _as_int, validate_targets
+from .tasks import CLASSIFICATION, REGRESSION
 
 if TYPE_CHECKING:
     from .store import RunState, Store
@@ -77,14 +78,25 @@ class LabellingSession:
     """Asks ``oracle`` for the labels of one round at a time and stores them through ``store``.
 
     n_classes: the valid labels are 0..n_classes - 1. timeout: seconds to wait for one ``label`` call (per
-    answer for a one-at-a-time oracle) before giving up with an OracleError; None waits for ever.
+    answer for a one-at-a-time oracle) before giving up with an OracleError; None waits for ever. task
+    ``"regression"``: the answers are finite numbers (:func:`al.oracles.base.validate_targets`), stored as the
+    run's targets (``Store.record_targets``).
     """
 
-    def __init__(self, oracle: Oracle, store: Store, *, n_classes: int, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        oracle: Oracle,
+        store: Store,
+        *,
+        n_classes: int,
+        timeout: float | None = None,
+        task: str = CLASSIFICATION,
+    ) -> None:
         self.oracle = oracle
         self.store = store
         self.n_classes = n_classes
         self.timeout = timeout
+        self.task = task
 
     def label_round(self, st: RunState, r: int) -> LabellingOutcome:
         """Ask for round ``r``'s pending labels and store every valid answer. Raises OracleError when the oracle
@@ -122,16 +134,23 @@ class LabellingSession:
                 break
             if isinstance(raw, Answers):
                 out.refused += raw.refused
-            answers = validate_answers(raw, ids, self.n_classes, st.labels, st.label_round)
+            answers = self._validated(raw, ids, st)
             # A single batch is written even when empty: the store then says how many still await (and closes
             # the round if none does); one-at-a-time skips write nothing.
             if answers or len(batches) == 1:
                 t0 = time.perf_counter()
-                out.awaited = self.store.record_labels(st.run_id, r, answers, name)
+                record = self.store.record_targets if self.task == REGRESSION else self.store.record_labels
+                out.awaited = record(st.run_id, r, answers, name)
                 out.store_seconds += time.perf_counter() - t0
         if out.awaited:
             out.hint = oracle.how_to_answer(r)
         return out
+
+    def _validated(self, raw: Mapping, ids: np.ndarray, st: RunState) -> dict[int, Any]:
+        """The oracle's answers checked: class indices, or a regression task's numbers."""
+        if self.task == REGRESSION:
+            return validate_targets(raw, ids, st.targets, st.label_round)
+        return validate_answers(raw, ids, self.n_classes, st.labels, st.label_round)
 
     def _ask(self, ids: np.ndarray, r: int) -> Mapping[int, int]:
         """``oracle.label(ids)``, bounded by the timeout when one is set; failures become OracleError."""

@@ -248,13 +248,11 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         small: a LazyInputs ``X`` is materialised, and the whole set is moved to the device once.
         """
         x = X.materialise().float() if isinstance(X, LazyInputs) else as_tensor(X)
-        yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-        if len(x) != len(yt):
-            raise ConfigError(f"fit got {len(x)} inputs but {len(yt)} labels")
+        if len(x) != len(y):
+            raise ConfigError(f"fit got {len(x)} inputs but {len(y)} labels")
         if len(x) == 0:
             raise ConfigError("fit got an empty labelled set; label at least one sample first")
-        if yt.min() < 0 or yt.max() >= self.n_classes:
-            raise ConfigError(f"labels must lie in [0, {self.n_classes - 1}], got {int(yt.min())}..{int(yt.max())}")
+        yt = self._training_targets(y)
         seed = self.seed if seed is None else seed
         device = resolve_device(self.device)
         # One scope for initialisation and training: dropout while training continues the stream the weights
@@ -267,6 +265,34 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
                 self.device_ = device
             self._train(to_device(x, device), to_device(yt, device), seed)
         return self
+
+    def _training_targets(self, y: ArrayLike) -> torch.Tensor:
+        """What the loss compares the outputs with: class indices, checked to lie in range (a regressor's own:
+        standardised numbers)."""
+        yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        if yt.min() < 0 or yt.max() >= self.n_classes:
+            raise ConfigError(f"labels must lie in [0, {self.n_classes - 1}], got {int(yt.min())}..{int(yt.max())}")
+        return yt
+
+    def _loss(self, out: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
+        """The training loss of a batch: cross-entropy of the logits (a regressor: MSE)."""
+        return F.cross_entropy(out, yt)
+
+    def _chance_loss(self) -> tuple[float, str]:
+        """The training loss of a model that knows nothing, and what that model is, for the divergence check."""
+        return math.log(max(self.n_classes, 2)), "a uniform guess"
+
+    def _validation_score(self, out: torch.Tensor, yt: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Early stopping's judgement of the model's outputs on the validation split: (score, larger is better;
+        the history entry). Accuracy, ties broken by the lower NLL; the history holds (accuracy, NLL)."""
+        logits = out.double()
+        acc = float((logits.argmax(1) == yt).double().mean())
+        nll = float(F.cross_entropy(logits, yt))
+        return (acc, -nll), (acc, nll)
+
+    def _mc_output(self, out: torch.Tensor) -> torch.Tensor:
+        """One MC-dropout pass's outputs as the passes return them: class probabilities (float64)."""
+        return torch.softmax(out.double(), 1)
 
     def _lr_hint(self) -> str:
         return f"lower the learning rate (--lr, now {self.lr:g}), or check the inputs and the model"
@@ -302,11 +328,12 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
             net.eval()
             for p in net.parameters():
                 p.grad = None
-        limit = DIVERGED_LOSS_FACTOR * math.log(max(self.n_classes, 2))
+        chance, guess = self._chance_loss()
+        limit = DIVERGED_LOSS_FACTOR * chance
         if mean_loss > limit:
             raise ModelError(
                 f"training diverged: the last epoch's mean training loss is {mean_loss:.3g}, more than "
-                f"{DIVERGED_LOSS_FACTOR:g} times that of a uniform guess ({limit:.3g}); {self._lr_hint()}"
+                f"{DIVERGED_LOSS_FACTOR:g} times that of {guess} ({limit:.3g}); {self._lr_hint()}"
             )
 
     def validation_split(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -333,20 +360,18 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         tr, va = tr.to(x.device), va.to(x.device)
         x_tr, y_tr, x_va, y_va = x[tr], yt[tr], x[va], yt[va]
         repeats = max(1, math.ceil(self.EPOCH_SAMPLES / len(x_tr)))
-        best: tuple[float, float] | None = None  # (accuracy, -nll): larger is better
+        best: tuple[float, ...] | None = None  # (accuracy, -nll) for a classifier: larger is better
         best_state: dict[str, torch.Tensor] | None = None
         since_best, mean_loss = 0, math.nan
         self.epochs_run_, self.best_epoch_ = 0, 0
-        self.val_history_: list[tuple[float, float]] = []  # (accuracy, nll) after each epoch
+        self.val_history_: list[tuple[float, ...]] = []  # (accuracy, nll) after each epoch (a regressor: its own)
         for epoch in range(1, self.max_epochs + 1):
             mean_loss = self._epochs(net, opt, x_tr, y_tr, g, 1, repeats=repeats)
             self.epochs_run_ = epoch
             with eval_mode(net), torch.no_grad():
-                logits = net(x_va).double()
-            acc = float((logits.argmax(1) == y_va).double().mean())
-            nll = float(F.cross_entropy(logits, y_va))
-            self.val_history_.append((acc, nll))
-            score = (acc, -nll)
+                out = net(x_va)
+            score, seen = self._validation_score(out, y_va)
+            self.val_history_.append(seen)
             if best is None or score > best:
                 best, since_best, self.best_epoch_ = score, 0, epoch
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -390,7 +415,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
                 if len(idx) < 2 and n >= 2:
                     continue  # BatchNorm cannot train on a batch of one
                 opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(net(x[idx]), yt[idx])
+                loss = self._loss(net(x[idx]), yt[idx])
                 loss.backward()
                 opt.step()
                 step_loss = loss.detach().double()
@@ -495,9 +520,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
             try:
                 for t in self._progress(range(n_samples), "mc-dropout", len(x) >= self.eval_batch_size):
                     set_mc_pass(net, seed, t)
-                    out[t] = (
-                        torch.cat([torch.softmax(head(to_device(b, dev)).double(), 1) for b in inputs]).cpu().numpy()
-                    )
+                    out[t] = torch.cat([self._mc_output(head(to_device(b, dev))) for b in inputs]).cpu().numpy()
             finally:
                 set_mc_pass(net, None)
         self.check_finite(out.transpose(1, 0, 2), "inputs (MC-dropout passes)")
@@ -529,11 +552,10 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         self.check_finite(out.transpose(1, 0, 2), "inputs (MC-dropout passes)")
         return out
 
-    @staticmethod
-    def _pass(head: nn.Module, h: torch.Tensor, net: nn.Module, seed: int, t: int) -> torch.Tensor:
-        """Probabilities of MC pass ``t`` on one batch (consistent-dropout layers take pass ``t``'s mask)."""
+    def _pass(self, head: nn.Module, h: torch.Tensor, net: nn.Module, seed: int, t: int) -> torch.Tensor:
+        """Outputs of MC pass ``t`` on one batch (consistent-dropout layers take pass ``t``'s mask)."""
         set_mc_pass(net, seed, t)
-        return torch.softmax(head(h).double(), 1)
+        return self._mc_output(head(h))
 
     def last_linear(self) -> nn.Linear:
         return last_linear(self.network, "embeddings")

@@ -29,6 +29,7 @@ from .seeding import round_rng, torch_seed
 from .stop_rounds import StoppingRounds
 from .store import HEARTBEAT_S, RunState, Store, crash_point
 from .strategy import Context, Strategy
+from .tasks import REGRESSION, known_answers
 
 # Re-exported: `from al.loop import Experiment, ExperimentConfig` is the documented import.
 __all__ = ["DATASET_DEFAULTS", "FALLBACK_DEFAULTS", "Experiment", "ExperimentConfig", "RoundReport"]
@@ -38,8 +39,8 @@ __all__ = ["DATASET_DEFAULTS", "FALLBACK_DEFAULTS", "Experiment", "ExperimentCon
 class RoundReport:
     round_idx: int
     n_labelled: int
-    accuracy: float | None  # None without a test set
-    nll: float | None
+    accuracy: float | None  # None without a test set (and for a regression task: see rmse)
+    nll: float | None  # a regression task's: the Gaussian NLL (al.regression)
     train_seconds: float
     select_seconds: float
     store_seconds: float
@@ -48,6 +49,8 @@ class RoundReport:
     eta_seconds: float | None = None
     #: The stopping criterion's value this round (name -> value), as stored.
     criteria: dict[str, float | None] = field(default_factory=dict)
+    #: A regression task's test RMSE, in the target's units (None for classification or without a test set).
+    rmse: float | None = None
 
 
 class Experiment:
@@ -112,6 +115,11 @@ class Experiment:
             self.stopping, self.config, self.store, self.dataset, self.learner, self._checkpoint_predictions
         )
         self.checkpoint_dir = checkpoint_dir
+        if checkpoint_dir is not None and self.config.task == REGRESSION:
+            raise ConfigError(
+                "model checkpoints (al.export, al.predict) are for classifiers; saving a regression task's models is "
+                "not supported yet: drop --checkpoints (pass --no-checkpoints with --pool)"
+            )
         if checkpoint_dir is not None:
             from .checkpoints import check_writable
 
@@ -256,7 +264,7 @@ class Experiment:
             ids, scores = sel.ids, sel.scores
             pool_scores = sel.pool_scores if self.strategy.scores_are_uncertainty else None
         select_s = time.perf_counter() - t0
-        guesses = self._guesses(ids) if r > 0 else None
+        guesses = self._guesses(ids) if r > 0 and self.config.task != REGRESSION else None
         t1 = time.perf_counter()
         self.store.record_query(
             st.run_id, r, ids, scores, pool_scores=pool_scores, select_seconds=select_s, guesses=guesses
@@ -294,6 +302,7 @@ class Experiment:
             mc_samples=c.mc_samples,
             rng_for=lambda purpose: round_rng(c.seed, r, purpose),
             n_classes=self.dataset.n_classes,
+            task=c.task,
         )
         try:
             return self.strategy(ctx, n, round_rng(c.seed, r, "select"))
@@ -316,7 +325,7 @@ class Experiment:
         if self.uses_pool_labels:
             y = self.dataset.labels
             assert y is not None
-            return np.flatnonzero((y >= 0) & self.dataset.available)
+            return np.flatnonzero(known_answers(y) & self.dataset.available)
         rng = round_rng(self.config.seed, 0, "init")
         available = self.dataset.available
         if not self.config.init_balanced:
@@ -344,10 +353,17 @@ class Experiment:
             y = self.dataset.labels
             assert y is not None
             pending = [int(i) for i in self.store.pending(st.run_id, 0)]
-            self.store.record_labels(st.run_id, 0, {i: int(y[i]) for i in pending}, oracle="pool")
+            if self.config.task == REGRESSION:
+                self.store.record_targets(st.run_id, 0, {i: float(y[i]) for i in pending}, oracle="pool")
+            else:
+                self.store.record_labels(st.run_id, 0, {i: int(y[i]) for i in pending}, oracle="pool")
             return
         session = LabellingSession(
-            self.oracle, self.store, n_classes=self.dataset.n_classes, timeout=self.oracle_timeout
+            self.oracle,
+            self.store,
+            n_classes=self.dataset.n_classes,
+            timeout=self.oracle_timeout,
+            task=self.config.task,
         )
         outcome = session.label_round(st, r)
         self._store_s += outcome.store_seconds
@@ -363,7 +379,10 @@ class Experiment:
                 break
             except UnreadableSamples as e:  # a labelled file became unreadable: its label stays, it is not used
                 self._exclude(st, e)
-        y = np.array([st.labels[i] for i in ids], dtype=np.int64)
+        if self.config.task == REGRESSION:
+            y = np.array([st.targets[i] for i in ids], dtype=np.float64)
+        else:
+            y = np.array([st.labels[i] for i in ids], dtype=np.int64)
         try:
             self.learner.fit(x, y, seed=torch_seed(round_rng(self.config.seed, r, "train")) % 2**62)
         except ModelError as e:  # diverged: the round stays as stored (its query and labels), the run stops
@@ -427,24 +446,28 @@ class Experiment:
             st.run_id,
             r,
             n_labelled=n,
-            accuracy=m["accuracy"],
+            accuracy=m.get("accuracy"),
             nll=m["nll"],
             train_seconds=train_s,
             eval_seconds=eval_s,
             store_seconds=store_s,
+            rmse=m.get("rmse"),
         )
         crash_point("after-metrics", r)
         if self.on_round is not None:
             select_s = (st.last_round.select_seconds if st.last_round is not None else None) or 0.0
-            rep = RoundReport(r, n, m["accuracy"], m["nll"], train_s, select_s, store_s, self._eta(n), criteria)
+            rep = RoundReport(
+                r, n, m.get("accuracy"), m["nll"], train_s, select_s, store_s, self._eta(n), criteria, m.get("rmse")
+            )
             self.on_round(rep)
 
     def _evaluate(self, r: int) -> dict[str, float | None]:
-        """Accuracy and NLL on the test split (None without one); test files that cannot be read are left out."""
+        """Accuracy and NLL on the test split (a regression task: RMSE and Gaussian NLL; None without one); test
+        files that cannot be read are left out."""
         while True:
             split = self.dataset.test
             if split is None:
-                return {"accuracy": None, "nll": None}
+                return {"accuracy": None, "nll": None, "rmse": None}
             try:
                 return dict(self.learner.evaluate(split.inputs, split.labels))
             except ModelError as e:  # no metrics are recorded: the round stays labelled, to be trained again

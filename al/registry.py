@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -147,3 +147,42 @@ def build_strategy(name: str, **kwargs: Any) -> Strategy:
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad --strategy-kwargs for {name!r}: {e}") from e
+
+
+def strategies_for(task: str) -> list[str]:
+    """The registered strategies that apply to ``task`` and can run on it here (:attr:`Strategy.tasks`)."""
+    out = []
+    for n in STRATEGIES.names():
+        cls = STRATEGIES.get(n)
+        if task in cls.tasks and not cls.unavailable_for(task):
+            out.append(n)
+    return out
+
+
+def check_strategy_task(name: str | type[Strategy], task: str, settings: Mapping[str, Any] | None = None) -> None:
+    """Refuse, before anything runs, a strategy that does not apply to ``task`` (its ``tasks``) or cannot run on it
+    here (``unavailable_for``), and, on a regression task, settings given that only mean something for a
+    classifier (its ``classification_settings``). Every message names the strategies that do apply.
+
+    ``name``: a registered name or a strategy class (the Python API's object); ``settings``: the settings given
+    (``--strategy-kwargs``), not the defaults."""
+    from .tasks import REGRESSION
+
+    cls = STRATEGIES.get(name) if isinstance(name, str) else name
+    shown = name if isinstance(name, str) else (cls.name or cls.__qualname__)
+    applies = f"strategies for a {task} task: {', '.join(strategies_for(task))}"
+    if task not in cls.tasks:
+        raise ConfigError(
+            f"strategy {shown!r} does not apply to a {task} task (it applies to {', '.join(sorted(cls.tasks))}); "
+            f"{applies}"
+        )
+    why = cls.unavailable_for(task)
+    if why:
+        raise ConfigError(f"strategy {shown!r} on a {task} task: not yet: {why}; {applies}")
+    given = sorted(set(settings or {}) & cls.classification_settings) if task == REGRESSION else []
+    if given:
+        raise ConfigError(
+            f"strategy {shown!r}: {', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to classifiers "
+            f"only (they weigh classes), and this is a regression task; drop "
+            f"{'it' if len(given) == 1 else 'them'} from --strategy-kwargs"
+        )

@@ -20,12 +20,15 @@ import torch
 from .errors import ConfigError, IncompatibleStrategyError, ModelError, StrategyError
 from .seeding import RngFor, mc_dropout_seed, round_rng
 from .settings import Setting, check_settings, settings_of
+from .tasks import CLASSIFICATION
 
 if TYPE_CHECKING:
     from .learner import TorchLearner
 
 #: The quantities a context can provide.
-NEEDS = frozenset({"probs", "mc_probs", "embeddings", "labelled_embeddings", "model", "inputs"})
+NEEDS = frozenset({"probs", "mc_probs", "mc_predictions", "embeddings", "labelled_embeddings", "model", "inputs"})
+#: The needs that MC dropout provides (the model must have a dropout layer).
+MC_NEEDS = frozenset({"mc_probs", "mc_predictions"})
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,9 @@ class Context:
     every call; the loop passes ``lambda purpose: round_rng(seed, round_idx, purpose)``. It is the only source of
     the context's own randomness: the MC-dropout masks are seeded by ``mc_dropout_seed(rng_for("mc"))``.
     Default: ``round_rng(0, 0, purpose)``, so a context built by hand is deterministic.
+
+    task: the run's task (:mod:`al.tasks`); a regression round's learner is an :class:`al.regression.TorchRegressor`,
+    which provides ``mc_predictions`` (and embeddings, the model, the inputs) but no class probabilities.
     """
 
     def __init__(
@@ -108,6 +114,8 @@ class Context:
         mc_samples: int = 20,
         rng_for: RngFor | None = None,
         n_classes: int | None = None,
+        mc_predictions: np.ndarray | None = None,
+        task: str = CLASSIFICATION,
     ) -> None:
         self.candidates = np.asarray(candidates, dtype=np.int64)
         self.labelled = np.asarray(labelled if labelled is not None else [], dtype=np.int64)
@@ -116,9 +124,11 @@ class Context:
         self.mc_samples = mc_samples
         self.rng_for: RngFor = rng_for if rng_for is not None else _default_rng_for
         self._n_classes = n_classes
+        self.task = task
         for name, value in (
             ("probs", probs),
             ("mc_probs", mc_probs),
+            ("mc_predictions", mc_predictions),
             ("embeddings", embeddings),
             ("labelled_embeddings", labelled_embeddings),
         ):
@@ -152,6 +162,21 @@ class Context:
         return self._need("mc_probs").mc_predict_proba(self.inputs, self.mc_samples, seed=seed)
 
     @cached_property
+    def mc_predictions(self) -> np.ndarray:
+        """(mc_samples, n_candidates) float64: a regression model's MC-dropout predicted means, seeded as
+        ``mc_probs`` is."""
+        from .regression import TorchRegressor
+
+        seed = mc_dropout_seed(self.rng_for("mc"))
+        learner = self._need("mc_predictions")
+        if not isinstance(learner, TorchRegressor):
+            raise IncompatibleStrategyError(
+                "this strategy needs MC-dropout predictions of a regression model, but the learner is a classifier; "
+                "run it with --task regression"
+            )
+        return learner.mc_predict(self.inputs, self.mc_samples, seed=seed)
+
+    @cached_property
     def embeddings(self) -> np.ndarray:
         """(n_candidates, d) penultimate features."""
         return self._need("embeddings").embed(self.inputs)
@@ -182,6 +207,13 @@ class Strategy:
 
     name: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: The tasks (:mod:`al.tasks`) the strategy applies to. Default: classification only, since most strategies
+    #: score class probabilities; a strategy that works on a regression model too declares both. Checked by
+    #: :func:`al.registry.check_strategy_task` before anything runs.
+    tasks: ClassVar[frozenset[str]] = frozenset({CLASSIFICATION})
+    #: Constructor settings that only mean something for a classifier (REGrad's class weighting): given on a
+    #: regression task they are refused by name. Default: none.
+    classification_settings: ClassVar[frozenset[str]] = frozenset()
     #: True when ``pool_scores`` are uncertainties (higher = more uncertain) worth summarising per round.
     scores_are_uncertainty: ClassVar[bool] = True
     #: Settings added to the strategy after runs may already have been recorded without them, each with the value
@@ -192,6 +224,12 @@ class Strategy:
     #: them with :meth:`checked_settings` before storing them, so a bad ``--strategy-kwargs`` value is refused
     #: before anything runs.
     settings_spec: ClassVar[Mapping[str, Setting]] = {}
+
+    @classmethod
+    def unavailable_for(cls, task: str) -> str | None:
+        """Why this strategy cannot run on ``task`` here although it declares it (a part not in this install),
+        or None when it can (the default)."""
+        return None
 
     def checked_settings(self, **values: Any) -> dict[str, Any]:
         """``values`` checked against ``settings_spec`` and normalised (``4.0`` -> 4 for a whole number); a
@@ -209,7 +247,7 @@ class Strategy:
 
     def check_learner(self, learner: TorchLearner) -> None:
         """Raise IncompatibleStrategyError early if ``learner`` cannot provide what this strategy needs."""
-        if "mc_probs" in self.needs and not learner.has_dropout:
+        if MC_NEEDS & self.needs and not learner.has_dropout:
             raise IncompatibleStrategyError(
                 f"strategy {self.name!r} needs MC-dropout samples but the model has no dropout layer; "
                 f"add nn.Dropout to the model or pick a strategy that needs no MC samples"

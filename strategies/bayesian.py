@@ -1,4 +1,5 @@
-"""Bayesian acquisition on MC-dropout samples: BALD and greedy BatchBALD.
+"""Bayesian acquisition on MC-dropout samples: BALD and greedy BatchBALD, and for regression the MC-dropout
+variance of the predicted mean.
 
 Both read ``ctx.mc_probs: (T, n_candidates, C)``, the softmax outputs of T stochastic forward passes in which
 only dropout layers are stochastic (``TorchLearner.mc_predict_proba``; BatchNorm stays in eval mode and a model
@@ -8,7 +9,8 @@ without dropout is refused by ``Strategy.check_learner``). T is ``ExperimentConf
 References: Houlsby et al., "Bayesian Active Learning for Classification and Preference Learning" (2011);
 Gal, Islam & Ghahramani, "Deep Bayesian Active Learning with Image Data" (ICML 2017);
 Kirsch, van Amersfoort & Gal, "BatchBALD: Efficient and Diverse Batch Acquisition for Deep Bayesian Active
-Learning" (NeurIPS 2019).
+Learning" (NeurIPS 2019); Gal & Ghahramani, "Dropout as a Bayesian Approximation" (ICML 2016) and Tsymbalov,
+Panov & Shapeev, "Dropout-based Active Learning for Regression" (AIST 2018) for the variance of the mean.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from al.errors import ConfigError
 from al.settings import Setting
 from al.strategy import Context, Selection, Strategy, top_n
+from al.tasks import REGRESSION
 
 #: How BatchBALD draws label configurations beyond ``max_exact_configs`` (see :func:`batchbald_select`).
 SAMPLINGS: tuple[str, ...] = ("stratified", "ancestral")
@@ -335,3 +338,36 @@ class BatchBALD(Strategy):
             sampling=self.sampling,
         )
         return Selection(ctx.candidates[pos], gains, mutual_information(mc))
+
+
+def predictive_variance(mc_predictions: np.ndarray) -> np.ndarray:
+    """The MC-dropout variance of the predicted mean, ``(1/T) sum_t (mu_t - mean_t mu_t)^2``.
+
+    mc_predictions: (T, N) predicted means of T passes -> (N,) float64, >= 0. A value within rounding of 0 (the
+    passes agree to within ``4 T eps`` of the squared mean) is exactly 0, so that candidates whose passes agree tie
+    and go by the smaller id.
+    """
+    m = np.asarray(mc_predictions, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] < 1:
+        raise ConfigError(
+            f"mc_predictions must have shape (T, n) with T >= 1 MC-dropout passes, got {m.shape}; stack the passes' "
+            f"predicted means along the first axis"
+        )
+    var = m.var(axis=0)
+    var[var <= 4 * m.shape[0] * np.finfo(np.float64).eps * m.mean(axis=0) ** 2] = 0.0
+    return var
+
+
+class MCVariance(Strategy):
+    """Regression: acquire the largest MC-dropout variance of the predicted mean (``--mc-samples`` passes), the
+    model's epistemic uncertainty about the mean (no noise term: it is the same for every candidate).
+
+    References: Gal & Ghahramani (ICML 2016); Tsymbalov, Panov & Shapeev (AIST 2018).
+    """
+
+    name = "mc-variance"
+    needs = frozenset({"mc_predictions"})
+    tasks = frozenset({REGRESSION})
+
+    def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
+        return top_n(predictive_variance(ctx.mc_predictions), ctx.candidates, n)

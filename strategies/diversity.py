@@ -18,6 +18,7 @@ import numpy as np
 from al.errors import ConfigError, IncompatibleStrategyError
 from al.settings import Setting
 from al.strategy import Context, Selection, Strategy
+from al.tasks import TASKS
 
 if TYPE_CHECKING:
     from al.learner import TorchLearner
@@ -242,13 +243,15 @@ def kmeans_pp_unique(x: np.ndarray, n: int, rng: np.random.Generator, ids: np.nd
 class CoreSet(Strategy):
     """Greedy k-center on penultimate-layer embeddings with the labelled set as initial centres.
 
-    Scores are each pick's distance to its nearest centre at the time it was picked (decreasing).
+    Scores are each pick's distance to its nearest centre at the time it was picked (decreasing). Applies to
+    regression too: the embeddings are the input of the regression model's last layer.
     References: Sener & Savarese (ICLR 2018).
     """
 
     name = "coreset"
     needs = frozenset({"embeddings", "labelled_embeddings"})
     scores_are_uncertainty = False
+    tasks = frozenset(TASKS)
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         centres = ctx.labelled_embeddings if len(ctx.labelled) else np.empty((0, ctx.embeddings.shape[1]))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from al.strategy import Context, Selection, Strategy, top_n
+from al.tasks import TASKS
 
 
 def entropy_score(probs: np.ndarray) -> np.ndarray:
@@ -36,6 +37,7 @@ class RandomSampling(Strategy):
     name = "random"
     needs = frozenset()
     scores_are_uncertainty = False
+    tasks = frozenset(TASKS)
 
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
         pick = rng.choice(len(ctx.candidates), size=n, replace=False)

@@ -164,6 +164,8 @@ def _list(cells_grid, url: str, out=None) -> int:  # noqa: ANN001 - a cells.Grid
         line = f"  {c.name:{width}s} {status}"
         if s.rounds:
             acc = "" if s.accuracy is None else f" acc {s.accuracy:.4f}"
+            if s.rmse is not None:  # a regression run
+                acc = f" rmse {s.rmse:.4g}"
             line += f"  {s.rounds} rounds, {s.n_labelled} labels{acc}"
         if s.status in ("failed", "stopped", "waiting") and s.message:
             line += f"  {s.message.strip().splitlines()[0][:160]}"

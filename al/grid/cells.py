@@ -170,10 +170,11 @@ def check_cell(cell: Cell) -> str:
     """Check a cell before anything is submitted: its settings and its strategy (registered, settings accepted).
 
     Returns its identity. Data is not loaded here: a dataset missing on a worker fails that cell there."""
-    from ..registry import build_strategy
+    from ..registry import build_strategy, check_strategy_task
 
     try:
         cfg = cell.experiment_config()
+        check_strategy_task(cfg.strategy, cfg.task, cfg.strategy_kwargs)
         build_strategy(cfg.strategy, **cfg.strategy_kwargs)
     except ConfigError as e:
         raise ConfigError(f"cell {cell.name} ({cell.source or 'protocol'}): {e}") from None
@@ -193,6 +194,7 @@ class CellState:
     message: str | None = None
     owner: str | None = None
     holder_gone: bool = False  # status running, but its claimant is dead (rerunning takes it over)
+    rmse: float | None = None  # a regression run's last test RMSE (instead of an accuracy)
 
 
 def cell_states(store: Store | None, cells: Sequence[Cell]) -> dict[str, CellState]:
@@ -216,6 +218,7 @@ def cell_states(store: Store | None, cells: Sequence[Cell]) -> dict[str, CellSta
             owner = rec.owner
             gone = owner is not None and owner_gone(owner, rec.heartbeat, STALE_AFTER_S)
         acc = last["accuracy"].get(r.run) if r.run in last.index else None
+        rmse = last["rmse"].get(r.run) if r.run in last.index else None
         out[r.run] = CellState(
             r.status,
             int(count.get(r.run, 0)),
@@ -224,6 +227,7 @@ def cell_states(store: Store | None, cells: Sequence[Cell]) -> dict[str, CellSta
             r.message,
             owner,
             gone,
+            None if rmse is None or rmse != rmse else float(rmse),
         )
     for c in cells:
         out.setdefault(c.name, CellState("not started"))

@@ -221,9 +221,11 @@ def run_cell(cell: Cell, opts: CellOptions) -> CellOutcome:
 
         def on_round(rep: Any) -> None:
             done["rounds"] += 1
-            acc = "-" if rep.accuracy is None else f"{rep.accuracy:.4f}"
+            acc = "acc " + ("-" if rep.accuracy is None else f"{rep.accuracy:.4f}")
+            if rep.rmse is not None:  # a regression round
+                acc = f"rmse {rep.rmse:.4g}"
             log.write(
-                f"round {rep.round_idx:3d} labels {rep.n_labelled:5d} acc {acc} train {rep.train_seconds:5.1f}s "
+                f"round {rep.round_idx:3d} labels {rep.n_labelled:5d} {acc} train {rep.train_seconds:5.1f}s "
                 f"select {rep.select_seconds:5.1f}s"
             )
 

@@ -9,7 +9,15 @@ and :func:`make_oracle`.
 """
 
 from .adapt import WrappedOracle, as_oracle
-from .base import Answers, LabellingStopped, Oracle, RefusedAnswersWarning, RoundInfo, validate_answers
+from .base import (
+    Answers,
+    LabellingStopped,
+    Oracle,
+    RefusedAnswersWarning,
+    RoundInfo,
+    validate_answers,
+    validate_targets,
+)
 from .human import CsvOracle, PromptOracle
 from .registry import ORACLES, OracleContext, OracleKind, make_oracle, register_oracle_kind
 from .simulated import CallbackOracle, GroundTruthOracle, NoisyOracle
@@ -33,4 +41,5 @@ __all__ = [
     "make_oracle",
     "register_oracle_kind",
     "validate_answers",
+    "validate_targets",
 ]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,12 +121,50 @@ def validate_answers(
     integers in [0, n_classes), NaN or empty values, and labels for samples already labelled (``already_labelled``:
     their ids, or {id: label}; with ``label_round`` {id: round} the message names the stored label and its round).
     """
+
+    def read(raw_y: Any) -> tuple[int | None, str]:
+        y = _as_int(raw_y)
+        if y is None or not 0 <= y < n_classes:
+            return None, f"label {_short(raw_y)} is not a class in 0..{n_classes - 1}"
+        return y, ""
+
+    return _validated(answers, queried, already_labelled, label_round, read)
+
+
+def validate_targets(
+    answers: Mapping,
+    queried: Iterable[int],
+    already_labelled: Iterable[int] | Mapping[int, float] = (),
+    label_round: Mapping[int, int] | None = None,
+) -> dict[int, float]:
+    """:func:`validate_answers` for a regression task: each answer must be a finite number (an int, a float, or
+    text such as ``"3.5"``); booleans, NaN, infinities and empty values are refused, as are the same ids as
+    there. Returns {id: target} as floats."""
+
+    def read(raw_y: Any) -> tuple[float | None, str]:
+        y = _as_number(raw_y)
+        if y is None:
+            return None, f"target {_short(raw_y)} is not a finite number"
+        return y, ""
+
+    return _validated(answers, queried, already_labelled, label_round, read)
+
+
+def _validated(
+    answers: Mapping,
+    queried: Iterable[int],
+    already_labelled: Iterable[int] | Mapping[int, Any],
+    label_round: Mapping[int, int] | None,
+    read: Callable[[Any], tuple[Any, str]],
+) -> dict[int, Any]:
+    """The checks of the ids shared by :func:`validate_answers` and :func:`validate_targets`; ``read(raw)`` gives
+    the answer's value, or None and why it is refused."""
     if not isinstance(answers, Mapping):
         raise OracleError(f"the oracle returned {type(answers).__name__}; return a mapping id -> label")
     queried_set = {int(i) for i in queried}
     stored = already_labelled if isinstance(already_labelled, Mapping) else dict.fromkeys(already_labelled)
     bad: list[str] = []
-    out: dict[int, int] = {}
+    out: dict[int, Any] = {}
     seen: set[int] = set()
     for raw_id, raw_y in answers.items():
         i = _as_int(raw_id)
@@ -149,9 +187,9 @@ def validate_answers(
         if i not in queried_set:
             bad.append(f"id {i}: was not queried in this round")
             continue
-        y = _as_int(raw_y)
-        if y is None or not 0 <= y < n_classes:
-            bad.append(f"id {i}: label {_short(raw_y)} is not a class in 0..{n_classes - 1}")
+        y, why = read(raw_y)
+        if y is None:
+            bad.append(f"id {i}: {why}")
             continue
         out[i] = y
     if bad:
@@ -161,6 +199,22 @@ def validate_answers(
             + (" ..." if len(bad) > 20 else "")
         )
     return out
+
+
+def _as_number(v: object) -> float | None:
+    """``v`` as a finite float, or None: booleans, None, NaN, infinities, empty or non-numeric text are not."""
+    if isinstance(v, (bool, np.bool_)) or v is None:
+        return None
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        out = float(v)
+    elif isinstance(v, str) and 0 < len(v.strip()) <= 400:
+        try:
+            out = float(v.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return out if np.isfinite(out) else None
 
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: str.isdigit() also takes "²" and "٣"

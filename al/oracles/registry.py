@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import OracleError, UnknownNameError
 from ..registry import Registry
+from ..tasks import known_answers
 from .adapt import as_oracle
 from .base import Oracle
 from .human import CsvOracle, PromptOracle
@@ -142,8 +143,8 @@ def make_oracle(
 def _true_labels(kind: str, ctx: OracleContext) -> np.ndarray:
     """The pool's labels, every one known: a simulation answers every query from them."""
     y = ctx.labels
-    missing = "the pool has no labels" if y is None else f"{int((y < 0).sum())} pool samples have no label"
-    if y is None or (y < 0).any():
+    missing = "the pool has no labels" if y is None else f"{int((~known_answers(y)).sum())} pool samples have no label"
+    if y is None or not known_answers(y).all():
         raise OracleError(
             f"--oracle {kind} answers from the pool's true labels, but {missing}; label through --oracle csv (with "
             f"--oracle-dir) or prompt, or give a labelled pool (class folders, a label column with every cell filled)"

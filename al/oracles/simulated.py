@@ -11,14 +11,18 @@ from .base import Answers, Oracle
 
 
 class GroundTruthOracle(Oracle):
-    """Simulation: answers every query from the dataset's true labels (``labels: (n_pool,)``)."""
+    """Simulation: answers every query from the dataset's true labels (``labels: (n_pool,)``): class indices, or
+    a regression pool's targets (a float array: answered as floats)."""
 
     name = "ground-truth"
 
     def __init__(self, labels: np.ndarray) -> None:
-        self.labels = np.asarray(labels, dtype=np.int64)
+        y = np.asarray(labels)
+        self.labels = y.astype(np.float64) if y.dtype.kind == "f" else y.astype(np.int64)
 
     def label(self, ids: np.ndarray) -> dict[int, int]:
+        if self.labels.dtype.kind == "f":
+            return {int(i): float(self.labels[i]) for i in ids}  # type: ignore[misc]
         return {int(i): int(self.labels[i]) for i in ids}
 
 

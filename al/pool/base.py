@@ -6,7 +6,8 @@ A user's pool (:class:`FilePool`: a folder of images, a table, arrays, any map-s
 - ``keys``: what each id is (a file's path relative to the pool folder, or a table's id), recorded in the store,
   so that a re-scanned folder keeps every old id (:meth:`Pool.align`);
 - ``labels``: ``(n_pool,)`` int64 with ``-1`` for unlabelled samples, or None when no label is known at all: an
-  unlabelled pool keeps no fake labels;
+  unlabelled pool keeps no fake labels; a regression pool's (``task`` ``"regression"``, :mod:`al.tasks`) are
+  float64 targets with NaN for unlabelled samples, its ``n_classes`` 1 (the model's output width);
 - inputs read on demand: :meth:`Pool.inputs` returns a tensor for in-memory pools and a
   :class:`al.inputs.LazyInputs` for file pools, so no code path holds a pool of files as one tensor.
 
@@ -28,6 +29,7 @@ import torch
 
 from ..errors import DataError
 from ..inputs import LazyInputs
+from ..tasks import CLASSIFICATION, known_answers
 
 UNLABELLED = -1
 
@@ -61,6 +63,8 @@ class Pool:
     classes: list[str]
     n_classes: int
     default_model: str
+    #: What its labels are (:mod:`al.tasks`): class indices, or numbers for a regression pool.
+    task: str = CLASSIFICATION
 
     @property
     def n_pool(self) -> int:
@@ -73,7 +77,8 @@ class Pool:
 
     @property
     def labels(self) -> np.ndarray | None:
-        """``(n_pool,)`` int64 known labels, ``-1`` where unknown; None when the pool has no labels at all."""
+        """``(n_pool,)`` int64 known labels, ``-1`` where unknown (regression: float64 targets, NaN where unknown);
+        None when the pool has no labels at all."""
         raise NotImplementedError
 
     @property
@@ -94,12 +99,12 @@ class Pool:
     @property
     def has_labels(self) -> bool:
         y = self.labels
-        return y is not None and bool((y[self.available] >= 0).any())
+        return y is not None and bool(known_answers(y[self.available]).any())
 
     @property
     def fully_labelled(self) -> bool:
         y = self.labels
-        return y is not None and bool((y[self.available] >= 0).all())
+        return y is not None and bool(known_answers(y[self.available]).all())
 
     def inputs(self, ids: np.ndarray) -> torch.Tensor | LazyInputs:
         """Inputs of ``ids`` in that order: a tensor ``(n, *input_shape)`` or a LazyInputs read on demand."""

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..errors import DataError, UnreadableSamples
 from ..inputs import LazyInputs
+from ..tasks import CLASSIFICATION, REGRESSION, known_answers
 from .base import UNLABELLED, Alignment, Pool, TestSplit, spec_fingerprint
 
 #: Rows per DataLoader batch when reading a pool of files.
@@ -115,7 +116,8 @@ class FilePool(Pool):
 
     source: an in-memory tensor ``(n_source, *input_shape)`` or a Reader. keys: one per source position, unique.
     labels: ``(n_source,)`` with -1 for unknown, or None. The ids start as source positions; :meth:`align` adopts
-    the ids a run recorded.
+    the ids a run recorded. task ``"regression"``: labels are numeric targets with NaN for unknown, and
+    ``classes`` is empty (``n_classes`` is then 1, the model's output width).
     """
 
     def __init__(
@@ -134,10 +136,12 @@ class FilePool(Pool):
         preview_mean: Sequence[float] = (0.0,),
         preview_std: Sequence[float] = (1.0,),
         workers: int = 0,
+        task: str = CLASSIFICATION,
     ) -> None:
         self.name, self.kind, self.source = name, kind, source
+        self.task = task
         self.classes = list(classes)
-        self.n_classes = len(self.classes)
+        self.n_classes = 1 if task == REGRESSION else len(self.classes)
         self.default_model = default_model
         self.root = root
         self.workers = workers
@@ -150,14 +154,9 @@ class FilePool(Pool):
             dup = _first_duplicate(keys)
             raise DataError(f"pool {name!r}: the id {dup!r} appears more than once; every sample needs its own id")
         self._source_keys = list(keys)
-        src_labels = None if labels is None else np.asarray(labels, dtype=np.int64)
-        if src_labels is not None:
-            if len(src_labels) != n:
-                raise DataError(f"pool {name!r}: {len(src_labels)} labels for {n} samples")
-            if (src_labels >= self.n_classes).any() or (src_labels < UNLABELLED).any():
-                raise DataError(f"pool {name!r}: labels must lie in 0..{self.n_classes - 1} (or be empty)")
-            if not (src_labels >= 0).any():
-                src_labels = None  # a label column with no label in it: an unlabelled pool
+        src_labels = None if labels is None else self._checked_labels(labels, n)
+        if src_labels is not None and not known_answers(src_labels).any():
+            src_labels = None  # a label column with no label in it: an unlabelled pool
         self._source_labels = src_labels
         self._pos: np.ndarray = np.arange(n, dtype=np.int64)  # id -> source position (-1: gone)
         self._excluded: dict[int, str] = {}
@@ -165,6 +164,19 @@ class FilePool(Pool):
         self._shape = shape
         self.card = card or {"kind": "tensor", "shape": list(shape)}
         self._preview = (tuple(preview_mean), tuple(preview_std))
+
+    def _checked_labels(self, labels: np.ndarray, n: int) -> np.ndarray:
+        """The source's labels: class indices in range (or -1), or a regression pool's numbers (or NaN)."""
+        regression = self.task == REGRESSION
+        y = np.asarray(labels, dtype=np.float64 if regression else np.int64)
+        what = "targets" if regression else "labels"
+        if len(y) != n:
+            raise DataError(f"pool {self.name!r}: {len(y)} {what} for {n} samples")
+        if regression and np.isinf(y).any():
+            raise DataError(f"pool {self.name!r}: a target is infinite; give a number (or leave it empty)")
+        if not regression and ((y >= self.n_classes).any() or (y < UNLABELLED).any()):
+            raise DataError(f"pool {self.name!r}: labels must lie in 0..{self.n_classes - 1} (or be empty)")
+        return y
 
     # --- what the pool is ---------------------------------------------------------------------------------------
     @property
@@ -179,6 +191,11 @@ class FilePool(Pool):
     def labels(self) -> np.ndarray | None:
         if self._source_labels is None:
             return None
+        if self.task == REGRESSION:
+            out = np.full(self.n_pool, np.nan)
+            ok = self._pos >= 0
+            out[ok] = self._source_labels[self._pos[ok]]
+            return out
         out = np.full(self.n_pool, UNLABELLED, dtype=np.int64)
         ok = self._pos >= 0
         out[ok] = self._source_labels[self._pos[ok]]

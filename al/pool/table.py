@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..tasks import CLASSIFICATION, REGRESSION, TASKS
 from .base import UNLABELLED, TestSplit
 from .files import FilePool, LoaderInputs, Reader
 from .folder import read_classes
@@ -90,6 +91,23 @@ def _labels_from(values: Any, classes: list[str] | None, where: str) -> tuple[np
     return y, classes
 
 
+def _targets_from(values: Any, where: str) -> np.ndarray:
+    """A target column as float64 (NaN for empty cells); a DataError naming the first cell that is no number."""
+    import pandas as pd
+
+    col = pd.Series(values)
+    empty = col.isna() | (col.astype(str).str.strip() == "")
+    num = pd.to_numeric(col.where(~empty), errors="coerce")
+    bad = ~empty & (num.isna() | ~np.isfinite(num.fillna(0).to_numpy(dtype=np.float64)))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{where}, row {row + 1}: {col.iloc[row]!r} is not a number, and a regression target must be one; fix "
+            f"the cell, leave it empty (no target yet), or name a numeric column with --label-column"
+        )
+    return num.to_numpy(dtype=np.float64)
+
+
 def from_table(
     table: str | os.PathLike | Any,
     classes: str | Sequence[str] | None = None,
@@ -98,17 +116,29 @@ def from_table(
     id_column: str | None = None,
     test: str | os.PathLike | Any | None = None,
     name: str | None = None,
+    task: str = CLASSIFICATION,
 ) -> FilePool:
     """A pool of a table's rows: a CSV/Parquet/.npy path or a pandas DataFrame.
 
     label_column: optional column of class names or numbers (empty = unlabelled); id_column: optional column of
     unique sample ids (default: the row number), recorded as each sample's key. Every other column is a feature
     and must be numeric. test: a table with the same columns, every row labelled.
+
+    task ``"regression"`` (:mod:`al.tasks`): ``label_column`` is required and names the numeric target (an empty
+    cell: a row without a target yet); ``classes`` must not be given. The targets stay in their own units (the
+    learner standardises them for training).
     """
     import pandas as pd
 
+    if task not in TASKS:
+        raise DataError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     df = read_table(table) if not isinstance(table, pd.DataFrame) else table
     where = str(table) if not isinstance(table, pd.DataFrame) else "the table"
+    if task == REGRESSION:
+        if classes is not None:
+            raise DataError("--classes names the classes of a classification task; drop it with --task regression")
+        if label_column is None:
+            raise DataError(f"--task regression needs --label-column: the column of {where} holding the numeric target")
     for col, what in ((label_column, "--label-column"), (id_column, "--id-column")):
         if col is not None and col not in df.columns:
             raise DataError(f"{what} {col!r} is not a column of {where} (columns: {', '.join(map(str, df.columns))})")
@@ -126,7 +156,10 @@ def from_table(
         r, c = np.argwhere(~np.isfinite(x))[0]
         raise DataError(f"{where}, row {r + 1}, column {features[c]!r}: empty or not a finite number; fill it in")
     wanted = read_classes(classes)
-    if label_column is not None:
+    class_names: list[str]
+    if task == REGRESSION:
+        y, class_names = _targets_from(df[label_column], f"{where}, column {label_column!r}"), []
+    elif label_column is not None:
         y, class_names = _labels_from(df[label_column].to_numpy(), wanted, f"{where}, column {label_column!r}")
     elif wanted is None:
         raise DataError(f"{where} has no label column, so the classes are unknown; pass --classes a,b,...")
@@ -151,12 +184,19 @@ def from_table(
                 f"the test table must have the pool's feature columns and its label column; missing "
                 f"{missing or ['--label-column']}"
             )
-        ty, _ = _labels_from(tdf[label_column].to_numpy(), class_names, f"test table, column {label_column!r}")
-        if (ty < 0).any():
-            raise DataError(f"the test table has {int((ty < 0).sum())} rows without a label; label every test row")
+        if task == REGRESSION:
+            ty = _targets_from(tdf[label_column], f"test table, column {label_column!r}")
+            unknown = np.isnan(ty)
+        else:
+            ty, _ = _labels_from(tdf[label_column].to_numpy(), class_names, f"test table, column {label_column!r}")
+            unknown = ty < 0
+        if unknown.any():
+            raise DataError(f"the test table has {int(unknown.sum())} rows without a label; label every test row")
         tx = (tdf[features].to_numpy(dtype=np.float32) - mean) / std
         split = TestSplit(torch.from_numpy(tx), ty)
     card = {"kind": "table", "columns": [str(c) for c in features], "mean": mean.tolist(), "std": std.tolist()}
+    if task == REGRESSION:  # part of the fingerprint: the same table as a classification pool is other data
+        card["target"] = str(label_column)
     return FilePool(
         name or (Path(str(table)).stem if not isinstance(table, pd.DataFrame) else "table"),
         "table",
@@ -166,7 +206,8 @@ def from_table(
         labels=y,
         test=split,
         card=card,
-        default_model="mlp",
+        default_model="mlp-regressor" if task == REGRESSION else "mlp",
+        task=task,
     )
 
 

@@ -15,9 +15,11 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
+from al.errors import ConfigError
 from al.learner import last_linear
 from al.settings import Setting
 from al.strategy import Context, Selection, Strategy, top_n
+from al.tasks import CLASSIFICATION, REGRESSION
 
 from .scores import Inputs, gradnorm_scores, score_with
 from .settings import (
@@ -46,6 +48,26 @@ NOISE_KEY = "sample-id"
 # sample's noise by its position among the round's candidates, so a stored perturbed run lacking it differs.
 _ADDED: Mapping[str, Any] = {"perturb": "input"}
 _ADDED_WITH_NOISE: Mapping[str, Any] = {**_ADDED, "noise_key": "batch-position"}
+
+#: REGrad's settings that weigh a classifier's classes: refused by name on a regression task.
+CLASSIFIER_SETTINGS = frozenset({"class_weighting", "top_k"})
+#: The module that holds REGrad for regression models (``regression_regrad_scores(model, inputs, **settings)``).
+REGRESSION_MODULE = f"{__package__}.regression"
+
+
+def regression_scores_function() -> Callable[..., np.ndarray] | None:
+    """``regression_regrad_scores`` of :data:`REGRESSION_MODULE` when this install has it, else None (then REGrad
+    refuses a regression task with a "not yet"). An error inside that module is not hidden."""
+    import importlib
+
+    try:
+        module = importlib.import_module(REGRESSION_MODULE)
+    except ModuleNotFoundError as e:
+        if e.name != REGRESSION_MODULE:
+            raise
+        return None
+    fn = getattr(module, "regression_regrad_scores", None)
+    return fn if callable(fn) else None
 
 
 def _with_defaults(init: Callable[..., None], preset: Mapping[str, Any], owner: type) -> Callable[..., None]:
@@ -85,11 +107,20 @@ class REGrad(Strategy):
     A subclass that sets ``preset`` (a mapping of settings to new defaults) is a preset of REGrad: its constructor
     takes exactly REGrad's keywords, with those defaults (see :class:`ExGrad`).
 
+    On a regression task (``ctx.task``) the scores come from ``regression_regrad_scores`` of
+    :data:`REGRESSION_MODULE` (:meth:`regression_scores`): the settings the two share (layer_alpha, the
+    perturbations, combine, seed, batch_size, last_layer_only) are passed where they differ from REGrad's
+    defaults, the others keep that function's own defaults; class_weighting and top_k weigh classes and are
+    refused by name (:data:`CLASSIFIER_SETTINGS`). Without that module a regression task is refused with a
+    "not yet" (:meth:`unavailable_for`).
+
     References: Wang & Ji, CVPR 2024 (arXiv 2404.10124).
     """
 
     name = "regrad"
     needs = frozenset({"model", "inputs"})
+    tasks = frozenset({CLASSIFICATION, REGRESSION})
+    classification_settings = CLASSIFIER_SETTINGS
     #: defaults that differ from REGrad's, for a preset subclass
     preset: ClassVar[Mapping[str, Any]] = {}
     #: checked by REGradSettings (the same checks serve regrad_scores called on its own)
@@ -162,8 +193,33 @@ class REGrad(Strategy):
         """U(x), ``(N,)``, with this strategy's settings (see :func:`regrad_scores` for ``ids`` and ``rng``)."""
         return score_with(self.settings, model, inputs, ids=ids, rng=rng)
 
+    @classmethod
+    def unavailable_for(cls, task: str) -> str | None:
+        if task == REGRESSION and regression_scores_function() is None:
+            return f"REGrad for regression models ({REGRESSION_MODULE}.regression_regrad_scores) is not in this install"
+        return None
+
+    def regression_scores(
+        self, model: nn.Module, inputs: Inputs, *, ids: np.ndarray | None = None, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """U(x), ``(N,)``, of a regression model, by ``regression_regrad_scores`` (see the class docstring)."""
+        fn = regression_scores_function()
+        if fn is None:
+            why = self.unavailable_for(REGRESSION)
+            raise ConfigError(f"strategy {self.name!r} on a regression task: not yet: {why}")
+        defaults = REGradSettings()
+        accepted = inspect.signature(fn).parameters
+        settings = {
+            k: getattr(self.settings, k)
+            for k in accepted
+            if k in _SETTINGS and k not in CLASSIFIER_SETTINGS and getattr(self.settings, k) != getattr(defaults, k)
+        }
+        per_call = {k: v for k, v in (("ids", ids), ("rng", rng)) if k in accepted and v is not None}
+        return np.asarray(fn(model, inputs, **settings, **per_call), dtype=np.float64)
+
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
-        return top_n(self.scores(ctx.model, ctx.inputs, ids=ctx.candidates, rng=rng), ctx.candidates, n)
+        score = self.regression_scores if ctx.task == REGRESSION else self.scores
+        return top_n(score(ctx.model, ctx.inputs, ids=ctx.candidates, rng=rng), ctx.candidates, n)
 
 
 class ExGrad(REGrad):
@@ -174,6 +230,7 @@ class ExGrad(REGrad):
     """
 
     name = "exgrad"
+    tasks = frozenset({CLASSIFICATION})  # its preset is a class weighting
     preset = {
         "class_weighting": "expected",
         "layer_alpha": 0.0,
