@@ -36,7 +36,8 @@ References: AUBC as in Zhan et al., "A comparative survey of deep active learnin
 The package holds one concern per module: :mod:`~al.report.metrics` (maths on one curve),
 :mod:`~al.report.protocols` (protocol identity, strategy variants, reading the store),
 :mod:`~al.report.tables` (summaries over seeds, paired comparison), :mod:`~al.report.markdown` (rendering),
-:mod:`~al.report.plots` (figures), :mod:`~al.report.stopping` (stopping criteria's stored values: the
+:mod:`~al.report.plots` (figures), :mod:`~al.report.regression` (regression protocols: RMSE area, RMSE at n
+labels, the per-strategy table; lower is better), :mod:`~al.report.stopping` (stopping criteria's stored values: the
 ``"<name>"`` / ``"<name>:threshold"`` round-value convention, their figure and table) and
 :mod:`~al.report.cli` (:func:`write_report`, ``python -m al.report``).
 Every name is re-exported here: import them from ``al.report``.
@@ -45,7 +46,14 @@ Every name is re-exported here: import them from ``al.report``.
 from __future__ import annotations
 
 from .cli import main, write_report
-from .markdown import interim_markdown, markdown_table, paired_markdown, protocol_markdown
+from .markdown import (
+    interim_markdown,
+    markdown_table,
+    paired_markdown,
+    protocol_markdown,
+    regression_protocol_markdown,
+    rmse_markdown_table,
+)
 from .metrics import DEFAULT_TARGETS, accuracy_at, aubc, labels_to_reach
 from .plots import plot_batch_uncertainty, plot_learning_curves, plot_round_values
 from .protocols import (
@@ -58,6 +66,7 @@ from .protocols import (
     runs_table,
     variant_labels,
 )
+from .regression import per_run_rmse, rmse_area, rmse_at, rmse_winners, summarise_rmse
 from .stopping import criterion_names, last_values, stopping_markdown, write_stopping
 from .tables import (
     ProtocolSummary,
@@ -98,6 +107,13 @@ __all__ = [
     "plot_round_values",
     "protocol_id",
     "protocol_markdown",
+    "per_run_rmse",
+    "regression_protocol_markdown",
+    "rmse_area",
+    "rmse_at",
+    "rmse_markdown_table",
+    "rmse_winners",
+    "summarise_rmse",
     "runs_table",
     "summaries",
     "summarise",

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..errors import ConfigError, StoreError
 from ..store import Store, display_url, hide_passwords
-from .markdown import protocol_markdown
+from ..tasks import REGRESSION
+from .markdown import protocol_markdown, regression_protocol_markdown
 from .metrics import DEFAULT_TARGETS
 from .plots import plot_batch_uncertainty, plot_learning_curves
 from .protocols import describe_protocol, learning_curves, runs_table
@@ -42,8 +43,13 @@ def write_report(
     sections = []
     for s in summaries(store, dataset, at_labels, targets):
         cur = curves[curves["protocol"] == s.protocol]
+        regression = s.task == REGRESSION
         png = plot_learning_curves(
-            cur, out / f"{s.protocol}-curves.png", f"{s.protocol}: " + describe_protocol(s.config), s.table
+            cur,
+            out / f"{s.protocol}-curves.png",
+            f"{s.protocol}: " + describe_protocol(s.config),
+            s.table,
+            metric="rmse" if regression else "accuracy",
         )
         written.append(png)
         upng = plot_batch_uncertainty(
@@ -54,12 +60,16 @@ def write_report(
         if upng:
             written.append(upng)
         p = out / f"{s.protocol}.md"
-        p.write_text(
-            f"# Active-learning report: {s.protocol}\n\n"
-            + protocol_markdown(s, png.name, upng.name if upng else None, command, reference, cur)
-        )
+        uname = upng.name if upng else None
+        if regression:
+            whole = regression_protocol_markdown(s, png.name, uname, command, reference)
+            section = regression_protocol_markdown(s, png.name, uname, reference=reference)
+        else:
+            whole = protocol_markdown(s, png.name, uname, command, reference, cur)
+            section = protocol_markdown(s, png.name, uname, reference=reference, curves=cur)
+        p.write_text(f"# Active-learning report: {s.protocol}\n\n" + whole)
         written.append(p)
-        sections.append(protocol_markdown(s, png.name, upng.name if upng else None, reference=reference, curves=cur))
+        sections.append(section)
     values = store.round_values()
     values = values[values["run"].isin(runs_table(store, dataset)["run"])]
     stopping, pngs = write_stopping(values, out)

@@ -8,6 +8,7 @@ import math
 import pandas as pd
 
 from .protocols import IN_PROGRESS, describe_protocol
+from .regression import rmse_winners
 from .tables import ProtocolSummary, interim_table, paired_comparison, winners
 
 
@@ -131,6 +132,77 @@ def protocol_markdown(
                 parts += ["", interim_markdown(it, n_common)]
     if curves_png:
         parts += ["", f"![learning curves]({curves_png})"]
+    if unc_png:
+        parts += ["", f"![acquired-batch uncertainty]({unc_png})"]
+    return "\n".join(parts) + "\n"
+
+
+# --- regression protocols (lower is better) ---------------------------------------------------------------------
+def rmse_markdown_table(s: ProtocolSummary) -> str:
+    """A regression protocol's table (:func:`al.report.regression.summarise_rmse`): RMSE area, RMSE at the label
+    counts and the final NLL, each mean ± std; the lowest of each column in bold, fewer-seed strategies flagged."""
+    t = s.table
+    win = rmse_winners(t, s.at_labels)
+    head = ["strategy", "seeds", "RMSE area"] + [f"RMSE @ {a}" for a in s.at_labels] + ["final NLL"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    sd = lambda v: "" if v != v else f" ± {v:.3g}"  # noqa: E731 - one seed has no std
+
+    def cell(m: float, d: float, col: str, strat: str) -> str:
+        if m != m:
+            return "n/a"
+        txt = f"{m:.4g}{sd(d)}"
+        return f"**{txt}**" if strat in win.get(col, set()) else txt
+
+    for strat, r in t.iterrows():
+        seeds = f"{int(r['n_seeds'])}" + (" †" if r["fewer_seeds"] else "")
+        if r["n_in_progress"]:
+            seeds += f" (+{int(r['n_in_progress'])} {IN_PROGRESS})"
+        cells = [str(strat), seeds]
+        if r["n_seeds"] == 0:
+            cells += [IN_PROGRESS] * (len(head) - 2)
+        else:
+            cells.append(cell(r["area_mean"], r["area_std"], "area_mean", str(strat)))
+            for a in s.at_labels:
+                cells.append(cell(r[f"rmse@{a}_mean"], r[f"rmse@{a}_std"], f"rmse@{a}_mean", str(strat)))
+            cells.append(cell(r["nll_mean"], r["nll_std"], "nll_mean", str(strat)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def regression_protocol_markdown(
+    s: ProtocolSummary,
+    curves_png: str | None = None,
+    unc_png: str | None = None,
+    command: str | None = None,
+    reference: str | None = "regrad",
+) -> str:
+    """A regression protocol's section: schedule, RMSE table, definitions, the paired comparison of the RMSE area
+    against ``reference`` (when it has finished runs), runs in progress and the figures."""
+    parts = [f"## {s.protocol}", "", describe_protocol(s.config), ""]
+    if command:
+        parts += ["Produced by:", "", "```", command, "```", ""]
+    parts += [
+        rmse_markdown_table(s),
+        "",
+        "RMSE area: normalised area under the test-RMSE-vs-labels curve from the initial set to the last round "
+        "(trapezoidal; the mean RMSE over the budget, in the target's units), mean ± std over finished seeds; "
+        "lower is better. RMSE @ n: test RMSE at n labels. final NLL: Gaussian negative log-likelihood of the "
+        "test targets at the last round (nats per sample; variance: the training residuals' plus the MC-dropout "
+        "variance of the mean). Bold: best (lowest) in the column. †: fewer finished seeds than the best-covered "
+        "strategy. Runs in progress are excluded from the statistics.",
+    ]
+    if reference and reference in set(s.runs.loc[~s.runs["in_progress"], "strategy"]) and len(s.table) > 1:
+        cmp = paired_comparison(s.runs, reference, "rmse_area", higher_is_better=False)
+        parts += ["", paired_markdown(cmp, reference, "RMSE area").replace("better / worse", "lower / higher")]
+    flagged = [k for k, v in s.table["fewer_seeds"].items() if v] if "fewer_seeds" in s.table else []
+    if flagged:
+        parts += ["", f"Fewer seeds: {', '.join(flagged)}."]
+    prog = s.runs[s.runs["in_progress"]]
+    if len(prog):
+        parts += ["", f"Runs in progress ({len(prog)}):", ""]
+        parts += [f"- {r.run}: {r.n_rounds} rounds done, {r.final_labels} labels so far" for r in prog.itertuples()]
+    if curves_png:
+        parts += ["", f"![RMSE curves]({curves_png})"]
     if unc_png:
         parts += ["", f"![acquired-batch uncertainty]({unc_png})"]
     return "\n".join(parts) + "\n"

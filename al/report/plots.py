@@ -21,10 +21,15 @@ def _pyplot():
 
 
 def plot_learning_curves(
-    curves: pd.DataFrame, path: str | Path, title: str = "", table: pd.DataFrame | None = None
+    curves: pd.DataFrame,
+    path: str | Path,
+    title: str = "",
+    table: pd.DataFrame | None = None,
+    metric: str = "accuracy",
 ) -> Path:
     """Test accuracy against labels: per strategy the mean over finished seeds with a band of +-1 std;
-    runs in progress as thin dashed lines. ``curves``: rows of one protocol (see :func:`learning_curves`)."""
+    runs in progress as thin dashed lines. ``curves``: rows of one protocol (see :func:`learning_curves`).
+    ``metric="rmse"``: a regression protocol's test RMSE instead (lower is better)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     strategies = sorted(curves["strategy"].unique())
@@ -38,26 +43,26 @@ def plot_learning_curves(
         if table is not None and s in table.index and bool(table.loc[s, "fewer_seeds"]):
             flag = " (fewer seeds)"
         if n_seeds:
-            st = done.groupby("n_labelled")["accuracy"].agg(["mean", "std", "count"]).reset_index()
+            st = done.groupby("n_labelled")[metric].agg(["mean", "std", "count"]).reset_index()
             st["std"] = st["std"].fillna(0.0)
             ax.plot(st["n_labelled"], st["mean"], color=c, lw=1.8, label=f"{s} (n={n_seeds}){flag}")
             ax.fill_between(st["n_labelled"], st["mean"] - st["std"], st["mean"] + st["std"], color=c, alpha=0.15)
         for j, (_, rg) in enumerate(g[g["in_progress"]].groupby("run")):
             ax.plot(
                 rg["n_labelled"],
-                rg["accuracy"],
+                rg[metric],
                 color=c,
                 lw=0.9,
                 ls="--",
                 label=f"{s}: {IN_PROGRESS}" if j == 0 else None,
             )
     ax.set_xlabel("labelled samples")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test RMSE (lower is better)" if metric == "rmse" else "test accuracy")
     import textwrap
 
     ax.set_title("\n".join(textwrap.wrap(title or "learning curves", 95)), fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right" if metric == "rmse" else "lower right")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

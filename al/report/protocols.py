@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..config import CONFIG_ADDED
 from ..store import Store
+from ..tasks import REGRESSION
 
 #: Config fields that define a protocol: runs differing in any of them are never compared or averaged.
 PROTOCOL_FIELDS = (
@@ -37,13 +38,14 @@ PROTOCOL_FIELDS = (
     "val_size",
     "patience",
     "max_epochs",
+    "task",
 )
 #: Protocol fields that joined :data:`PROTOCOL_FIELDS` after reports had been committed, with the value every run
 #: recorded before then used (the ExperimentConfig default). At that value (or absent) they stay out of
 #: :func:`protocol_id`'s hash, so those reports keep their protocol ids and file names.
 PROTOCOL_FIELD_DEFAULTS: dict[str, Any] = {
     "mc_samples": 20,
-    **{k: CONFIG_ADDED[k] for k in ("early_stopping", "val_size", "patience", "max_epochs")},
+    **{k: CONFIG_ADDED[k] for k in ("early_stopping", "val_size", "patience", "max_epochs", "task")},
 }
 IN_PROGRESS = "in progress"
 
@@ -103,7 +105,13 @@ def describe_protocol(config: dict) -> str:
 def _non_default_fields(config: dict) -> str:
     # Said only when not the default, so the descriptions in reports written before these fields existed stay.
     mc = config.get("mc_samples")
-    return f" MC dropout uses {mc} passes." if mc not in (None, PROTOCOL_FIELD_DEFAULTS["mc_samples"]) else ""
+    out = f" MC dropout uses {mc} passes." if mc not in (None, PROTOCOL_FIELD_DEFAULTS["mc_samples"]) else ""
+    if config.get("task", PROTOCOL_FIELD_DEFAULTS["task"]) == REGRESSION:
+        out += (
+            " Regression: the model is trained with the mean squared error on the labelled targets standardised "
+            "per round; test RMSE and Gaussian NLL are in the target's units."
+        )
+    return out
 
 
 # --- strategy variants --------------------------------------------------------------------------------------------
@@ -198,13 +206,16 @@ def runs_table(store: Store, dataset: str | None = None) -> pd.DataFrame:
 
 def learning_curves(store: Store, dataset: str | None = None) -> pd.DataFrame:
     """Completed rounds of every run, with its protocol: run, strategy, dataset, protocol, seed, status,
-    in_progress, round_idx, n_labelled, accuracy, nll, score_* summaries of the candidate scores...
+    in_progress, round_idx, n_labelled, accuracy, nll, score_* summaries of the candidate scores..., rmse.
 
-    Rounds without a test accuracy (a pool without a test set) are left out: a run that has none is in no
-    accuracy table or curve."""
+    Rounds without a test metric (a pool without a test set: no accuracy, nor a regression round's rmse) are
+    left out: a run that has none is in no table or curve."""
     runs = runs_table(store, dataset)
     cur = store.curves()
-    cur = cur[cur["run"].isin(runs["run"]) & cur["accuracy"].notna()].copy()
+    measured = cur["accuracy"].notna()
+    if "rmse" in cur:  # a regression round (schema 5) has an RMSE instead of an accuracy
+        measured |= cur["rmse"].notna()
+    cur = cur[cur["run"].isin(runs["run"]) & measured].copy()
     cur["accuracy"] = cur["accuracy"].astype("float64")
     cur["strategy"] = cur["run"].map(dict(zip(runs["run"], runs["strategy"], strict=True)))
     return cur.merge(runs[["run", "protocol", "in_progress"]], on="run", how="left").reset_index(drop=True)

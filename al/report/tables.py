@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 
 from ..store import Store
+from ..tasks import CLASSIFICATION, REGRESSION
 from .metrics import DEFAULT_TARGETS, accuracy_at, aubc, labels_to_reach
 from .protocols import learning_curves, runs_table
+from .regression import per_run_rmse, summarise_rmse
 
 
 def per_run_metrics(
@@ -62,9 +64,11 @@ class ProtocolSummary:
     protocol: str
     config: dict
     runs: pd.DataFrame  # per-run metrics, finished and in progress
-    table: pd.DataFrame  # one row per strategy (see summarise)
+    table: pd.DataFrame  # one row per strategy (see summarise; a regression protocol's: summarise_rmse)
     at_labels: list[int]
     targets: list[float]
+    #: The protocol's task (al.tasks): a regression protocol's runs and table hold RMSE (al.report.regression).
+    task: str = CLASSIFICATION
 
 
 def summarise(per_run: pd.DataFrame, at_labels: Sequence[int], targets: Sequence[float]) -> pd.DataFrame:
@@ -165,14 +169,17 @@ def interim_table(curves: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
     return t, n_common
 
 
-def paired_comparison(per_run: pd.DataFrame, reference: str, metric: str = "aubc") -> pd.DataFrame:
+def paired_comparison(
+    per_run: pd.DataFrame, reference: str, metric: str = "aubc", *, higher_is_better: bool = True
+) -> pd.DataFrame:
     """``reference`` against every other strategy of one protocol, seed by seed (finished runs only).
 
     Seeds share the initial set and the test set, so the paired difference ``reference - other`` of ``metric``
     removes most of the seed-to-seed spread. Columns: n_pairs, diff_mean, diff_se (standard error of the mean
     difference; NaN for one pair), seeds_won, seeds_lost, verdict: "wins" / "loses" when the mean difference is
     more than two standard errors from zero, otherwise "ties"; "too few seeds" under 3 pairs. Index: the other
-    strategy.
+    strategy. ``higher_is_better=False`` (an RMSE area): the reference wins, and a seed counts as won, where its
+    value is the smaller.
     """
     done = per_run[~per_run["in_progress"]]
     ref = done[done["strategy"] == reference].set_index("seed")[metric]
@@ -184,17 +191,18 @@ def paired_comparison(per_run: pd.DataFrame, reference: str, metric: str = "aubc
         n = len(d)
         se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
         mean = float(d.mean()) if n else float("nan")
+        sign = 1 if higher_is_better else -1  # an RMSE area: the reference wins with the smaller one
         verdict = "ties" if n >= 3 else "too few seeds"
         if n >= 3 and se == se and abs(mean) > 2 * se:
-            verdict = "wins" if mean > 0 else "loses"
+            verdict = "wins" if sign * mean > 0 else "loses"
         rows.append(
             dict(
                 strategy=strat,
                 n_pairs=n,
                 diff_mean=mean,
                 diff_se=se,
-                seeds_won=int((d > 0).sum()),
-                seeds_lost=int((d < 0).sum()),
+                seeds_won=int((sign * d > 0).sum()),
+                seeds_lost=int((sign * d < 0).sum()),
                 verdict=verdict if n else "no common seed",
             )
         )
@@ -215,6 +223,11 @@ def summaries(
     for proto, rg in runs.groupby("protocol", sort=True):
         config = rg["config"].iloc[0]
         at = list(at_labels) if at_labels else default_at_labels(config)
+        if config.get("task", CLASSIFICATION) == REGRESSION:
+            pr = per_run_rmse(curves[curves["protocol"] == proto], at)
+            if not pr.empty:
+                out.append(ProtocolSummary(proto, config, pr, summarise_rmse(pr, at), at, [], REGRESSION))
+            continue
         pr = per_run_metrics(curves[curves["protocol"] == proto], at, targets)
         if pr.empty:
             continue
