@@ -35,12 +35,17 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# The suite runs on every core (pytest-xdist; a test file stays on one worker, so its module fixtures start once);
+# PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= auto
+PYTEST_PAR = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+
 test: $(VENV)/.installed
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q --durations=10 $(PYTEST_PAR)
 
 # The long runs (-m slow: repeated subprocess exit codes, CLI processes side by side, real-data runs).
 test-slow: $(VENV)/.installed
-	$(PY) -m pytest -q -m slow --durations=10
+	$(PY) -m pytest -q -m slow --durations=10 $(PYTEST_PAR)
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest -q -m ''
