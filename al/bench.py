@@ -124,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     a("--val-size", type=float, default=0.2, help="--early-stopping: held-out fraction (<1) or count (default 0.2)")
     a("--patience", type=int, default=3, help="--early-stopping: epochs without improvement before stopping (3)")
     a("--max-epochs", type=int, default=100, help="--early-stopping: at most this many epochs (default 100)")
+    a(
+        "--val-held-out",
+        type=int,
+        default=0,
+        help="--early-stopping on N samples set aside from the pool and labelled by the simulation, not counted in "
+        "the budget (the BatchBALD paper's 1024; a benchmark setting: it needs the true labels); default 0: carve "
+        "--val-size from the labelled set",
+    )
+    a(
+        "--eval-mc-samples",
+        type=int,
+        default=0,
+        help="test accuracy and NLL from the mean of N MC-dropout passes (the BatchBALD paper's 100; default 0: "
+        "dropout off)",
+    )
     a("--warm-start", action="store_true", help="fine-tune last round's model instead of retraining from scratch")
     a(
         "--oracle",
@@ -274,6 +289,8 @@ def _configs(args: argparse.Namespace) -> list[ExperimentConfig]:
                 val_size=args.val_size,
                 patience=args.patience,
                 max_epochs=args.max_epochs,
+                val_held_out=args.val_held_out,
+                eval_mc_samples=args.eval_mc_samples,
                 stop=args.stop,
                 stop_settings=_json_object(args.stop_kwargs, "--stop-kwargs", '{"threshold": 0.99}'),
                 task=args.task,

@@ -74,7 +74,11 @@ def build_parts(
         check_strategy_task(type(strategy), c.task)
     if c.model is None:  # resolved() always chooses one; narrows the type
         raise ConfigError(f"no model for dataset {dataset.name!r}: pass --model")
-    kind, task_settings = (TorchRegressor, {"mc_samples": c.mc_samples}) if c.task == REGRESSION else (TorchLearner, {})
+    kind, task_settings = (
+        (TorchRegressor, {"mc_samples": c.mc_samples})
+        if c.task == REGRESSION
+        else (TorchLearner, {"eval_mc_samples": c.eval_mc_samples})
+    )
     learner = kind(
         resolve_model(c.model, weights=c.weights, freeze_backbone=c.freeze_backbone),
         dataset.n_classes,

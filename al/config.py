@@ -80,6 +80,8 @@ CONFIG_SETTINGS: dict[str, Setting] = {
     ),
     "patience": Setting("int", minimum=1, too_small="must be at least 1 epoch", example=3),
     "max_epochs": Setting("int", minimum=1, too_small="must be at least 1", example=100),
+    "val_held_out": Setting("int", minimum=0, too_small="must be 0 (carve --val-size) or a count", example=1024),
+    "eval_mc_samples": Setting("int", minimum=0, too_small="must be 0 (no dropout) or a count", example=100),
     "task": Setting("choice", choices=TASKS, example="--task=regression"),
 }
 
@@ -95,6 +97,8 @@ CONFIG_ADDED: dict[str, Any] = {
     "patience": 3,
     "max_epochs": 100,
     "task": CLASSIFICATION,
+    "val_held_out": 0,
+    "eval_mc_samples": 0,
 }
 
 
@@ -133,6 +137,14 @@ class ExperimentConfig:
     val_size: float = 0.2
     patience: int = 3
     max_epochs: int = 100
+    #: Early stopping on this many samples set aside from the pool before round 0 (after the initial set is drawn)
+    #: and labelled by the simulation, never queried and not counted in the budget: the BatchBALD paper's protocol
+    #: (1024 on MNIST). A benchmark device: it needs the pool's true labels. 0: carve ``val_size`` from the labelled
+    #: set, as a real labelling job must.
+    val_held_out: int = 0
+    #: Test accuracy and NLL from the mean of this many MC-dropout passes (the BatchBALD paper's test metrics use
+    #: 100); 0: the deterministic model (dropout off), the default and that of every stored run.
+    eval_mc_samples: int = 0
     #: What the answers are (:mod:`al.tasks`): class indices (the default, that of every stored run) or numbers
     #: (regression: MSE training, RMSE and Gaussian NLL recorded; see :class:`al.regression.TorchRegressor`).
     task: str = CLASSIFICATION
@@ -180,9 +192,19 @@ class ExperimentConfig:
             raise ConfigError(
                 f"--val-size {self.val_size} is neither a fraction (below 1) nor a whole count; write e.g. 0.2 or 20"
             )
+        if self.val_held_out and not self.early_stopping:
+            raise ConfigError(
+                f"--val-held-out {self.val_held_out} sets a validation set aside for early stopping, but early "
+                f"stopping is off; add --early-stopping or drop --val-held-out"
+            )
         if self.task == REGRESSION:
             self._check_regression()
         if n_pool is not None:
+            if self.val_held_out and self.budget + self.val_held_out > n_pool:
+                raise ConfigError(
+                    f"--budget {self.budget} and --val-held-out {self.val_held_out} together exceed the pool of "
+                    f"{n_pool} samples; lower one of them"
+                )
             if self.budget > n_pool:
                 raise ConfigError(
                     f"--budget {self.budget} exceeds the pool of {n_pool} samples in {self.dataset!r}; "
@@ -202,6 +224,9 @@ class ExperimentConfig:
                 f"--stop {self.stop} judges class predictions (their entropy or agreement), which a regression task "
                 f"does not make; use --stop budget (the default) with --task regression"
             )
+        for flag, value in (("--val-held-out", self.val_held_out), ("--eval-mc-samples", self.eval_mc_samples)):
+            if value:
+                raise ConfigError(f"{flag} is for classification runs (the BatchBALD protocol); drop it")
         kind = self.oracle.partition(":")[0]
         if kind in HUMAN_ORACLES or kind == "noisy":
             raise ConfigError(

@@ -180,6 +180,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         val_size: float = 0.2,
         patience: int = 3,
         max_epochs: int = 100,
+        eval_mc_samples: int = 0,
     ) -> None:
         self.model = model
         self.n_classes = n_classes
@@ -198,6 +199,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         self.early_stopping = early_stopping
         self.val_size = val_size
         self.patience = patience
+        self.eval_mc_samples = eval_mc_samples
         self.max_epochs = max_epochs
 
     # --- construction -------------------------------------------------------------------------------------------
@@ -240,8 +242,16 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         return self.module_
 
     # --- training -----------------------------------------------------------------------------------------------
-    def fit(self, X: ArrayLike | LazyInputs, y: ArrayLike, seed: int | None = None) -> TorchLearner:
+    def fit(
+        self,
+        X: ArrayLike | LazyInputs,
+        y: ArrayLike,
+        seed: int | None = None,
+        val: tuple[ArrayLike | LazyInputs, ArrayLike] | None = None,
+    ) -> TorchLearner:
         """Train on ``X: (n, ...)``, ``y: (n,)``. ``seed`` fixes initialisation, batch order and dropout masks.
+        ``val``: early stopping's validation set ``(X_val, y_val)`` given instead of carving one from ``X``
+        (the loop's ``val_held_out``); every labelled sample then trains.
 
         The caller's torch RNG state is restored afterwards. With ``warm_start`` the training-time dropout masks
         are seeded by ``seed`` too (before, they continued whatever the global RNG held). The labelled set is
@@ -254,6 +264,14 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
             raise ConfigError("fit got an empty labelled set; label at least one sample first")
         yt = self._training_targets(y)
         seed = self.seed if seed is None else seed
+        self.fit_seed_ = seed
+        val_t = None
+        if val is not None:
+            xv = val[0].materialise().float() if isinstance(val[0], LazyInputs) else as_tensor(val[0])
+            yv = torch.as_tensor(np.asarray(val[1]), dtype=torch.long)
+            if len(xv) != len(yv) or len(xv) == 0:
+                raise ConfigError(f"fit's validation set has {len(xv)} inputs and {len(yv)} labels; give both, alike")
+            val_t = (xv, yv)
         device = resolve_device(self.device)
         # One scope for initialisation and training: dropout while training continues the stream the weights
         # were drawn from, exactly as when reset() seeded the global RNG for good, so the weights are unchanged.
@@ -263,7 +281,8 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
             elif self.network_device != device:  # a warm start after the device setting changed
                 self.module_ = self.module_.to(device)
                 self.device_ = device
-            self._train(to_device(x, device), to_device(yt, device), seed)
+            dev_val = None if val_t is None else (to_device(val_t[0], device), to_device(val_t[1], device))
+            self._train(to_device(x, device), to_device(yt, device), seed, dev_val)
         return self
 
     def _training_targets(self, y: ArrayLike) -> torch.Tensor:
@@ -306,7 +325,9 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
                 f"those inputs hold NaN/inf; {self._lr_hint()}"
             )
 
-    def _train(self, x: torch.Tensor, yt: torch.Tensor, seed: int) -> None:
+    def _train(
+        self, x: torch.Tensor, yt: torch.Tensor, seed: int, val: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> None:
         """Adam over the labelled set; ModelError when the loss becomes non-finite or ends up exploded.
 
         The loss is summed on the device and read once per epoch: one sync per epoch, not per step.
@@ -321,7 +342,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         net.train()
         try:
             if self.early_stopping:
-                mean_loss = self._train_early_stopping(net, opt, x, yt, g, seed)
+                mean_loss = self._train_early_stopping(net, opt, x, yt, g, seed, val)
             else:
                 mean_loss = self._epochs(net, opt, x, yt, g, epochs)
         finally:  # the model is left in eval mode without gradients, even when training diverged
@@ -353,12 +374,16 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         yt: torch.Tensor,
         g: torch.Generator,
         seed: int,
+        val: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> float:
-        """Epochs of at least EPOCH_SAMPLES draws until the validation split stops improving; the best weights are
-        restored. Returns the last epoch's mean training loss."""
-        tr, va = self.validation_split(len(x), seed)
-        tr, va = tr.to(x.device), va.to(x.device)
-        x_tr, y_tr, x_va, y_va = x[tr], yt[tr], x[va], yt[va]
+        """Epochs of at least EPOCH_SAMPLES draws until the validation split (or the given ``val`` set) stops
+        improving; the best weights are restored. Returns the last epoch's mean training loss."""
+        if val is not None:
+            x_tr, y_tr, (x_va, y_va) = x, yt, val
+        else:
+            tr, va = self.validation_split(len(x), seed)
+            tr, va = tr.to(x.device), va.to(x.device)
+            x_tr, y_tr, x_va, y_va = x[tr], yt[tr], x[va], yt[va]
         repeats = max(1, math.ceil(self.EPOCH_SAMPLES / len(x_tr)))
         best: tuple[float, ...] | None = None  # (accuracy, -nll) for a classifier: larger is better
         best_state: dict[str, torch.Tensor] | None = None
@@ -584,10 +609,18 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
 
     def evaluate(self, X: Inputs, y: ArrayLike) -> dict[str, float]:
         """Accuracy and mean negative log-likelihood on ``X: (n, ...)``, ``y: (n,)`` (X any :data:`al.inputs.Inputs`,
-        a LazyInputs test set included); ModelError when an output is not finite."""
+        a LazyInputs test set included); ModelError when an output is not finite. With ``eval_mc_samples`` the
+        predictive distribution is the mean of that many MC-dropout passes (as the BatchBALD paper tests)."""
+        yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+        if self.eval_mc_samples:  # the mean of MC-dropout passes, seeded by the last fit's seed (so per round)
+            seed = getattr(self, "fit_seed_", self.seed)
+            probs = torch.as_tensor(self.mc_predict_proba(X, n_samples=self.eval_mc_samples, seed=seed)).mean(0)
+            if len(yt) != len(probs):
+                raise ConfigError(f"evaluate got {len(probs)} inputs but {len(yt)} labels")
+            log_p = probs.clamp_min(torch.finfo(torch.float64).tiny).log()
+            return {"accuracy": float((probs.argmax(1) == yt).double().mean()), "nll": float(F.nll_loss(log_p, yt))}
         logits = self.logits(X).double()
         self.check_finite(logits, "evaluation inputs")
-        yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
         if len(yt) != len(logits):
             raise ConfigError(f"evaluate got {len(logits)} inputs but {len(yt)} labels")
         return {"accuracy": float((logits.argmax(1) == yt).double().mean()), "nll": float(F.cross_entropy(logits, yt))}

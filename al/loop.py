@@ -126,6 +126,8 @@ class Experiment:
             check_writable(checkpoint_dir)
         #: Messages about the pool met while running (files gone, files unreadable), for the command line to show.
         self.notices: list[str] = []
+        self.val_ids = self._held_out_val_ids()
+        self._val_data: tuple[torch.Tensor, np.ndarray] | None = None
 
     def config_record(self) -> dict[str, Any]:
         """The run's configuration as the store keeps it (see :func:`al.config.config_record`); a user's pool adds
@@ -234,7 +236,39 @@ class Experiment:
     def _unlabelled(self, st: RunState) -> np.ndarray:
         mask = self.dataset.available.copy()
         mask[st.labelled_ids()] = False
+        mask[self.val_ids] = False
         return np.flatnonzero(mask)
+
+    def _held_out_val_ids(self) -> np.ndarray:
+        """``val_held_out`` ids of the pool set aside for early stopping (the BatchBALD paper's validation set):
+        drawn once from the run's seed among the available samples outside the initial set, so the same on every
+        resume; never queried, labelled by the pool's true labels, not counted in the budget. Empty when off."""
+        k = self.config.val_held_out
+        if not k:
+            return np.empty(0, dtype=np.int64)
+        simulated = self.config.oracle == "ground-truth" or self.config.oracle.startswith("noisy")
+        if not (simulated and self.dataset.fully_labelled):
+            raise ConfigError(
+                f"--val-held-out {k} labels its validation set from the pool's true labels, a benchmark device: it "
+                f"needs a fully labelled pool and a simulated oracle (ground-truth or noisy:...), not --oracle "
+                f"{self.config.oracle}; with a real labeller use --early-stopping with --val-size"
+            )
+        init = self._initial_ids(min(resolved_int(self.config.init_size, "init_size"), self.config.budget))
+        free = np.flatnonzero(self.dataset.available)
+        free = free[~np.isin(free, init)]
+        if k > len(free):
+            raise ConfigError(f"--val-held-out {k} exceeds the {len(free)} pool samples outside the initial set")
+        rng = round_rng(self.config.seed, 0, "val-held-out")
+        return np.sort(rng.choice(free, size=k, replace=False)).astype(np.int64)
+
+    def _val_set(self) -> tuple[torch.Tensor, np.ndarray] | None:
+        if not len(self.val_ids):
+            return None
+        if self._val_data is None:
+            y = self.dataset.labels
+            assert y is not None  # _held_out_val_ids checked that the pool is fully labelled
+            self._val_data = (self.dataset.tensor_inputs(self.val_ids), np.asarray(y)[self.val_ids])
+        return self._val_data
 
     def inputs_of(self, ids: np.ndarray) -> torch.Tensor | LazyInputs:
         return self.dataset.inputs(ids)
@@ -384,7 +418,12 @@ class Experiment:
         else:
             y = np.array([st.labels[i] for i in ids], dtype=np.int64)
         try:
-            self.learner.fit(x, y, seed=torch_seed(round_rng(self.config.seed, r, "train")) % 2**62)
+            seed = torch_seed(round_rng(self.config.seed, r, "train")) % 2**62
+            val = self._val_set()
+            if val is None:  # the call every stored run made
+                self.learner.fit(x, y, seed=seed)
+            else:
+                self.learner.fit(x, y, seed=seed, val=val)
         except ModelError as e:  # diverged: the round stays as stored (its query and labels), the run stops
             raise ModelError(f"round {r}, training on {len(ids)} labels: {e}") from e
         self._model_round = r

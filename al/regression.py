@@ -78,9 +78,18 @@ class TorchRegressor(TorchLearner):
     def _mc_output(self, out: torch.Tensor) -> torch.Tensor:
         return out.double().reshape(len(out), 1) * self.y_std_ + self.y_mean_
 
-    def fit(self, X: ArrayLike | LazyInputs, y: ArrayLike, seed: int | None = None) -> TorchRegressor:
+    def fit(
+        self,
+        X: ArrayLike | LazyInputs,
+        y: ArrayLike,
+        seed: int | None = None,
+        val: tuple[ArrayLike | LazyInputs, ArrayLike] | None = None,
+    ) -> TorchRegressor:
         """Train on ``X: (n, ...)``, ``y: (n,)`` numbers; then fit the homoscedastic noise variance
-        (``noise_var_``, the mean squared training residual in the target's units)."""
+        (``noise_var_``, the mean squared training residual in the target's units). A given validation set
+        (``val``, the classifier's held-out early stopping) is not supported yet."""
+        if val is not None:
+            raise ConfigError("a held-out validation set (--val-held-out) is for classification runs; drop it")
         super().fit(X, y, seed)
         self.fit_seed_ = self.seed if seed is None else seed
         x = X.materialise().float() if isinstance(X, LazyInputs) else as_tensor(X)

@@ -99,10 +99,76 @@ def test_the_cli_takes_the_early_stopping_flags(tmp_path):
     url = f"sqlite:///{tmp_path / 'es.db'}"
     args = ["--dataset", "digits", "--strategy", "random", "--budget", "40", "--init-size", "20", "--query-size", "20"]
     args += ["--early-stopping", "--val-size", "5", "--patience", "1", "--max-epochs", "2", "--no-progress"]
+    args += ["--val-held-out", "30", "--eval-mc-samples", "3"]
     out = subprocess.run([sys.executable, "-m", "al.bench", *args, "--store", url], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     rec = json.loads(Store(url).runs().iloc[0]["config"])
     assert rec["early_stopping"] is True and rec["val_size"] == 5 and rec["patience"] == 1
+    assert rec["val_held_out"] == 30 and rec["eval_mc_samples"] == 3
+    bad = [a for a in args if a != "--early-stopping"]
+    out = subprocess.run([sys.executable, "-m", "al.bench", *bad, "--store", url + "2"], capture_output=True, text=True)
+    assert out.returncode == 2 and "add --early-stopping or drop --val-held-out" in out.stderr, out.stderr
+
+
+# --- the paper's protocol devices: a validation set held out of the pool, MC-averaged test metrics ----------------
+def test_a_given_validation_set_replaces_the_carved_split_and_every_label_trains(digits):
+    x, y = _digits_xy(digits, 60)
+    xv, yv = digits.inputs(np.arange(1000, 1200)), digits.train_y.numpy()[1000:1200]
+    lrn = _learner(patience=2, max_epochs=20).fit(x, y, seed=5, val=(xv, yv))
+    best = lrn.val_history_[lrn.best_epoch_ - 1]
+    logits = lrn.logits(xv).double()
+    assert float((logits.argmax(1) == torch.as_tensor(yv)).double().mean()) == best[0]  # scored on the given set
+    carved = _learner(patience=2, max_epochs=20).fit(x, y, seed=5)
+    assert carved.val_history_ != lrn.val_history_
+    with pytest.raises(ConfigError, match="validation set has 200 inputs and 3 labels"):
+        _learner().fit(x, y, seed=5, val=(xv, yv[:3]))
+
+
+def test_held_out_validation_ids_are_set_aside_never_queried_and_the_same_on_every_resume(digits, store_url):
+    cfg = fast_config(budget=60, early_stopping=True, patience=1, max_epochs=4, val_held_out=150)
+    exp = Experiment(cfg, store_url, dataset=digits, name="vh")
+    val = exp.val_ids
+    assert len(val) == 150 and len(np.unique(val)) == 150
+    st = exp.run()
+    assert st.status == "finished" and len(st.labels) == 60  # the budget counts only the labelled set
+    assert not set(st.labels) & set(val.tolist())
+    assert not set(Store(store_url).queries("vh")["sample_id"]) & set(val.tolist())
+    assert np.array_equal(Experiment(cfg, store_url, dataset=digits, name="vh").val_ids, val)
+    # The last round's model stopped on the held-out set: its best epoch scores exactly what was recorded.
+    lrn = exp.learner
+    xv, yv = digits.inputs(val), digits.train_y.numpy()[val]
+    assert float((lrn.logits(xv).argmax(1) == torch.as_tensor(yv)).double().mean()) == (
+        lrn.val_history_[lrn.best_epoch_ - 1][0]
+    )
+    rec = json.loads(Store(store_url).runs().set_index("run").loc["vh", "config"])
+    assert rec["val_held_out"] == 150 and "eval_mc_samples" not in rec
+
+
+def test_held_out_validation_and_mc_test_metrics_are_refused_where_they_cannot_work(digits, store_url, tmp_path):
+    assert not {"val_held_out", "eval_mc_samples"} & set(config_record(fast_config(), build_strategy("entropy")))
+    with pytest.raises(ConfigError, match="add --early-stopping or drop --val-held-out"):
+        fast_config(val_held_out=100).check()
+    with pytest.raises(ConfigError, match="together exceed the pool of 1000"):
+        fast_config(early_stopping=True, val_held_out=950).check(1000)
+    with pytest.raises(ConfigError, match="--val-held-out must be 0"):
+        fast_config(val_held_out=-1)
+    cfg = fast_config(early_stopping=True, val_held_out=50, oracle="csv")
+    with pytest.raises(ConfigError, match="needs a fully labelled pool and a simulated oracle"):
+        Experiment(cfg, store_url, dataset=digits, name="x", oracle_dir=str(tmp_path))
+    assert Store(store_url).runs().empty  # nothing written
+
+
+def test_mc_test_metrics_are_those_of_the_mean_of_the_mc_passes(digits):
+    x, y = _digits_xy(digits, 80)
+    xt, yt = digits.inputs(np.arange(1000, 1300)), digits.train_y.numpy()[1000:1300]
+    plain = _learner(early_stopping=False, epochs=5).fit(x, y, seed=1)
+    mc = _learner(early_stopping=False, epochs=5, eval_mc_samples=7).fit(x, y, seed=1)
+    probs = mc.mc_predict_proba(xt, n_samples=7, seed=1).mean(0)
+    m = mc.evaluate(xt, yt)
+    assert m["accuracy"] == float((probs.argmax(1) == yt).mean())
+    assert m["nll"] == pytest.approx(float(-np.log(probs[np.arange(len(yt)), yt]).mean()), rel=1e-12)
+    assert m != plain.evaluate(xt, yt)  # dropout on: another predictive distribution than the plain model's
+    assert mc.evaluate(xt, yt) == m  # seeded by the fit
 
 
 # --- the BatchBALD paper's model and consistent MC dropout ------------------------------------------------------

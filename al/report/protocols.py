@@ -39,13 +39,18 @@ PROTOCOL_FIELDS = (
     "patience",
     "max_epochs",
     "task",
+    "val_held_out",
+    "eval_mc_samples",
 )
 #: Protocol fields that joined :data:`PROTOCOL_FIELDS` after reports had been committed, with the value every run
 #: recorded before then used (the ExperimentConfig default). At that value (or absent) they stay out of
 #: :func:`protocol_id`'s hash, so those reports keep their protocol ids and file names.
 PROTOCOL_FIELD_DEFAULTS: dict[str, Any] = {
     "mc_samples": 20,
-    **{k: CONFIG_ADDED[k] for k in ("early_stopping", "val_size", "patience", "max_epochs", "task")},
+    **{
+        k: CONFIG_ADDED[k]
+        for k in ("early_stopping", "val_size", "patience", "max_epochs", "task", "val_held_out", "eval_mc_samples")
+    },
 }
 IN_PROGRESS = "in progress"
 
@@ -87,6 +92,8 @@ def describe_protocol(config: dict) -> str:
     if c.get("early_stopping"):
         val = c.get("val_size", PROTOCOL_FIELD_DEFAULTS["val_size"])
         held = f"{val:.0%} of the labelled set" if val < 1 else f"{int(val)} labelled samples"
+        if c.get("val_held_out"):
+            held = f"{c['val_held_out']} pool samples set aside and labelled outside the budget"
         schedule = (
             f"until its loss on a validation split of {held} stops improving (patience "
             f"{c.get('patience', PROTOCOL_FIELD_DEFAULTS['patience'])} epochs, at most "
@@ -106,6 +113,8 @@ def _non_default_fields(config: dict) -> str:
     # Said only when not the default, so the descriptions in reports written before these fields existed stay.
     mc = config.get("mc_samples")
     out = f" MC dropout uses {mc} passes." if mc not in (None, PROTOCOL_FIELD_DEFAULTS["mc_samples"]) else ""
+    if config.get("eval_mc_samples"):
+        out += f" Test accuracy and NLL from the mean of {config['eval_mc_samples']} MC-dropout passes."
     if config.get("task", PROTOCOL_FIELD_DEFAULTS["task"]) == REGRESSION:
         out += (
             " Regression: the model is trained with the mean squared error on the labelled targets standardised "
