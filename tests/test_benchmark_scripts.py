@@ -181,3 +181,27 @@ def test_repeated_mnist_runs_into_a_store_and_reports(env, tmp_path):
     assert sorted(before.groupby("strategy")["n_labelled"].max().items()) == [("bald", 40), ("random", 40)]
     run("repeated_mnist.py", args, env)  # finished runs are continued from the store, not repeated
     assert Store(f"sqlite:///{db}").curves().equals(before)
+
+
+def test_batchbald_reference_logs_reads_the_authors_logs_as_literals(tmp_path, env):
+    """Two toy logs in the authors' laaos format (one never reaching 95%), and one that must not be executed."""
+    paper = tmp_path / "repo" / "laaos_results" / "paper"
+    paper.mkdir(parents=True)
+
+    def log(name: str, accs: list[float], extra: str = "") -> None:
+        args = {"type": "AcquisitionFunction.bald", "acquisition_method": "AcquisitionMethod.multibald"}
+        args |= {"available_sample_k": 10, "num_inference_samples": 100, "validation_set_size": 1024, "epochs": 30}
+        rows = ["store = {}", f"store['args']={args!r}", f"store['initial_samples']={list(range(20))!r}", extra]
+        rows += ["store['iterations']=[]"]
+        for a in accs:
+            it = {"test_metrics": {"accuracy": a, "nll": 0.3}, "chosen_samples": [str(i) for i in range(10)]}
+            rows.append(f"store['iterations'].append({it!r})")
+        (paper / f"{name}.py").write_text("\n".join(rows) + "\n")
+
+    log("a_1", [0.6, 0.85, 0.91, 0.93, 0.96], extra="import os; os.remove('never')")  # 90% at 40, 95% at 60
+    log("a_2", [0.7, 0.88, 0.89, 0.92])  # 90% at 50, 95% never
+    out = tmp_path / "ref.md"
+    run("batchbald_reference_logs.py", [str(tmp_path / "repo"), "--out", str(out)], env)
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| bald | multibald"))
+    assert "| 10 | 100 | 1024 | 30 | 20 | 2 |" in row
+    assert "45 (range 40-50, 2/2 reached it)" in row and "not reached by the median run (1/2 reached it)" in row
