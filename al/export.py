@@ -4,10 +4,10 @@
     python -m al.export --store sqlite:///al-runs.db --run my-run --model model.pt [--round 3]
 
 ``--labels`` writes one row per label: ``sample_id, key, label, class_name, round_idx, oracle``, sorted by round
-then id (key: the file path relative to the pool folder, or the table's id; empty for built-in datasets).
-``--model`` copies a round's checkpoint (default the last round with one) from ``<--checkpoints>/<run name>/``
-(default ``al-checkpoints/<run name>/``) into one file, its model card embedded; ``al.load_model`` and
-``python -m al.predict --model`` read it.
+then id (key: the file path relative to the pool folder, or the table's id; empty for built-in datasets); a
+regression run's rows are ``sample_id, key, target, round_idx, oracle``. ``--model`` copies a round's checkpoint
+(default the last round with one) from ``<--checkpoints>/<run name>/`` (default ``al-checkpoints/<run name>/``)
+into one file, its model card embedded; ``al.load_model`` and ``python -m al.predict --model`` read it.
 
 Exit codes: 0 written; 2 bad usage (no such run or round, no checkpoint, an output that cannot be written,
 neither --labels nor --model), and then nothing is written; 1 any other failure.
@@ -30,6 +30,7 @@ from .cli_parser import OneLineParser
 from .errors import ALError, ConfigError, DataError, StoreError
 from .predict import check_output
 from .store import Store, display_url
+from .tasks import REGRESSION
 
 LABEL_COLUMNS = ["sample_id", "key", "label", "class_name", "round_idx", "oracle"]
 
@@ -64,11 +65,24 @@ def run_classes(config: dict[str, Any]) -> list[str]:
     return []
 
 
+#: The columns of a regression run's labelled set: its numeric targets instead of classes.
+TARGET_COLUMNS = ["sample_id", "key", "target", "round_idx", "oracle"]
+
+
 def labels_csv(store: Store, run: str) -> str:
-    """The labelled set of ``run`` as CSV text (columns LABEL_COLUMNS), sorted by round then id."""
+    """The labelled set of ``run`` as CSV text (columns LABEL_COLUMNS; a regression run's: TARGET_COLUMNS), sorted
+    by round then id."""
     rec = store.run(run)
-    classes = run_classes(rec.config)
     keys = store.sample_keys(rec.run_id)
+    if rec.config.get("task") == REGRESSION:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(TARGET_COLUMNS)
+        df = store.targets(run).sort_values(["round_idx", "sample_id"], kind="stable")
+        for sid, y, r, oracle in df[["sample_id", "target", "round_idx", "oracle"]].itertuples(index=False):
+            w.writerow([int(sid), keys.get(int(sid), ""), repr(float(y)), int(r), oracle])
+        return buf.getvalue()
+    classes = run_classes(rec.config)
     df = store.labels(run).sort_values(["round_idx", "sample_id"], kind="stable")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -98,6 +98,17 @@ def test_a_regression_run_on_a_csv_table_through_the_command_line(tmp_path, caps
     assert not (Path.cwd() / "al-checkpoints" / "pool-mc-variance-seed0").exists()  # no regression checkpoints
 
 
+def test_al_export_writes_a_regression_runs_targets(diabetes, store_url, tmp_path):
+    from al.export import main as export
+
+    st = Experiment(regression_config(budget=30), store_url, dataset=diabetes).run()
+    out = tmp_path / "labels.csv"
+    assert export(["--store", store_url, "--run", st.name, "--labels", str(out)]) == 0
+    got = pd.read_csv(out)
+    assert list(got.columns) == ["sample_id", "key", "target", "round_idx", "oracle"] and len(got) == 30
+    assert all(got["target"] == diabetes.labels[got["sample_id"]])
+
+
 def test_a_table_with_some_targets_gives_them_as_round_0_to_a_python_oracle(tmp_path, store_url):
     pool, test = _write_tables(tmp_path)
     df = pd.read_csv(pool)
