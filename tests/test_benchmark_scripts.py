@@ -205,3 +205,28 @@ def test_batchbald_reference_logs_reads_the_authors_logs_as_literals(tmp_path, e
     row = next(line for line in out.read_text().splitlines() if line.startswith("| bald | multibald"))
     assert "| 10 | 100 | 1024 | 30 | 20 | 2 |" in row
     assert "45 (range 40-50, 2/2 reached it)" in row and "not reached by the median run (1/2 reached it)" in row
+
+
+def test_regrad_regression_uq_runs_toy_size_and_rewrites_from_its_json(tmp_path, env):
+    out = tmp_path / "uq.md"
+    args = [
+        "--seeds",
+        "2",
+        "--steps",
+        "40",
+        "--width",
+        "8",
+        "--mc-samples",
+        "4",
+        "--datasets",
+        "sine-1d",
+        "--out",
+        str(out),
+    ]
+    run("regrad_regression_uq.py", args, env)
+    md = out.read_text()
+    assert "python benchmarks/regrad_regression_uq.py --seeds 2" in md and "kfac-laplace" in md
+    assert out.with_suffix(".json").exists()
+    first = md
+    run("regrad_regression_uq.py", ["--out", str(out), "--rewrite"], env)
+    assert out.read_text() == first  # the .md is a pure function of the .json
