@@ -161,8 +161,9 @@ def strategies_for(task: str) -> list[str]:
 
 def check_strategy_task(name: str | type[Strategy], task: str, settings: Mapping[str, Any] | None = None) -> None:
     """Refuse, before anything runs, a strategy that does not apply to ``task`` (its ``tasks``) or cannot run on it
-    here (``unavailable_for``), and, on a regression task, settings given that only mean something for a
-    classifier (its ``classification_settings``). Every message names the strategies that do apply.
+    here (``unavailable_for``), and settings given that only mean something for the other task: for a classifier
+    (its ``classification_settings``) on a regression task, for a regression model (its ``regression_settings``)
+    on any other. Every message names the strategies that do apply, or the settings to drop.
 
     ``name``: a registered name or a strategy class (the Python API's object); ``settings``: the settings given
     (``--strategy-kwargs``), not the defaults."""
@@ -185,4 +186,11 @@ def check_strategy_task(name: str | type[Strategy], task: str, settings: Mapping
             f"strategy {shown!r}: {', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to classifiers "
             f"only (they weigh classes), and this is a regression task; drop "
             f"{'it' if len(given) == 1 else 'them'} from --strategy-kwargs"
+        )
+    given = sorted(set(settings or {}) & cls.regression_settings) if task != REGRESSION else []
+    if given:
+        raise ConfigError(
+            f"strategy {shown!r}: {', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to regression "
+            f"models only (the scores of a model that predicts a number), and this is a {task} task; drop "
+            f"{'it' if len(given) == 1 else 'them'} from --strategy-kwargs, or run with --task regression"
         )

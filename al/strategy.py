@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from .learner import TorchLearner
 
 #: The quantities a context can provide.
-NEEDS = frozenset({"probs", "mc_probs", "mc_predictions", "embeddings", "labelled_embeddings", "model", "inputs"})
+NEEDS = frozenset(
+    {"probs", "mc_probs", "mc_predictions", "embeddings", "labelled_embeddings", "model", "inputs", "labelled_inputs"}
+)
 #: The needs that MC dropout provides (the model must have a dropout layer).
 MC_NEEDS = frozenset({"mc_probs", "mc_predictions"})
 
@@ -151,6 +153,12 @@ class Context:
         return self.inputs_for(self.candidates)
 
     @cached_property
+    def labelled_inputs(self) -> torch.Tensor:
+        """Inputs of the labelled set, (n_labelled, ...): the data the round's model was trained on (REGrad's
+        kfac-laplace metric fits its posterior to them). Read on first use only, as the candidate inputs are."""
+        return self.inputs_for(self.labelled)
+
+    @cached_property
     def probs(self) -> np.ndarray:
         """(n_candidates, n_classes) float64."""
         return self._need("probs").predict_proba(self.inputs)
@@ -214,6 +222,9 @@ class Strategy:
     #: Constructor settings that only mean something for a classifier (REGrad's class weighting): given on a
     #: regression task they are refused by name. Default: none.
     classification_settings: ClassVar[frozenset[str]] = frozenset()
+    #: Constructor settings that only mean something for a regression model (REGrad's likelihood target and
+    #: metric): given on a classification task they are refused by name. Default: none.
+    regression_settings: ClassVar[frozenset[str]] = frozenset()
     #: True when ``pool_scores`` are uncertainties (higher = more uncertain) worth summarising per round.
     scores_are_uncertainty: ClassVar[bool] = True
     #: Settings added to the strategy after runs may already have been recorded without them, each with the value

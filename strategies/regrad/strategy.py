@@ -15,12 +15,27 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import nn
 
-from al.errors import ConfigError
+from al.errors import ConfigError, IncompatibleStrategyError
 from al.learner import last_linear
+from al.regression import TorchRegressor
 from al.settings import Setting
 from al.strategy import Context, Selection, Strategy, top_n
 from al.tasks import CLASSIFICATION, REGRESSION
 
+from .regression import (
+    DEFAULT_METRIC,
+    DEFAULT_NOISE_VAR,
+    DEFAULT_OUTPUT_WEIGHTING,
+    DEFAULT_PRIOR_PRECISION,
+    DEFAULT_TARGET,
+    DEFAULT_VARIANCE_HEAD,
+    REGRESSION_SETTINGS,
+    OutputWeighting,
+    RegressionMetric,
+    RegressionREGradSettings,
+    Target,
+    VarianceHead,
+)
 from .scores import Inputs, gradnorm_scores, score_with
 from .settings import (
     DEFAULT_AGGREGATE,
@@ -51,6 +66,20 @@ _ADDED_WITH_NOISE: Mapping[str, Any] = {**_ADDED, "noise_key": "batch-position"}
 
 #: REGrad's settings that weigh a classifier's classes: refused by name on a regression task.
 CLASSIFIER_SETTINGS = frozenset({"class_weighting", "top_k"})
+#: REGrad's settings that only a regression model's scores use (see :mod:`strategies.regrad.regression`), with
+#: their defaults: refused by name on a classification task. ``params()`` reports one only where it differs from its
+#: default (the scores at the defaults are those every regression run made before these settings were reachable),
+#: so the record of every run made before them, and of every run at their defaults, is unchanged.
+REGRESSOR_DEFAULTS: Mapping[str, Any] = {
+    "target": DEFAULT_TARGET,
+    "variance_head": DEFAULT_VARIANCE_HEAD,
+    "noise_var": DEFAULT_NOISE_VAR,
+    "output_weighting": DEFAULT_OUTPUT_WEIGHTING,
+    "metric": DEFAULT_METRIC,
+    "prior_precision": DEFAULT_PRIOR_PRECISION,
+}
+REGRESSOR_SETTINGS = frozenset(REGRESSOR_DEFAULTS)
+_DEFAULTS = REGradSettings()
 #: The module that holds REGrad for regression models (``regression_regrad_scores(model, inputs, **settings)``).
 REGRESSION_MODULE = f"{__package__}.regression"
 
@@ -70,6 +99,19 @@ def regression_scores_function() -> Callable[..., np.ndarray] | None:
     return fn if callable(fn) else None
 
 
+def _regression_values(settings: REGradSettings, regressor: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a regression round's ``regression_regrad_scores`` call: the shared ones where they differ
+    from REGrad's defaults (the others keep that function's own defaults, such as its layer_alpha 0) and the
+    regression-only ones (``regressor``, checked already) where they differ from theirs."""
+    values = {
+        f.name: getattr(settings, f.name)
+        for f in fields(settings)
+        if f.name not in CLASSIFIER_SETTINGS and getattr(settings, f.name) != getattr(_DEFAULTS, f.name)
+    }
+    values.update({k: v for k, v in regressor.items() if v != REGRESSOR_DEFAULTS[k]})
+    return values
+
+
 def _with_defaults(init: Callable[..., None], preset: Mapping[str, Any], owner: type) -> Callable[..., None]:
     """A copy of ``init`` (same code, same parameter names) whose defaults are replaced by ``preset``.
 
@@ -81,7 +123,10 @@ def _with_defaults(init: Callable[..., None], preset: Mapping[str, Any], owner: 
     if unknown:
         raise TypeError(f"{owner.__name__}.preset names {unknown}, which are not settings of {init.__qualname__}")
     params = [p for p in sig.parameters.values() if p.default is not p.empty]
-    REGradSettings(**{p.name: preset.get(p.name, p.default) for p in params})  # a bad preset fails at import
+    values = {p.name: preset.get(p.name, p.default) for p in params}
+    # a bad preset fails at import
+    REGradSettings(**{k: v for k, v in values.items() if k in _SETTINGS})
+    RegressionREGradSettings(**{k: v for k, v in values.items() if k in REGRESSOR_SETTINGS})
     func = types.FunctionType(
         init.__code__,
         init.__globals__,
@@ -111,20 +156,30 @@ class REGrad(Strategy):
     :data:`REGRESSION_MODULE` (:meth:`regression_scores`): the settings the two share (layer_alpha, the
     perturbations, combine, seed, batch_size, last_layer_only) are passed where they differ from REGrad's
     defaults, the others keep that function's own defaults; class_weighting and top_k weigh classes and are
-    refused by name (:data:`CLASSIFIER_SETTINGS`). Without that module a regression task is refused with a
-    "not yet" (:meth:`unavailable_for`).
+    refused by name (:data:`CLASSIFIER_SETTINGS`). The regression-only settings (target, variance_head,
+    noise_var, output_weighting, metric, prior_precision: :data:`REGRESSOR_DEFAULTS`) are passed where they
+    differ from their defaults and refused by name on a classification task; ``self.for_regression`` holds the
+    :class:`~strategies.regrad.regression.RegressionREGradSettings` a regression round scores with.
+    ``metric="kfac-laplace"`` fits its Laplace posterior to the round's labelled inputs (``ctx.labelled_inputs``,
+    the data the model was trained on). Without that module a regression task is refused with a "not yet"
+    (:meth:`unavailable_for`).
 
     References: Wang & Ji, CVPR 2024 (arXiv 2404.10124).
     """
 
     name = "regrad"
-    needs = frozenset({"model", "inputs"})
+    # labelled_inputs: read only by metric="kfac-laplace" on a regression task (the context reads it lazily)
+    needs = frozenset({"model", "inputs", "labelled_inputs"})
     tasks = frozenset({CLASSIFICATION, REGRESSION})
     classification_settings = CLASSIFIER_SETTINGS
+    regression_settings = REGRESSOR_SETTINGS
     #: defaults that differ from REGrad's, for a preset subclass
     preset: ClassVar[Mapping[str, Any]] = {}
     #: checked by REGradSettings (the same checks serve regrad_scores called on its own)
-    settings_spec = REGRAD_SETTINGS
+    settings_spec: ClassVar[Mapping[str, Setting]] = {
+        **REGRAD_SETTINGS,
+        **{k: REGRESSION_SETTINGS[k] for k in REGRESSOR_DEFAULTS},
+    }
 
     def __init__(
         self,
@@ -139,6 +194,12 @@ class REGrad(Strategy):
         batch_size: int = DEFAULT_BATCH_SIZE,
         last_layer_only: bool = False,
         perturb: Perturb = DEFAULT_PERTURB,
+        target: Target = DEFAULT_TARGET,
+        variance_head: VarianceHead = DEFAULT_VARIANCE_HEAD,
+        noise_var: float = DEFAULT_NOISE_VAR,
+        output_weighting: OutputWeighting = DEFAULT_OUTPUT_WEIGHTING,
+        metric: RegressionMetric = DEFAULT_METRIC,
+        prior_precision: float = DEFAULT_PRIOR_PRECISION,
     ) -> None:
         with self.naming_errors():  # "strategy 'regrad': layer_alpha must be a number, ..."
             self.settings = REGradSettings(
@@ -154,6 +215,18 @@ class REGrad(Strategy):
                 last_layer_only,
                 perturb,
             )
+            # checked (and normalised: noise_var=2 -> 2.0) by the regression family's own declarations
+            regressor = RegressionREGradSettings(
+                target=target,
+                variance_head=variance_head,
+                noise_var=noise_var,
+                output_weighting=output_weighting,
+                metric=metric,
+                prior_precision=prior_precision,
+            )
+            self.for_regression = RegressionREGradSettings(
+                **_regression_values(self.settings, {k: getattr(regressor, k) for k in REGRESSOR_SETTINGS})
+            )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -165,10 +238,13 @@ class REGrad(Strategy):
         settings = self.__dict__.get("settings")
         if settings is not None and name in _SETTINGS:
             return getattr(settings, name)
+        regressor = self.__dict__.get("for_regression")
+        if regressor is not None and name in REGRESSOR_SETTINGS:
+            return getattr(regressor, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _SETTINGS:
+        if name in _SETTINGS or name in REGRESSOR_SETTINGS:
             raise AttributeError(
                 f"{type(self).__name__} settings are fixed at construction; build a new strategy "
                 f"with {name}={value!r} instead"
@@ -183,6 +259,9 @@ class REGrad(Strategy):
 
     def params(self) -> dict[str, Any]:
         p = super().params()
+        for k, default in REGRESSOR_DEFAULTS.items():
+            if p[k] == default:
+                del p[k]  # see REGRESSOR_DEFAULTS: the record of a run at this default is the one made before it
         if self.settings.draws_noise:
             p["noise_key"] = NOISE_KEY
         return p
@@ -200,26 +279,59 @@ class REGrad(Strategy):
         return None
 
     def regression_scores(
-        self, model: nn.Module, inputs: Inputs, *, ids: np.ndarray | None = None, rng: np.random.Generator | None = None
+        self,
+        model: nn.Module,
+        inputs: Inputs,
+        *,
+        reference: Inputs | None = None,
+        ids: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
     ) -> np.ndarray:
-        """U(x), ``(N,)``, of a regression model, by ``regression_regrad_scores`` (see the class docstring)."""
+        """U(x), ``(N,)``, of a regression model, by ``regression_regrad_scores`` (see the class docstring).
+        reference: the inputs metric="kfac-laplace" fits its posterior to (the training inputs), as ``inputs``."""
         fn = regression_scores_function()
         if fn is None:
             why = self.unavailable_for(REGRESSION)
             raise ConfigError(f"strategy {self.name!r} on a regression task: not yet: {why}")
-        defaults = REGradSettings()
         accepted = inspect.signature(fn).parameters
-        settings = {
-            k: getattr(self.settings, k)
-            for k in accepted
-            if k in _SETTINGS and k not in CLASSIFIER_SETTINGS and getattr(self.settings, k) != getattr(defaults, k)
+        settings = _regression_values(self.settings, {k: getattr(self, k) for k in REGRESSOR_SETTINGS})
+        dropped = sorted(k for k in settings if k not in accepted)
+        if dropped:  # a setting given must change the scores, never be left out unnoticed
+            raise ConfigError(
+                f"strategy {self.name!r}: {REGRESSION_MODULE}.regression_regrad_scores of this install takes no "
+                f"{', '.join(dropped)}; drop {'it' if len(dropped) == 1 else 'them'} from --strategy-kwargs"
+            )
+        per_call = {
+            k: v for k, v in (("reference", reference), ("ids", ids), ("rng", rng)) if k in accepted and v is not None
         }
-        per_call = {k: v for k, v in (("ids", ids), ("rng", rng)) if k in accepted and v is not None}
         return np.asarray(fn(model, inputs, **settings, **per_call), dtype=np.float64)
 
+    def check_learner(self, learner: Any) -> None:
+        super().check_learner(learner)
+        regressor = isinstance(learner, TorchRegressor)
+        given = [k for k, default in REGRESSOR_DEFAULTS.items() if getattr(self, k) != default]
+        if given and not regressor:  # a strategy object built with them (a name is refused by check_strategy_task)
+            raise IncompatibleStrategyError(
+                f"strategy {self.name!r}: {', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to regression "
+                f"models only, but the learner is a classifier; build the strategy without "
+                f"{'it' if len(given) == 1 else 'them'}, or run with --task regression"
+            )
+        if regressor and self.variance_head != DEFAULT_VARIANCE_HEAD:
+            raise IncompatibleStrategyError(
+                f"strategy {self.name!r}: variance_head={self.variance_head!r} needs a model that outputs a mean and a "
+                f"log variance, but a regression run's model outputs one number, the mean, trained by the squared "
+                f"error; use variance_head={DEFAULT_VARIANCE_HEAD!r} (target 'gaussian-nll' then takes noise_var as "
+                f"the variance), or call regression_regrad_scores on a model with a variance head"
+            )
+
     def select(self, ctx: Context, n: int, rng: np.random.Generator) -> Selection:
-        score = self.regression_scores if ctx.task == REGRESSION else self.scores
-        return top_n(score(ctx.model, ctx.inputs, ids=ctx.candidates, rng=rng), ctx.candidates, n)
+        if ctx.task == REGRESSION:
+            # the posterior of kfac-laplace is fitted to what the model was trained on: the labelled set's inputs
+            reference = ctx.labelled_inputs if self.metric == "kfac-laplace" else None
+            s = self.regression_scores(ctx.model, ctx.inputs, reference=reference, ids=ctx.candidates, rng=rng)
+        else:
+            s = self.scores(ctx.model, ctx.inputs, ids=ctx.candidates, rng=rng)
+        return top_n(s, ctx.candidates, n)
 
 
 class ExGrad(REGrad):
