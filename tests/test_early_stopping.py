@@ -137,8 +137,9 @@ def test_held_out_validation_ids_are_set_aside_never_queried_and_the_same_on_eve
     # The last round's model stopped on the held-out set: its best epoch scores exactly what was recorded.
     lrn = exp.learner
     xv, yv = digits.inputs(val), digits.train_y.numpy()[val]
-    assert float((lrn.logits(xv).argmax(1) == torch.as_tensor(yv)).double().mean()) == (
-        lrn.val_history_[lrn.best_epoch_ - 1][0]
+    assert (
+        float((lrn.logits(xv).argmax(1) == torch.as_tensor(yv)).double().mean())
+        == (lrn.val_history_[lrn.best_epoch_ - 1][0])
     )
     rec = json.loads(Store(store_url).runs().set_index("run").loc["vh", "config"])
     assert rec["val_held_out"] == 150 and "eval_mc_samples" not in rec
