@@ -129,6 +129,11 @@ def in_memory(X: object) -> bool:
     return False
 
 
+def fit_inputs(X: ArrayLike | LazyInputs) -> torch.Tensor:
+    """A labelled set's inputs as one tensor (the set is small: a LazyInputs set is materialised)."""
+    return X.materialise().float() if isinstance(X, LazyInputs) else as_tensor(X)
+
+
 class TorchLearner(BaseEstimator, ClassifierMixin):
     """A classifier trained with Adam on the labelled set.
 
@@ -257,7 +262,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         are seeded by ``seed`` too (before, they continued whatever the global RNG held). The labelled set is
         small: a LazyInputs ``X`` is materialised, and the whole set is moved to the device once.
         """
-        x = X.materialise().float() if isinstance(X, LazyInputs) else as_tensor(X)
+        x = fit_inputs(X)
         if len(x) != len(y):
             raise ConfigError(f"fit got {len(x)} inputs but {len(y)} labels")
         if len(x) == 0:
@@ -267,7 +272,7 @@ class TorchLearner(BaseEstimator, ClassifierMixin):
         self.fit_seed_ = seed
         val_t = None
         if val is not None:
-            xv = val[0].materialise().float() if isinstance(val[0], LazyInputs) else as_tensor(val[0])
+            xv = fit_inputs(val[0])
             yv = torch.as_tensor(np.asarray(val[1]), dtype=torch.long)
             if len(xv) != len(yv) or len(xv) == 0:
                 raise ConfigError(f"fit's validation set has {len(xv)} inputs and {len(yv)} labels; give both, alike")

@@ -246,8 +246,7 @@ class Experiment:
         k = self.config.val_held_out
         if not k:
             return np.empty(0, dtype=np.int64)
-        simulated = self.config.oracle == "ground-truth" or self.config.oracle.startswith("noisy")
-        if not (simulated and self.dataset.fully_labelled):
+        if not (self._simulated_oracle and self.dataset.fully_labelled):
             raise ConfigError(
                 f"--val-held-out {k} labels its validation set from the pool's true labels, a benchmark device: it "
                 f"needs a fully labelled pool and a simulated oracle (ground-truth or noisy:...), not --oracle "
@@ -352,8 +351,12 @@ class Experiment:
     def uses_pool_labels(self) -> bool:
         """Whether round 0 takes the pool's own labels (a labelled folder or a label column of a user's pool), as
         it does unless the oracle is a simulation answering from those same labels (ground-truth, noisy)."""
-        simulated = self.config.oracle == "ground-truth" or self.config.oracle.startswith("noisy")
-        return self.dataset.keys is not None and self.dataset.has_labels and not simulated
+        return self.dataset.keys is not None and self.dataset.has_labels and not self._simulated_oracle
+
+    @property
+    def _simulated_oracle(self) -> bool:
+        """Whether the oracle is a simulation answering from the pool's true labels (ground-truth, noisy:...)."""
+        return self.config.oracle == "ground-truth" or self.config.oracle.startswith("noisy")
 
     def _initial_ids(self, n: int) -> np.ndarray:
         if self.uses_pool_labels:

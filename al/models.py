@@ -97,15 +97,22 @@ def set_mc_pass(model: nn.Module, seed: int | None, t: int = 0) -> None:
         m.pass_seed = None if seed is None else (seed * 1_000_003 + t * 101 + k) % 2**62
 
 
+def _batchbald_sides(name: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Channels and the feature map's height and width after the BatchBALD models' two 5x5 convolutions, each
+    followed by 2x2 pooling; ConfigError for images smaller than 16x16."""
+    c, h, w = input_shape
+    side_h, side_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+    if side_h < 1 or side_w < 1:
+        raise ConfigError(f"the {name!r} model needs images of at least 16x16, got {input_shape}")
+    return c, side_h, side_w
+
+
 @MODELS.register("batchbald-cnn")
 def batchbald_cnn(n_classes: int = 10, input_shape: tuple[int, ...] = (1, 28, 28), dropout: float = 0.5) -> nn.Module:
     """The BatchBALD paper's MNIST model (Kirsch et al. 2019, appendix): two 5x5 convolutions (32, 64 channels),
     each followed by ReLU and 2x2 max pooling, a 128-unit dense layer, dropout 0.5 (consistent MC dropout: one mask
     per pass for every candidate, :class:`ConsistentDropout`), and the output layer."""
-    c, h, w = input_shape
-    side_h, side_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
-    if side_h < 1 or side_w < 1:
-        raise ConfigError(f"the 'batchbald-cnn' model needs images of at least 16x16, got {input_shape}")
+    c, side_h, side_w = _batchbald_sides("batchbald-cnn", input_shape)
     return nn.Sequential(
         nn.Conv2d(c, 32, 5),
         nn.ReLU(),
@@ -130,10 +137,7 @@ def batchbald_cnn_paper(
     MLP of 128 and 10 units with dropout between the layers; the authors' ``src/mnist_model.py`` uses channel dropout
     in the blocks), every dropout 0.5 and consistent across the candidates of an MC pass. ``batchbald-cnn`` (dropout
     before the output layer only) is the first reading of the paper, kept so that stored runs resume unchanged."""
-    c, h, w = input_shape
-    side_h, side_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
-    if side_h < 1 or side_w < 1:
-        raise ConfigError(f"the 'batchbald-cnn-paper' model needs images of at least 16x16, got {input_shape}")
+    c, side_h, side_w = _batchbald_sides("batchbald-cnn-paper", input_shape)
     return nn.Sequential(
         nn.Conv2d(c, 32, 5),
         ConsistentDropout2d(dropout),
@@ -198,20 +202,8 @@ def mlp_regressor(
     """The regression tasks' default (``--task regression``): two hidden ReLU layers of 64 units, each followed by
     dropout 0.1 (so that MC dropout has a predictive variance: the ``mc-variance`` strategy, the NLL's epistemic
     part), and one output, the predicted mean (``n_classes`` is the output width: 1). Dropout 0.1 as in Gal &
-    Ghahramani's regression experiments (ICML 2016)."""
-    d = 1
-    for s in input_shape:
-        d *= s
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(d, hidden),
-        nn.ReLU(),
-        nn.Dropout(dropout),
-        nn.Linear(hidden, hidden),
-        nn.ReLU(),
-        nn.Dropout(dropout),
-        nn.Linear(hidden, n_classes),
-    )
+    Ghahramani's regression experiments (ICML 2016). The ``mlp`` architecture with these defaults."""
+    return mlp(n_classes, input_shape, hidden, dropout)
 
 
 @MODELS.register("resnet18")

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from .errors import ConfigError, IncompatibleStrategyError
 from .inputs import Inputs, LazyInputs
-from .learner import ArrayLike, TorchLearner, as_tensor
+from .learner import ArrayLike, TorchLearner, fit_inputs
 from .seeding import round_rng
 
 #: The smallest predictive variance, relative to the labelled targets' variance (no zero variances in the NLL).
@@ -92,7 +92,7 @@ class TorchRegressor(TorchLearner):
             raise ConfigError("a held-out validation set (--val-held-out) is for classification runs; drop it")
         super().fit(X, y, seed)
         self.fit_seed_ = self.seed if seed is None else seed
-        x = X.materialise().float() if isinstance(X, LazyInputs) else as_tensor(X)
+        x = fit_inputs(X)
         resid = self.predict(x) - self.train_y_
         self.noise_var_ = float(np.mean(resid**2))
         return self

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -73,7 +73,7 @@ from torch import nn
 from al.devices import model_device, to_device
 from al.errors import ConfigError, IncompatibleStrategyError
 from al.inputs import Inputs, iter_batches
-from al.settings import Setting, check_settings, choice
+from al.settings import Setting, choice
 
 from .engine import Engine, Metric
 from .layers import Layer
@@ -87,11 +87,11 @@ from .settings import (
     DEFAULT_N_PERTURBATIONS,
     DEFAULT_PERTURB,
     DEFAULT_SIGMA,
-    PERTURBS,
     REGRAD_SETTINGS,
     Aggregate,
     Combine,
     Perturb,
+    PerturbedSettings,
 )
 from .weighting import layer_weights
 
@@ -135,7 +135,7 @@ REGRESSION_SETTINGS: dict[str, Setting] = {
 
 
 @dataclass(frozen=True)
-class RegressionREGradSettings:
+class RegressionREGradSettings(PerturbedSettings):
     """Every setting of the regression REGrad family (the module docstring defines each); checked and normalised
     once, in ``__post_init__``, with the same checks and messages as :class:`~strategies.regrad.REGradSettings`.
 
@@ -164,28 +164,7 @@ class RegressionREGradSettings:
     perturb: Perturb = DEFAULT_PERTURB
 
     def __post_init__(self) -> None:
-        perturb = choice("perturb", self.perturb, PERTURBS, REGRAD_SETTINGS["perturb"].hint)
-        unit = " relative to each parameter tensor's std" if perturb == "params" else " in the model's input units"
-        spec = {**REGRESSION_SETTINGS, "sigma": replace(REGRAD_SETTINGS["sigma"], hint=f" (noise std{unit})")}
-        values = check_settings({f: getattr(self, f) for f in spec}, spec)
-        for name, value in values.items():
-            object.__setattr__(self, name, value)  # frozen: normalise in place, once
-        if self.perturb == "params" and self.aggregate == "mean-grad" and self.draws_noise:
-            raise ConfigError(
-                'perturb="params" supports aggregate="mean-norm" only (the average of the per-layer '
-                'gradient norms over the perturbed models); use aggregate="mean-norm", or '
-                'perturb="input" for "mean-grad"'
-            )
-
-    @property
-    def draws_noise(self) -> bool:
-        """True when perturbations are drawn at all (M > 0 and sigma > 0)."""
-        return self.n_perturbations > 0 and self.sigma > 0
-
-    @property
-    def effective_perturbations(self) -> int:
-        """M as the engine uses it: 0 when no noise is drawn."""
-        return self.n_perturbations if self.draws_noise else 0
+        self._check_fields(REGRESSION_SETTINGS, " in the model's input units")
 
 
 def output_weights(var: np.ndarray, weighting: str) -> np.ndarray:

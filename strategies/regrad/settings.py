@@ -60,8 +60,47 @@ REGRAD_SETTINGS: dict[str, Setting] = {
 }
 
 
+class PerturbedSettings:
+    """What the settings of both REGrad families (classifier and regression) share: every field checked once
+    against its declared spec, with sigma's message naming what is perturbed; ``perturb="params"`` only with
+    ``aggregate="mean-norm"``; and the perturbation counts the engine uses. A base of frozen dataclasses."""
+
+    n_perturbations: int
+    sigma: float
+    aggregate: str
+    perturb: str
+
+    def _check_fields(self, spec: dict[str, Setting], input_unit: str) -> None:
+        """Check and normalise every field of ``spec`` in place (frozen: once). ``input_unit``: sigma's unit for
+        ``perturb="input"``."""
+        # sigma's unit depends on what is perturbed, so its message says which
+        perturb = choice("perturb", self.perturb, PERTURBS, REGRAD_SETTINGS["perturb"].hint)
+        unit = " relative to each parameter tensor's std" if perturb == "params" else input_unit
+        spec = {**spec, "sigma": replace(REGRAD_SETTINGS["sigma"], hint=f" (noise std{unit})")}
+        values = check_settings({f: getattr(self, f) for f in spec}, spec)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        if self.perturb == "params" and self.aggregate == "mean-grad" and self.draws_noise:
+            raise ConfigError(
+                'perturb="params" supports aggregate="mean-norm" only (the average of the per-layer '
+                'gradient norms over the perturbed models); use aggregate="mean-norm", or '
+                'perturb="input" for "mean-grad"'
+            )
+
+    @property
+    def draws_noise(self) -> bool:
+        """True when perturbations are drawn at all (M > 0 and sigma > 0; with sigma = 0 every copy is the clean
+        input or model, so the copies change nothing and are skipped)."""
+        return self.n_perturbations > 0 and self.sigma > 0
+
+    @property
+    def effective_perturbations(self) -> int:
+        """M as the engine uses it: 0 when no noise is drawn."""
+        return self.n_perturbations if self.draws_noise else 0
+
+
 @dataclass(frozen=True)
-class REGradSettings:
+class REGradSettings(PerturbedSettings):
     """Every setting of the REGrad family; checked and normalised once, in ``__post_init__``.
 
     class_weighting: "root" (sqrt(p_k)/sum_j sqrt(p_j)), "expected" (p_k, ExGrad), "predicted" (argmax only),
@@ -89,27 +128,4 @@ class REGradSettings:
     perturb: Perturb = DEFAULT_PERTURB
 
     def __post_init__(self) -> None:
-        # sigma's unit depends on what is perturbed, so its message says which
-        perturb = choice("perturb", self.perturb, PERTURBS, REGRAD_SETTINGS["perturb"].hint)
-        unit = " relative to each parameter tensor's std" if perturb == "params" else " in the normalised input space"
-        spec = {**REGRAD_SETTINGS, "sigma": replace(REGRAD_SETTINGS["sigma"], hint=f" (noise std{unit})")}
-        values = check_settings({f: getattr(self, f) for f in spec}, spec)
-        for name, value in values.items():
-            object.__setattr__(self, name, value)  # frozen: normalise in place, once
-        if self.perturb == "params" and self.aggregate == "mean-grad" and self.draws_noise:
-            raise ConfigError(
-                'perturb="params" supports aggregate="mean-norm" only (the average of the per-layer '
-                'gradient norms over the perturbed models); use aggregate="mean-norm", or '
-                'perturb="input" for "mean-grad"'
-            )
-
-    @property
-    def draws_noise(self) -> bool:
-        """True when perturbations are drawn at all (M > 0 and sigma > 0; with sigma = 0 every copy is the clean
-        input or model, so the copies change nothing and are skipped)."""
-        return self.n_perturbations > 0 and self.sigma > 0
-
-    @property
-    def effective_perturbations(self) -> int:
-        """M as the engine uses it: 0 when no noise is drawn."""
-        return self.n_perturbations if self.draws_noise else 0
+        self._check_fields(REGRAD_SETTINGS, " in the normalised input space")
