@@ -151,13 +151,30 @@ def uncertainty_scores(
 
 
 # --- models -------------------------------------------------------------------------------------------------------
-def train_model(dataset: str, n_labels: int, seed: int, epochs: int, min_steps: int) -> tuple[TorchLearner, float]:
-    """The project's CNN trained on a seeded random ``n_labels`` subset of ``dataset``'s training set (cached)."""
+def train_model(
+    dataset: str,
+    n_labels: int,
+    seed: int,
+    epochs: int,
+    min_steps: int,
+    model: str = "cnn",
+    pad: int = 0,
+    early_stopping: bool = False,
+) -> tuple[TorchLearner, float]:
+    """``model`` (the project's CNN by default) trained on a seeded random ``n_labels`` subset of ``dataset``'s
+    training set (cached). ``pad``: pixels of background added on each side (28x28 -> 32x32 with 2);
+    ``early_stopping``: train until the loss on 20% of the subset held out stops improving (patience 3, at most
+    ``epochs`` epochs) instead of the fixed schedule."""
     ds = load_dataset(dataset)
     cache = Path(os.environ.get("AL_CACHE_DIR", "/tmp")) / "uq-models"
     cache.mkdir(parents=True, exist_ok=True)
-    f = cache / f"{dataset}-n{n_labels}-s{seed}-e{epochs}-m{min_steps}.pt"
-    learner = TorchLearner("cnn", ds.n_classes, ds.input_shape, epochs=epochs, min_steps=min_steps, seed=seed)
+    extra = (
+        "" if (model, pad, early_stopping) == ("cnn", 0, False) else f"-{model}-p{pad}{'-es' if early_stopping else ''}"
+    )
+    f = cache / f"{dataset}-n{n_labels}-s{seed}-e{epochs}-m{min_steps}{extra}.pt"
+    shape = (ds.input_shape[0], ds.input_shape[1] + 2 * pad, ds.input_shape[2] + 2 * pad)
+    kw = {"early_stopping": True, "max_epochs": epochs} if early_stopping else {}
+    learner = TorchLearner(model, ds.n_classes, shape, epochs=epochs, min_steps=min_steps, seed=seed, **kw)
     if f.exists():
         learner.reset(seed)
         learner.module_.load_state_dict(torch.load(f))
@@ -165,10 +182,17 @@ def train_model(dataset: str, n_labels: int, seed: int, epochs: int, min_steps: 
         return learner, 0.0
     ids = np.sort(np.random.default_rng(seed).permutation(ds.n_pool)[:n_labels])
     t0 = time.perf_counter()
-    learner.fit(ds.train_x[ids], ds.train_y[ids], seed=seed)
+    learner.fit(pad_images(ds.train_x[ids], pad, ds.mean[0], ds.std[0]), ds.train_y[ids], seed=seed)
     secs = time.perf_counter() - t0
     torch.save(learner.module_.state_dict(), f)
     return learner, secs
+
+
+def pad_images(x: torch.Tensor, pad: int, mean: float, std: float) -> torch.Tensor:
+    """Normalised images with ``pad`` pixels of background (raw pixel 0) on each side."""
+    if not pad:
+        return x
+    return torch.nn.functional.pad(x, (pad, pad, pad, pad), value=-mean / std)
 
 
 def subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -230,3 +230,51 @@ def test_regrad_regression_uq_runs_toy_size_and_rewrites_from_its_json(tmp_path,
     first = md
     run("regrad_regression_uq.py", ["--out", str(out), "--rewrite"], env)
     assert out.read_text() == first  # the .md is a pure function of the .json
+
+
+def test_regrad_suite_applies_the_declared_rule_over_models(tmp_path, env):
+    """Toy size: 2 models per setting; the choice in the .md is the declared rule recomputed here from the .json."""
+    import json
+
+    import numpy as np
+    from scipy.stats import rankdata
+
+    out = tmp_path / "suite.md"
+    args = ["--models", "2", "--sizes", "100", "--rotations", "30", "--n-ood", "60", "--n-rot", "30", "--epochs", "1"]
+    args += ["--min-steps", "10", "--large-epochs", "1", "--mc-samples", "2", "--alphas", "-10", "0", "3"]
+    args += ["--top-ks", "0", "3", "--sigmas", "0.5", "--mean-grad-sigmas", "--param-sigmas", "0.05", "--out", str(out)]
+    run("regrad_suite.py", args, env)
+    md = out.read_text()
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert len(res["per_seed"]) == 2 and res["seeds"] == [0, 1]
+    names = [v["name"] for v in res["variants"]]
+    assert len(names) == len(set(names))
+    # no top-1 twin of "predicted", and the library default is in the space
+    assert not any("/top1/" in n for n in names) and res["library_default"] in names
+    for per in res["per_seed"]:
+        assert set(per) == {t["name"] for t in res["tasks"]}
+        for task in per.values():
+            vals = np.array(task["variants"])
+            assert vals.shape == (len(names),) and np.all((vals >= 0) & (vals <= 1))
+    # the rule, written again from its declaration
+    choose = [t for t in res["tasks"] if t["group"] == "choose"]
+    assert {t["kind"] for t in choose} == {"ood", "misclf"}
+    assert {t["name"] for t in res["tasks"] if t["group"] == "held-out"} == {
+        "MNIST vs notMNIST",
+        "Fashion-MNIST vs notMNIST",
+    }
+    suite = []
+    for per in res["per_seed"]:
+        ood = np.mean([rankdata(-np.array(per[t["name"]]["variants"])) for t in choose if t["kind"] == "ood"], 0)
+        mis = np.mean([rankdata(-np.array(per[t["name"]]["variants"])) for t in choose if t["kind"] == "misclf"], 0)
+        suite.append((ood + mis) / 2)
+    m, se = np.mean(suite, 0), np.std(suite, 0, ddof=1) / np.sqrt(2)
+    best = int(np.argmin(m))
+    eligible = [i for i in range(len(m)) if m[i] <= m[best] + se[best]]
+    chosen = min(eligible, key=lambda i: (res["variants"][i]["cost"], m[i]))
+    assert f"**Chosen: `{names[chosen]}`**" in md
+    for section in ("## Held out", "## Paired differences", "## Input-noise sweep", "## Layer-alpha sweep"):
+        assert section in md
+    first = md
+    run("regrad_suite.py", ["--out", str(out), "--rewrite"], env)
+    assert out.read_text() == first  # the .md is a pure function of the .json
