@@ -472,22 +472,16 @@ def write_markdown(res: dict, path: Path) -> None:
     chosen, best = rule["chosen"], rule["best"]
     idx = {v["name"]: i for i, v in enumerate(V)}
     default_i = idx[res["library_default"]]
-    names: dict[str, int | str] = {
-        "regrad (chosen)": chosen,
-        "regrad (library default)": default_i,
-        "regrad-root": idx[ROOT_VARIANT.name],
-        "exgrad": "exgrad",
-        "gradnorm": "gradnorm",
-        "msp": "msp",
-        "entropy": "entropy",
-        "mi": "mi",
-    }
-    if chosen == default_i:
-        names.pop("regrad (chosen)")
-        names = {
-            "regrad (chosen = library default)": default_i,
-            **{k: v for k, v in names.items() if "default" not in k},
-        }
+    # the REGrad columns, one per distinct variant (labels joined where two name the same one)
+    regrad_cols: dict[int, list[str]] = {}
+    for label, i in (
+        ("regrad (chosen)", chosen),
+        ("regrad (default when run)", default_i),
+        ("regrad-root", idx[ROOT_VARIANT.name]),
+    ):
+        regrad_cols.setdefault(i, []).append(label)
+    names: dict[str, int | str] = {" = ".join(labels): i for i, labels in regrad_cols.items()}
+    names.update({b: b for b in BASELINES})
     K = len(res["seeds"])
     m, se, costs = rule["mean_rank"], rule["se"], rule["costs"]
     lines = [
@@ -521,6 +515,7 @@ def write_markdown(res: dict, path: Path) -> None:
         f"Best mean rank: `{V[best]['name']}` (m = {m[best]:.1f} ± {se[best]:.1f} of {len(V)}, cost {costs[best]}). "
         f"Eligible: {len(rule['eligible'])} variants. **Chosen: `{V[chosen]['name']}`** (m = {m[chosen]:.1f} ± "
         f"{se[chosen]:.1f}, cost {costs[chosen]}; settings `{json.dumps(V[chosen]['kwargs'])}`). The library default "
+        "when this ran, "
         f"`{V[default_i]['name']}`: m = {m[default_i]:.1f} ± {se[default_i]:.1f}, cost {costs[default_i]}"
         + (" (it is the choice)." if chosen == default_i else "."),
         "",
@@ -546,6 +541,28 @@ def write_markdown(res: dict, path: Path) -> None:
             accs = res["accuracy"].get(t["name"])
             label = t["name"] + (f" (acc {np.mean(accs):.3f})" if accs else "")
             lines.append(f"| {label} | " + " | ".join(fmt_ms(mat[n]) for n in names) + " |")
+    # the summary: the chosen REGrad against every other score, per OOD pair and over the misclassification cells
+    first = next(iter(names))
+    groups = [(t["name"] + (" (held out)" if t["group"] == "held-out" else ""), [t["name"]]) for t in res["tasks"]]
+    groups = [g for g, t in zip(groups, res["tasks"], strict=True) if t["kind"] == "ood"]
+    groups.insert(
+        2, ("misclassification (mean of the cells)", [t["name"] for t in res["tasks"] if t["kind"] == "misclf"])
+    )
+    lines += [
+        "",
+        f"## Summary: `{first}` against every other score",
+        "",
+        "Paired AUROC difference (this REGrad minus the column's score) over the models: mean [95% interval] "
+        "models agreeing on the sign / K; bold where the interval excludes zero. The misclassification row "
+        "averages each model's AUROC over the cells first.",
+        "",
+        "| task | " + " | ".join(list(names)[1:]) + " |",
+        "|---|" + "---|" * (len(names) - 1),
+    ]
+    for label, tnames in groups:
+        mats = [score_matrix(res, t, names) for t in tnames]
+        mean = {n: np.mean([m[n] for m in mats], 0) for n in names}
+        lines.append(f"| {label} | " + " | ".join(fmt_diff(mean[first] - mean[c]) for c in list(names)[1:]) + " |")
     # paired differences
     lines += [
         "",
@@ -673,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         js.write_text(json.dumps(res, indent=1))
     write_markdown(res, out)
-    print(f"wrote {out} and {js.name}")
+    print(f"wrote {out}" + ("" if args.rewrite else f" and {js.name}"))
     return 0
 
 
