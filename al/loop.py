@@ -20,11 +20,12 @@ import torch
 
 from .build import build_parts
 from .config import DATASET_DEFAULTS, FALLBACK_DEFAULTS, ExperimentConfig, config_record, resolved_int
-from .errors import ConfigError, DataError, LabelsPending, ModelError, UnreadableSamples
+from .errors import ConfigError, DataError, LabelsPending, ModelError, StoreError, UnreadableSamples
 from .inputs import LazyInputs
 from .labelling import LabellingSession
 from .oracles import Oracle
 from .pool import Pool, TestSplit
+from .registry import build_strategy
 from .seeding import round_rng, torch_seed
 from .stop_rounds import StoppingRounds
 from .store import HEARTBEAT_S, RunState, Store, crash_point
@@ -104,6 +105,7 @@ class Experiment:
             oracle_options=oracle_options,
         )
         self.config, self.dataset, self.strategy = parts.config, parts.dataset, parts.strategy
+        self._strategy_from_config = strategy is None  # a strategy object given by the caller is used as it is
         self.learner, self.oracle, self.store = parts.learner, parts.oracle, parts.store
         self.name = name or self.config.default_run_name()
         self.progress = progress
@@ -139,7 +141,9 @@ class Experiment:
 
     def open_run(self) -> RunState:
         """This experiment's run in the store, created if new; refused if stored with other settings or on other
-        data (see :func:`al.data.data_fingerprint`)."""
+        data (see :func:`al.data.data_fingerprint`). A run stored before a strategy default changed continues under
+        the value it was made with (see :attr:`al.strategy.Strategy.previous_defaults`)."""
+        self._keep_stored_defaults()
         st = self.store.open_run(
             self.name,
             self.config_record(),
@@ -149,6 +153,33 @@ class Experiment:
         if not self._aligned:
             self._align_ids(st)
         return st
+
+    def _keep_stored_defaults(self) -> None:
+        """Rebuild the strategy with the previous default of each setting whose default changed, where this run is
+        stored, was made at that previous default, and did not set it (same strategy, same ``strategy_kwargs``)."""
+        previous = self.strategy.previous_defaults
+        if not previous or not self._strategy_from_config or self.config.task == REGRESSION:
+            # a regression run's scores never read the classifier defaults that changed (REGrad's class weighting
+            # and layer alpha): one stored under them is refused with the differences rather than rebuilt
+            return
+        try:
+            stored = self.store.run(self.name).config
+        except StoreError:
+            return  # a new run: the current defaults
+        c = self.config
+        if stored.get("strategy") != c.strategy or stored.get("strategy_kwargs", {}) != c.strategy_kwargs:
+            return  # another strategy or other settings: open_run refuses it with the differences
+        made_with = stored.get("strategy_params") or {}
+        now = self.strategy.params()
+        keep = {
+            k: old
+            for k, old in previous.items()
+            if k not in c.strategy_kwargs and k in made_with and made_with[k] == old and now.get(k) != old
+        }
+        if keep:
+            strategy = build_strategy(c.strategy, **c.strategy_kwargs, **keep)
+            strategy.check_learner(self.learner)
+            self.strategy = strategy
 
     def _align_ids(self, st: RunState) -> None:
         """Give the pool the ids this run recorded for its files (a re-scanned folder keeps every old id; new files

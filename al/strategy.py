@@ -231,6 +231,11 @@ class Strategy:
     #: such a run used. A run whose stored ``strategy_params`` lack one of these keys continues under the new code
     #: when the current value equals this one (the store refuses any other change of settings on resume).
     params_added: ClassVar[Mapping[str, Any]] = {}
+    #: Settings whose default changed after runs may already have been recorded, each with its previous default. A
+    #: stored run made at that previous default without setting it (its ``strategy_kwargs`` lack it) continues
+    #: under the value it was made with (:meth:`al.loop.Experiment.open_run` builds the strategy again with it);
+    #: new runs take the new default. Default: none.
+    previous_defaults: ClassVar[Mapping[str, Any]] = {}
     #: The declared type and range of each constructor setting (see :mod:`al.settings`); the constructor checks
     #: them with :meth:`checked_settings` before storing them, so a bad ``--strategy-kwargs`` value is refused
     #: before anything runs.

@@ -40,7 +40,8 @@ from al.models import build_model  # noqa: E402
 from strategies.regrad import discover_layers, gradient_norms, regrad_scores  # noqa: E402
 
 BATCH = 256
-# Every class backpropagated (the defaults' "predicted" weighting needs only one): the cost the issue's goal is about.
+# Every class backpropagated (the library default since issue 17; "predicted" needs only one): the cost the issue's
+# goal is about.
 ALL = dict(class_weighting="root", layer_alpha=0.0, n_perturbations=0)
 M4 = dict(n_perturbations=4, sigma=0.1, aggregate="mean-grad")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -43,3 +44,24 @@ def shared_data_dir() -> str:
 
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
+
+
+def run_forked(run: Callable[[], object], crash_at: str | None) -> int:
+    """``run()`` (an experiment's run) in a forked child (cheap: torch is already imported) with AL_CRASH_AT set there
+    only (see al.store.crash_point). Returns the child's exit status, or -signal when it was killed."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            if crash_at:
+                os.environ["AL_CRASH_AT"] = crash_at
+            run()
+            code = 0
+        except BaseException:  # noqa: BLE001 - the child must never return into pytest
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)  # reaped, so the dead pid no longer holds the run
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import fast_config
+from conftest import run_forked as run_forked_child
 
 from al.loop import Experiment
 from al.store import Store
@@ -62,24 +63,8 @@ def integrity_ok(path: Path) -> None:
 
 
 def run_forked(digits, url: str, crash_at: str | None) -> int:
-    """Run the experiment in a forked child (cheap: torch is already imported) with AL_CRASH_AT set there only.
-    Returns the child's exit status, or -signal when it was killed."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            if crash_at:
-                os.environ["AL_CRASH_AT"] = crash_at
-            Experiment(fast_config(**CFG), url, dataset=digits).run()
-            code = 0
-        except BaseException:  # noqa: BLE001 - the child must never return into pytest
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)  # reaped, so the dead pid no longer holds the run
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    """The experiment in a forked child with AL_CRASH_AT set there only: its exit status, or -signal."""
+    return run_forked_child(lambda: Experiment(fast_config(**CFG), url, dataset=digits).run(), crash_at)
 
 
 # (crash point, what the store must hold afterwards: round states, number of labels)

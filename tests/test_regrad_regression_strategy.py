@@ -31,6 +31,7 @@ from al.store import Store
 from al.strategy import NEEDS, Context, top_n
 from strategies import build_strategy
 from strategies.regrad import ExGrad, REGrad, RegressionREGradSettings, regression_regrad_scores
+from strategies.regrad.settings import PREVIOUS_DEFAULTS
 from strategies.regrad.strategy import REGRESSOR_DEFAULTS, REGRESSOR_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +51,8 @@ OLD_DEFAULT = {
     "last_layer_only": False,
     "perturb": "input",
 }
+#: The same record at the defaults since issue 17 (root class weighting, uniform layers).
+CURRENT_DEFAULT = {**OLD_DEFAULT, "class_weighting": "root", "layer_alpha": 0.0}
 
 
 # ------------------------------------------------------------------------------------------------ test models
@@ -217,14 +220,15 @@ def test_a_strategy_object_with_them_is_refused_by_a_classifier_and_a_variance_h
 # ------------------------------------------------------------------------------------------------ stored runs
 def test_params_and_records_at_the_defaults_are_those_made_before_the_settings():
     explicit = dict(REGRESSOR_DEFAULTS)
-    assert REGrad().params() == REGrad(**explicit).params() == OLD_DEFAULT
+    assert REGrad().params() == REGrad(**explicit).params() == CURRENT_DEFAULT
+    assert REGrad(**PREVIOUS_DEFAULTS).params() == REGrad(**PREVIOUS_DEFAULTS, **explicit).params() == OLD_DEFAULT
     assert ExGrad().params() == ExGrad(**explicit).params() and not set(ExGrad().params()) & REGRESSOR_SETTINGS
     cfg = ExperimentConfig(dataset="diabetes", task="regression", strategy="regrad", budget=40, **FAST)
     assert config_record(cfg, REGrad()) == config_record(cfg, REGrad(**explicit))
-    assert config_record(cfg, REGrad())["strategy_params"] == OLD_DEFAULT
+    assert config_record(cfg, REGrad())["strategy_params"] == CURRENT_DEFAULT
     # away from its default a setting is recorded, and a strategy rebuilt from the record records the same
     changed = REGrad(metric="kfac-laplace", prior_precision=0.1).params()
-    assert changed == {**OLD_DEFAULT, "metric": "kfac-laplace", "prior_precision": 0.1}
+    assert changed == {**CURRENT_DEFAULT, "metric": "kfac-laplace", "prior_precision": 0.1}
     assert build_strategy("regrad", **changed).params() == changed
 
 
@@ -240,10 +244,16 @@ def _reopen(url: str, run: str, stored: dict, strategy: REGrad) -> None:
 
 def test_a_run_recorded_before_resumes_at_the_defaults_only(tmp_path):
     url = f"sqlite:///{tmp_path / 'runs.db'}"
-    _reopen(url, "old", OLD_DEFAULT, REGrad())
-    _reopen(url, "old", OLD_DEFAULT, REGrad(metric="euclidean", target="mean"))
+    old = REGrad(**PREVIOUS_DEFAULTS)  # the defaults it was recorded under (before issue 17)
+    _reopen(url, "old", OLD_DEFAULT, old)
+    _reopen(url, "old", OLD_DEFAULT, REGrad(**PREVIOUS_DEFAULTS, metric="euclidean", target="mean"))
     with pytest.raises(ConfigMismatchError, match="metric"):
-        _reopen(url, "old", OLD_DEFAULT, REGrad(metric="kfac-laplace"))
+        _reopen(url, "old", OLD_DEFAULT, REGrad(**PREVIOUS_DEFAULTS, metric="kfac-laplace"))
+    # a regression run's scores never read the classifier defaults issue 17 changed, and the loop does not rebuild
+    # one under them (al.loop.Experiment._keep_stored_defaults): under the new defaults it is refused by name
+    with pytest.raises(ConfigMismatchError, match="class_weighting"):
+        _reopen(url, "old", OLD_DEFAULT, REGrad())
+    _reopen(url, "now", CURRENT_DEFAULT, REGrad())
     kfac = REGrad(metric="kfac-laplace").params()
     _reopen(url, "kfac", kfac, REGrad(metric="kfac-laplace"))
     with pytest.raises(ConfigMismatchError, match="kfac-laplace"):
@@ -258,16 +268,21 @@ def test_report_variant_names_stay_the_same():
 
     new_default = json.loads(json.dumps(REGrad().params()))
     kfac = json.loads(json.dumps(REGrad(metric="kfac-laplace", prior_precision=0.1).params()))
-    alpha = json.loads(json.dumps(REGrad(layer_alpha=0.0).params()))
-    assert variant_labels(runs(OLD_DEFAULT, new_default)).tolist() == ["regrad", "regrad"]
-    assert variant_labels(runs(OLD_DEFAULT, alpha, new_default)).tolist() == [
+    alpha = json.loads(json.dumps(REGrad(layer_alpha=3.0).params()))
+    assert variant_labels(runs(CURRENT_DEFAULT, new_default)).tolist() == ["regrad", "regrad"]
+    assert variant_labels(runs(CURRENT_DEFAULT, alpha, new_default)).tolist() == [
         "regrad",
-        "regrad(layer_alpha=0)",
+        "regrad(layer_alpha=3)",
         "regrad",
     ]
-    assert variant_labels(runs(OLD_DEFAULT, kfac, new_default)).tolist() == [
+    assert variant_labels(runs(CURRENT_DEFAULT, kfac, new_default)).tolist() == [
         "regrad",
         "regrad(metric=kfac-laplace, prior_precision=0.1)",
+        "regrad",
+    ]
+    # a run made under the defaults before issue 17 is labelled by what it used
+    assert variant_labels(runs(OLD_DEFAULT, new_default)).tolist() == [
+        "regrad(class_weighting=predicted, layer_alpha=-10)",
         "regrad",
     ]
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_forked
 
 from al.bench import main as bench
 from al.data import load_dataset
@@ -133,24 +134,8 @@ KILLED = dict(dataset="synthetic-gap", strategy="mc-variance", budget=40, init_s
 
 
 def _run_forked(url: str, crash_at: str | None) -> int:
-    """The run in a forked child (torch already imported; the pattern of tests/test_crash.py) with AL_CRASH_AT set
-    there only: its exit status, or -signal when it was killed."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            if crash_at:
-                os.environ["AL_CRASH_AT"] = crash_at
-            Experiment(regression_config(**KILLED), url).run()
-            code = 0
-        except BaseException:  # noqa: BLE001 - the child must never return into pytest
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    """The run in a forked child with AL_CRASH_AT set there only: its exit status, or -signal when it was killed."""
+    return run_forked(lambda: Experiment(regression_config(**KILLED), url).run(), crash_at)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

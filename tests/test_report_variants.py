@@ -93,8 +93,8 @@ def _regrad_params(**changed) -> dict:
 
 
 def test_two_variants_of_a_strategy_in_one_protocol_are_two_rows():
-    default, alpha0 = _regrad_params(), _regrad_params(layer_alpha=0.0)
-    assert default != alpha0
+    default, alpha3 = _regrad_params(), _regrad_params(layer_alpha=3.0)
+    assert default != alpha3
     store = FakeStore(
         [dict(run=f"rg-{s}", strategy="regrad", seed=s, params=default, acc=[0.5, 0.6, 0.7]) for s in (0, 1)]
         + [
@@ -102,8 +102,8 @@ def test_two_variants_of_a_strategy_in_one_protocol_are_two_rows():
                 run=f"rg0-{s}",
                 strategy="regrad",
                 seed=s,
-                kwargs={"layer_alpha": 0.0},
-                params=alpha0,
+                kwargs={"layer_alpha": 3.0},
+                params=alpha3,
                 acc=[0.5, 0.55, 0.6],
             )
             for s in (0, 1)
@@ -111,20 +111,20 @@ def test_two_variants_of_a_strategy_in_one_protocol_are_two_rows():
         + [dict(run="ent-0", strategy="entropy", seed=0, acc=[0.5, 0.6, 0.65])]
     )
     (s,) = report.summaries(store)  # type: ignore[arg-type]
-    assert sorted(s.table.index) == ["entropy", "regrad", "regrad(layer_alpha=0)"]
-    assert s.table.loc["regrad", "n_seeds"] == 2 and s.table.loc["regrad(layer_alpha=0)", "n_seeds"] == 2
+    assert sorted(s.table.index) == ["entropy", "regrad", "regrad(layer_alpha=3)"]
+    assert s.table.loc["regrad", "n_seeds"] == 2 and s.table.loc["regrad(layer_alpha=3)", "n_seeds"] == 2
     assert s.table.loc["regrad", "aubc_mean"] == pytest.approx(report.aubc([20, 30, 40], [0.5, 0.6, 0.7]))
-    assert s.table.loc["regrad(layer_alpha=0)", "aubc_mean"] == pytest.approx(
+    assert s.table.loc["regrad(layer_alpha=3)", "aubc_mean"] == pytest.approx(
         report.aubc([20, 30, 40], [0.5, 0.55, 0.6])
     )
     # the all-defaults variant keeps the plain name, so it is still the reference of the paired comparison
-    assert "regrad(layer_alpha=0)" in report.paired_comparison(s.runs, "regrad").index
+    assert "regrad(layer_alpha=3)" in report.paired_comparison(s.runs, "regrad").index
     assert set(report.learning_curves(store)["strategy"]) == set(s.table.index)  # type: ignore[arg-type]
 
 
 def test_one_variant_keeps_the_plain_name_even_with_non_default_settings():
-    alpha0 = _regrad_params(layer_alpha=0.0)
-    store = FakeStore([dict(run=f"rg0-{s}", strategy="regrad", seed=s, params=alpha0, acc=[0.5, 0.6]) for s in (0, 1)])
+    alpha3 = _regrad_params(layer_alpha=3.0)
+    store = FakeStore([dict(run=f"rg0-{s}", strategy="regrad", seed=s, params=alpha3, acc=[0.5, 0.6]) for s in (0, 1)])
     (s,) = report.summaries(store)  # type: ignore[arg-type]
     assert list(s.table.index) == ["regrad"]
 

@@ -172,8 +172,8 @@ DEFAULT_PARAMS = {
     "margin": {},
     "random": {},
     "regrad": {
-        "class_weighting": "predicted",
-        "layer_alpha": -10.0,
+        "class_weighting": "root",  # "predicted" before issue 17 (declared in REGrad.previous_defaults)
+        "layer_alpha": 0.0,  # -10.0 before issue 17
         "n_perturbations": 0,
         "sigma": 0.5,
         "aggregate": "mean-norm",
@@ -190,6 +190,9 @@ DEFAULT_PARAMS = {
 #: Settings added since with a new default (issue 16): each is declared in the strategy's ``params_added`` with the
 #: value that stored runs used, so such a run resumes only under that value (never silently under the new one).
 ADDED_DEFAULTS = {"badge": {"seeding": "published"}, "batchbald": {"sampling": "stratified"}}
+#: Settings whose default changed (issue 17), each with its previous default: declared in the strategy's
+#: ``previous_defaults``, so a run stored under them continues under them (tests/test_changed_defaults.py).
+CHANGED_DEFAULTS = {"regrad": {"class_weighting": "predicted", "layer_alpha": -10.0}}
 
 
 @pytest.mark.parametrize("name", sorted(DEFAULT_PARAMS))
@@ -198,6 +201,7 @@ def test_default_params_unchanged_so_stored_runs_resume(name):
     p = strategy.params()
     added = ADDED_DEFAULTS.get(name, {})
     assert set(added) <= set(strategy.params_added), "a changed default must be declared in params_added"
+    assert dict(strategy.previous_defaults) == CHANGED_DEFAULTS.get(name, {}), "declare a changed default"
     assert p == {**DEFAULT_PARAMS[name], **added}
     assert [type(v) for v in p.values()] == [type(v) for v in {**DEFAULT_PARAMS[name], **added}.values()]
     old = {**DEFAULT_PARAMS[name], **{k: strategy.params_added[k] for k in added}}

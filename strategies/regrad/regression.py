@@ -105,8 +105,8 @@ VARIANCE_HEADS = ("none", "log-var-half")
 OUTPUT_WEIGHTINGS = ("uniform", "variance")
 METRICS = ("euclidean", "kfac-laplace")
 
-# Defaults: the plain family (no data needed). layer_alpha 0 (every layer alike) rather than the classifier's -10,
-# which benchmarks/regrad_ood.py picked on an MNIST CNN: on the small regression MLPs of
+# Defaults: the plain family (no data needed). layer_alpha 0 (every layer alike; the classifier's default too since
+# issue 17, which was -10 before, picked by benchmarks/regrad_ood.py on one MNIST CNN): on the small regression MLPs of
 # benchmarks/regrad_regression_uq.py alpha -10 / 0 / +3 differ little and none fixes the gap (AUROC gap 0.00-0.39),
 # -10 lowers the far AUROC on sine-1d (0.84 vs 0.97). prior_precision 1 (a unit Gaussian prior); 0.1 separated the
 # gap better on both synthetic sets there (0.86 / 0.99 vs 0.68 / 0.87), a choice made on that benchmark alone.

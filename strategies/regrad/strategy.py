@@ -46,6 +46,7 @@ from .settings import (
     DEFAULT_N_PERTURBATIONS,
     DEFAULT_PERTURB,
     DEFAULT_SIGMA,
+    PREVIOUS_DEFAULTS,
     REGRAD_SETTINGS,
     Aggregate,
     ClassWeighting,
@@ -175,6 +176,8 @@ class REGrad(Strategy):
     regression_settings = REGRESSOR_SETTINGS
     #: defaults that differ from REGrad's, for a preset subclass
     preset: ClassVar[Mapping[str, Any]] = {}
+    #: issue 17 changed the class weighting and layer alpha defaults: a run stored under the old ones keeps them
+    previous_defaults: ClassVar[Mapping[str, Any]] = PREVIOUS_DEFAULTS
     #: checked by REGradSettings (the same checks serve regrad_scores called on its own)
     settings_spec: ClassVar[Mapping[str, Setting]] = {
         **REGRAD_SETTINGS,
@@ -343,6 +346,7 @@ class ExGrad(REGrad):
 
     name = "exgrad"
     tasks = frozenset({CLASSIFICATION})  # its preset is a class weighting
+    previous_defaults: ClassVar[Mapping[str, Any]] = {}  # its preset's defaults never changed
     preset = {
         "class_weighting": "expected",
         "layer_alpha": 0.0,
