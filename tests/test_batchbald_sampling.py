@@ -115,23 +115,29 @@ def test_the_stratified_estimate_of_the_conditional_entropy_is_unbiased():
 
 
 # --- the selection ------------------------------------------------------------------------------------------------
-def test_ancestral_sampling_is_the_old_behaviour_bit_for_bit():
+def test_ancestral_sampling_is_the_old_behaviour():
     # picks and gains of the code before the setting existed (commit da37607), same inputs and generator
     mc = np.random.default_rng(11).dirichlet(np.ones(4) * 0.5, size=(12, 60))
     pos, g = batchbald_select(
         mc, 8, np.random.default_rng(3), max_exact_configs=16, num_samples=300, sampling="ancestral"
     )
     assert pos.tolist() == [55, 27, 8, 44, 58, 56, 10, 4]
-    assert g.tolist() == [
-        0.6581244490725298,
-        0.5708864351225137,
-        0.4235573900033113,
-        0.29371265888617126,
-        0.19191107335400936,
-        0.13019074874614145,
-        0.08836741144939075,
-        0.06574822309009343,
-    ]
+    # the same picks; the gains to rounding (the BLAS kernels of another CPU round sums differently: 1.6e-8
+    # relative seen on an AMD EPYC)
+    assert g.tolist() == pytest.approx(
+        [
+            0.6581244490725298,
+            0.5708864351225137,
+            0.4235573900033113,
+            0.29371265888617126,
+            0.19191107335400936,
+            0.13019074874614145,
+            0.08836741144939075,
+            0.06574822309009343,
+        ],
+        rel=1e-6,
+        abs=0,
+    )
 
 
 def test_the_sampling_setting_changes_nothing_while_the_batch_is_exact():

@@ -218,7 +218,9 @@ def test_consistent_dropout_uses_one_mask_per_pass_for_every_candidate(model):
     lrn.eval_batch_size = 4
     pass_major = lrn.mc_predict_proba(xs, n_samples=4, seed=2)
     batch_major = lrn.mc_predict_proba([xs[:3], xs[3:7], xs[7:]], n_samples=4, seed=2)
-    np.testing.assert_allclose(batch_major, pass_major, rtol=0, atol=1e-12)
+    # float32 convolutions may round differently for other batch sizes on some CPUs (1.7e-8 seen on an AMD EPYC);
+    # another mask would move these probabilities by 1e-2
+    np.testing.assert_allclose(batch_major, pass_major, rtol=0, atol=1e-6)
     # Training still drops out per sample (ordinary dropout), and the seeds are cleared after scoring.
     drop = next(m for m in lrn.network.modules() if type(m) is ConsistentDropout)
     assert drop.pass_seed is None
