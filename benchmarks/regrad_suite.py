@@ -45,6 +45,7 @@ References: Wang & Ji, CVPR 2024 (arXiv 2404.10124) for REGrad; the metrics as i
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import math
@@ -128,7 +129,7 @@ class Variant:
         out: dict = {"class_weighting": self.class_weighting, "layer_alpha": self.layer_alpha, "combine": self.combine}
         if self.top_k:
             out["top_k"] = self.top_k
-        out.update({k: v for k, v in self.grad_pass.kwargs().items()})
+        out.update(self.grad_pass.kwargs())
         return out
 
     def score(self, gn: GradientNorms) -> np.ndarray:
@@ -158,17 +159,6 @@ EXGRAD_VARIANT = Variant(GradPass("none"), "expected", 0.0, "linear", 0)
 
 
 # --- metrics --------------------------------------------------------------------------------------------------
-def auroc(neg: np.ndarray, pos: np.ndarray) -> float:
-    """AUROC of separating pos (label 1) from neg by the score (higher = positive), ties counted half."""
-    from scipy.stats import rankdata
-
-    s = np.r_[neg, pos].astype(np.float64)
-    if len(neg) == 0 or len(pos) == 0:
-        return float("nan")
-    r = rankdata(s)
-    return float((r[len(neg) :].sum() - len(pos) * (len(pos) + 1) / 2) / (len(neg) * len(pos)))
-
-
 def auroc_rows(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     """AUROC of each row of scores (V, N) against the boolean labels positive (N,), vectorised over V."""
     from scipy.stats import rankdata
@@ -245,8 +235,13 @@ def input_sets(model_ds: str, needed: set[str], args: argparse.Namespace) -> dic
 
 def mnist_test(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     """The MNIST-test subset every MNIST model is scored on (OOD in-distribution and misclassification)."""
-    x, y = load_test_images("mnist")
-    return subset(x, y, args.n_ood, 101)
+    return _mnist_test(args.n_ood)
+
+
+@functools.cache
+def _mnist_test(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = load_test_images("mnist")  # read once per run, not once per rotation and per task
+    return subset(x, y, n, 101)
 
 
 def misclf_labels(args: argparse.Namespace, name: str) -> np.ndarray:
@@ -271,7 +266,6 @@ def score_model(
             z = np.load(base_f)
             entry.update({k: z[k] for k in z.files})
         else:
-            t0 = time.perf_counter()
             probs = learner.predict_proba(x)
             entry["probs"] = probs
             entry["msp"] = 1.0 - probs.max(1)
