@@ -278,3 +278,16 @@ def test_regrad_suite_applies_the_declared_rule_over_models(tmp_path, env):
     first = md
     run("regrad_suite.py", ["--out", str(out), "--rewrite"], env)
     assert out.read_text() == first  # the .md is a pure function of the .json
+    # the report module alone (no torch, no data) draws the same file
+    again = tmp_path / "again.md"
+    run("regrad_suite_report.py", [str(out.with_suffix(".json")), "--out", str(again)], env)
+    assert again.read_text() == first
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "regrad_suite_report.py"), str(tmp_path / "missing.json")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode != 0 and "run benchmarks/regrad_suite.py first" in p.stderr
