@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> dict:
             needed = {s for t in mtasks for s in t.sets}
             epochs = args.large_epochs if n >= 5000 else args.epochs
             learner, secs = train_model(
-                dsname, n, seed, epochs, args.min_steps, args.model, args.pad, args.early_stopping
+                dsname, n, seed, epochs, args.min_steps, args.model, args.pad, args.early_stopping, args.device
             )
             trained[f"{mkey} seed {seed}"] = secs
             sets = input_sets(dsname, needed, args)
@@ -400,6 +400,12 @@ def main(argv: list[str] | None = None) -> int:
         "--early-stopping",
         action="store_true",
         help="train each model until its validation loss (20%% of its labels) stops improving, at most the epochs",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where models train and score: cpu, cuda, cuda:N, auto (part 3's resnet18 is GPU work: "
+        "benchmarks/gpu_resnet_suite.sh)",
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "regrad_suite.md"))

@@ -100,6 +100,8 @@ def setup_sentence(res: dict, n_variants: int) -> str:
             f"{a['epochs']} epochs (at least {a['min_steps']} steps) below 5000 labels, {a['large_epochs']} from 5000"
         )
     pad = f", inputs padded by {a['pad']} pixels on each side" if a.get("pad") else ""
+    if a.get("device", "cpu") != "cpu":
+        pad += f", on device {a['device']}"
     return (
         f"K = {len(seeds)} independently trained `{a.get('model', 'cnn')}` models per setting (seeds "
         f"{seeds[0]}..{seeds[-1]}): MNIST on {', '.join(map(str, a['sizes']))} labels and Fashion-MNIST on "

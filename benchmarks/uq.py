@@ -160,11 +160,13 @@ def train_model(
     model: str = "cnn",
     pad: int = 0,
     early_stopping: bool = False,
+    device: str = "cpu",
 ) -> tuple[TorchLearner, float]:
     """``model`` (the project's CNN by default) trained on a seeded random ``n_labels`` subset of ``dataset``'s
     training set (cached). ``pad``: pixels of background added on each side (28x28 -> 32x32 with 2);
     ``early_stopping``: train until the loss on 20% of the subset held out stops improving (patience 3, at most
-    ``epochs`` epochs) instead of the fixed schedule."""
+    ``epochs`` epochs) instead of the fixed schedule. ``device``: where it trains and scores (the cache holds CPU
+    tensors, so a model trained on a GPU is reused on the CPU and back)."""
     ds = load_dataset(dataset)
     cache = Path(os.environ.get("AL_CACHE_DIR", "/tmp")) / "uq-models"
     cache.mkdir(parents=True, exist_ok=True)
@@ -174,17 +176,19 @@ def train_model(
     f = cache / f"{dataset}-n{n_labels}-s{seed}-e{epochs}-m{min_steps}{extra}.pt"
     shape = (ds.input_shape[0], ds.input_shape[1] + 2 * pad, ds.input_shape[2] + 2 * pad)
     kw = {"early_stopping": True, "max_epochs": epochs} if early_stopping else {}
-    learner = TorchLearner(model, ds.n_classes, shape, epochs=epochs, min_steps=min_steps, seed=seed, **kw)
+    learner = TorchLearner(
+        model, ds.n_classes, shape, epochs=epochs, min_steps=min_steps, seed=seed, device=device, **kw
+    )
     if f.exists():
         learner.reset(seed)
-        learner.module_.load_state_dict(torch.load(f))
+        learner.module_.load_state_dict(torch.load(f, map_location="cpu"))
         learner.module_.eval()
         return learner, 0.0
     ids = np.sort(np.random.default_rng(seed).permutation(ds.n_pool)[:n_labels])
     t0 = time.perf_counter()
     learner.fit(pad_images(ds.train_x[ids], pad, ds.mean[0], ds.std[0]), ds.train_y[ids], seed=seed)
     secs = time.perf_counter() - t0
-    torch.save(learner.module_.state_dict(), f)
+    torch.save({k: v.cpu() for k, v in learner.module_.state_dict().items()}, f)
     return learner, secs
 
 

@@ -374,3 +374,53 @@ def test_gpu_check_exits_2_without_cuda(capsys, monkeypatch):
     assert mod.main([]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--cpu-only-smoke" in err
+
+
+@pytest.mark.skipif(CUDA, reason="checks the no-CUDA exit path")
+def test_gpu_resnet_suite_exits_2_without_cuda(tmp_path):
+    """Issue 17 part 3's prepared GPU run refuses a CPU machine at once, writing nothing."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "gpu_resnet_suite.sh"
+    p = subprocess.run(["bash", str(script), "5"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and "no CUDA device" in p.stderr
+    assert not (root / "benchmarks" / "results" / "regrad_suite_resnet18.md").exists()
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_regrad_suite_runs_on_cuda_and_its_models_rescore_on_the_cpu(tmp_path):
+    """benchmarks/regrad_suite.py --device cuda (what gpu_resnet_suite.sh runs), at toy size: it trains and scores
+    on the GPU; the cached models (CPU tensors) then load on the CPU."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    data = os.environ.get("AL_DATA_DIR", str(root.parent / "shared" / "data"))
+    if not (Path(data) / "MNIST" / "raw").is_dir():
+        pytest.skip(f"MNIST raw files not found under {data}; set AL_DATA_DIR")
+    env = {**os.environ, "AL_DATA_DIR": data, "AL_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "suite.md"
+    args = ["--models", "2", "--sizes", "100", "--rotations", "30", "--n-ood", "40", "--n-rot", "20", "--epochs", "1"]
+    args += ["--min-steps", "5", "--large-epochs", "1", "--mc-samples", "2", "--alphas", "-10", "0", "--top-ks", "0"]
+    args += ["--sigmas", "--mean-grad-sigmas", "--param-sigmas", "--out", str(out)]
+    for device in ("cuda", "cpu"):
+        p = subprocess.run(
+            [sys.executable, str(root / "benchmarks" / "regrad_suite.py"), *args, "--device", device],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert p.returncode == 0, p.stderr[-3000:]
+        res = json.loads(out.with_suffix(".json").read_text())
+        assert res["args"]["device"] == device
+        if device == "cuda":
+            assert "on device cuda" in out.read_text() and sum(res["trained_seconds"].values()) > 0
+        else:
+            assert sum(res["trained_seconds"].values()) == 0  # every model came from the cache

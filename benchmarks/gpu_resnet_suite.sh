@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Issue 17 part 3 on ResNet-18, for a machine with CUDA (on a 2-core CPU the protocol takes many hours):
+# benchmarks/regrad_suite.py with the patch transformer's settings (3 models per setting, early stopping, clean
+# gradients: the per-layer profile and the layer-alpha sweep) on `resnet18`, MNIST and Fashion-MNIST padded to
+# 32x32. Writes benchmarks/results/regrad_suite_resnet18.{md,json}; models and gradient norms are cached under
+# $AL_CACHE_DIR (default /tmp), so a run cut short by its time limit continues where it stopped when started again.
+# Run from anywhere: bash benchmarks/gpu_resnet_suite.sh [TIME_LIMIT_SECONDS, default 540] [extra regrad_suite.py
+# arguments]. Exit codes: 0 written, 1 the suite failed or ran out of time, 2 no CUDA on this machine.
+set -u
+cd "$(dirname "$0")/.."
+if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+export AL_DATA_DIR="${AL_DATA_DIR:-../shared/data}"
+LIMIT="${1:-540}"
+shift || true
+
+if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    echo "gpu_resnet_suite: no CUDA device ($PY: torch.cuda.is_available() is False, or torch is missing); run it on a machine with an NVIDIA GPU" >&2
+    exit 2
+fi
+limit() { if command -v timeout >/dev/null; then timeout "$@"; else shift; "$@"; fi; }
+
+limit "$LIMIT" "$PY" benchmarks/regrad_suite.py --model resnet18 --pad 2 --early-stopping --models 3 \
+    --sigmas --mean-grad-sigmas --param-sigmas --device cuda --threads "$(nproc)" \
+    --out benchmarks/results/regrad_suite_resnet18.md "$@" || {
+    echo "gpu_resnet_suite: regrad_suite.py failed or passed ${LIMIT} s; run this script again to continue from the cache" >&2
+    exit 1
+}
