@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -44,6 +45,8 @@ BATCH = 256
 # goal is about.
 ALL = dict(class_weighting="root", layer_alpha=0.0, n_perturbations=0)
 M4 = dict(n_perturbations=4, sigma=0.1, aggregate="mean-grad")
+# The defaults before issue 17: the predicted class only, one backward sweep per input.
+PREVIOUS = dict(class_weighting="predicted", layer_alpha=-10.0, n_perturbations=0)
 
 
 def forward(model: torch.nn.Module, x: torch.Tensor) -> None:
@@ -160,7 +163,8 @@ def main() -> None:
         f"Produced by `AL_DATA_DIR=../shared/data .venv/bin/python "
         f"benchmarks/regrad_speed.py {' '.join(sys.argv[1:])}`".rstrip()
         + f" ({time.strftime('%Y-%m-%d')}, "
-        f"torch {torch.__version__}, `torch.set_num_threads(1)` on a 2-core CPU shared with other jobs; "
+        f"torch {torch.__version__}, `torch.set_num_threads(1)` on a 2-core CPU shared with other jobs "
+        f"(load average {os.getloadavg()[0]:.1f} at the start); "
         f"each figure the median of {args.repeats} interleaved repeats).",
         "",
         f"Inputs: the first {args.n} MNIST-test images, chunks of {BATCH}. Every method computes the same "
@@ -191,6 +195,7 @@ def main() -> None:
             "forward pass (no grad)": lambda: forward(model, x),
             "ours, exact, all 10 classes, M=0": lambda: regrad_scores(model, x, **ALL),
             "ours, top-3 classes, M=0": lambda: regrad_scores(model, x, top_k=3, **ALL),
+            "ours, predicted class only (defaults before issue 17), M=0": lambda: regrad_scores(model, x, **PREVIOUS),
             "ours, last layer only, all classes, M=0": lambda: regrad_scores(model, x, last_layer_only=True, **ALL),
             "ours, exact, all 10 classes, M=4": lambda: regrad_scores(model, x, **{**ALL, **M4}),
             "ours, top-3 classes, M=4": lambda: regrad_scores(model, x, top_k=3, **{**ALL, **M4}),
