@@ -126,6 +126,8 @@ def test_regrad_speed_compares_with_references(env, tmp_path):
     run("regrad_speed.py", ["--n", "32", "--n-naive", "2", "--repeats", "1", "--n-rank", "40", "--out", str(out)], env)
     md = out.read_text()
     assert "## `cnn`" in md and "## `lenet5`" in md and "torch.func vmap(grad)" in md
+    # what issue 17's default change costs: the previous default's row beside the exact score, and the load
+    assert "| ours, predicted class only (defaults before issue 17), M=0 |" in md and "load average" in md
     # every reference agrees with ours: the script reports the largest relative difference it found
     diffs = [float(x) for x in re.findall(r"(?:loop|grad\)|BatchL2Grad) (\d\.\de-\d\d)", md)]
     assert diffs and max(diffs) < 1e-4
