@@ -5,13 +5,20 @@
 # 32x32. Writes benchmarks/results/regrad_suite_resnet18.{md,json}; models and gradient norms are cached under
 # $AL_CACHE_DIR (default /tmp), so a run cut short by its time limit continues where it stopped when started again.
 # Run from anywhere: bash benchmarks/gpu_resnet_suite.sh [TIME_LIMIT_SECONDS, default 540] [extra regrad_suite.py
-# arguments]. Exit codes: 0 written, 1 the suite failed or ran out of time, 2 no CUDA on this machine.
+# arguments]. Exit codes: 0 written, 1 the suite failed or ran out of time (or the limit is not whole seconds),
+# 2 no CUDA on this machine.
 set -u
 cd "$(dirname "$0")/.."
 if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 export AL_DATA_DIR="${AL_DATA_DIR:-../shared/data}"
 LIMIT="${1:-540}"
 shift || true
+case "$LIMIT" in
+    '' | *[!0-9]*)
+        echo "gpu_resnet_suite: the time limit must be whole seconds (e.g. 540), got '$LIMIT'" >&2
+        exit 1
+        ;;
+esac
 
 if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     echo "gpu_resnet_suite: no CUDA device ($PY: torch.cuda.is_available() is False, or torch is missing); run it on a machine with an NVIDIA GPU" >&2

@@ -384,10 +384,20 @@ def test_gpu_resnet_suite_exits_2_without_cuda(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     script = root / "benchmarks" / "gpu_resnet_suite.sh"
+    results = [root / "benchmarks" / "results" / f"regrad_suite_resnet18.{ext}" for ext in ("md", "json")]
+
+    def state() -> list[int | None]:  # committed results, once a GPU run adds them, must stay untouched
+        return [f.stat().st_mtime_ns if f.exists() else None for f in results]
+
+    before = state()
     p = subprocess.run(["bash", str(script), "5"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and "no CUDA device" in p.stderr
-    assert not (root / "benchmarks" / "results" / "regrad_suite_resnet18.md").exists()
+    # a time limit that is not whole seconds is refused before anything starts
+    p = subprocess.run(["bash", str(script), "9m"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and "whole seconds" in p.stderr and "'9m'" in p.stderr
+    assert state() == before
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
