@@ -7,16 +7,10 @@
 # else python3. Exit codes: 0 all passed, 1 the tests or the timings failed, 2 no CUDA on this machine.
 set -u
 cd "$(dirname "$0")/.."
-if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-export AL_DATA_DIR="${AL_DATA_DIR:-../shared/data}"
-
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-    echo "gpu_check: no CUDA device ($PY: torch.cuda.is_available() is False, or torch is missing); run it on a machine with an NVIDIA GPU" >&2
-    exit 2
-fi
+. benchmarks/gpu_common.sh
+require_cuda gpu_check
 
 # Each stage has its own time limit, so that a hang in one still leaves the run within 6 minutes.
-limit() { if command -v timeout >/dev/null; then timeout "$@"; else shift; "$@"; fi; }
 
 status=0
 echo "== tests/test_device.py"

@@ -9,8 +9,7 @@
 # 2 no CUDA on this machine.
 set -u
 cd "$(dirname "$0")/.."
-if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-export AL_DATA_DIR="${AL_DATA_DIR:-../shared/data}"
+. benchmarks/gpu_common.sh
 LIMIT="${1:-540}"
 shift || true
 case "$LIMIT" in
@@ -19,12 +18,7 @@ case "$LIMIT" in
         exit 1
         ;;
 esac
-
-if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-    echo "gpu_resnet_suite: no CUDA device ($PY: torch.cuda.is_available() is False, or torch is missing); run it on a machine with an NVIDIA GPU" >&2
-    exit 2
-fi
-limit() { if command -v timeout >/dev/null; then timeout "$@"; else shift; "$@"; fi; }
+require_cuda gpu_resnet_suite
 
 limit "$LIMIT" "$PY" benchmarks/regrad_suite.py --model resnet18 --pad 2 --early-stopping --models 3 \
     --sigmas --mean-grad-sigmas --param-sigmas --device cuda --threads "$(nproc)" \
