@@ -135,6 +135,53 @@ def test_unusable_store_file(tmp_path, make, msg):
         assert path.read_bytes() == before  # never replaced
 
 
+_HOLDER = """
+import sys
+from al.store import Store
+first = Store(sys.argv[1])  # the loop's store: its pooled connection keeps its locks on the file
+with first.engine.connect() as c:
+    c.exec_driver_sql("SELECT count(*) FROM al_meta").all()
+Store(sys.argv[1])  # a second store in the same process, as the web oracle opens beside the loop's
+print("ready", flush=True)
+sys.stdin.readline()
+with first.engine.begin() as c:  # the first store still writes, and the write lands in the file
+    c.exec_driver_sql("INSERT INTO al_meta (key, value) VALUES ('held', 'yes')")
+first.close()
+"""
+
+
+def test_a_second_store_in_one_process_leaves_the_first_ones_locks(tmp_path):
+    # Opening a store used to read the file's header with open()/close(), and closing any descriptor of a file
+    # drops all of the process's POSIX locks on it: another process closing its last connection then took the
+    # store for unused and deleted the WAL and shared-memory files under the first store (a "disk I/O error"
+    # seen by a resumed bench, or writes lost to an unlinked WAL).
+    path = tmp_path / "s.db"
+    Store(f"sqlite:///{path}").close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, f"sqlite:///{path}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "ready"
+        other = sqlite3.connect(path)  # another process (this one) reads and closes its only connection
+        other.execute("SELECT count(*) FROM al_meta").fetchall()
+        other.close()
+        assert (tmp_path / "s.db-wal").exists() and (tmp_path / "s.db-shm").exists()
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.wait(60) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT value FROM al_meta WHERE key = 'held'").fetchall() == [("yes",)]
+    assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    con.close()
+
+
 def test_bad_url():
     with pytest.raises(StoreError, match="cannot parse store URL"):
         Store("not a url")

@@ -21,7 +21,6 @@ from ._tables import TABLE_NAMES
 
 #: Execution option that marks a write transaction (``BEGIN IMMEDIATE`` on SQLite).
 WRITE_OPTION = "al_write"
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def parse_url(url: str) -> sa.engine.URL:
@@ -115,20 +114,14 @@ def check_sqlite_path(path: str | None, *, reader: bool = False, busy_timeout_s:
                 f"store file {path} is not readable and writable by this user; fix its "
                 f"permissions or pass another --store"
             )
-        with open(path, "rb") as f:
-            head = f.read(16)
-        if head and head != SQLITE_HEADER:
-            raise StoreError(
-                f"{path} is not an SQLite database (it may be corrupt or another kind of file); "
-                f"it was left untouched. Pass another --store, or move the file away"
-            )
-        if not head and reader:
-            raise StoreError(
-                f"store file {path} is empty (0 bytes): no run was ever recorded in it. It was left untouched; "
-                f"record runs into it with `python -m al.bench ... --store sqlite:///{path}` first"
-            )
-        if head:
-            _refuse_foreign_tables(path, busy_timeout_s)
+        if os.path.getsize(path) == 0:
+            if reader:
+                raise StoreError(
+                    f"store file {path} is empty (0 bytes): no run was ever recorded in it. It was left untouched; "
+                    f"record runs into it with `python -m al.bench ... --store sqlite:///{path}` first"
+                )
+            return
+        _refuse_foreign_file(path, busy_timeout_s)
     elif not os.access(folder, os.W_OK):
         raise StoreError(
             f"cannot create store {path}: folder {folder} is not writable; pass --store "
@@ -136,11 +129,15 @@ def check_sqlite_path(path: str | None, *, reader: bool = False, busy_timeout_s:
         )
 
 
-def _refuse_foreign_tables(path: str, busy_timeout_s: float) -> None:
-    """Refuse an SQLite file that holds tables but no al store (another application's database).
+def _refuse_foreign_file(path: str, busy_timeout_s: float) -> None:
+    """Refuse a file that is not an SQLite database, or one that holds tables but no al store.
 
-    Checked through a read-only connection before the engine's first connection, which would switch the file
-    to WAL: the other application's file is left byte for byte as it was.
+    Checked through a read-only SQLite connection before the engine's first connection, which would switch
+    the file to WAL: another application's file is left byte for byte as it was. Never with Python's own
+    ``open()``: closing any descriptor of the file drops every POSIX lock this process holds on it, so a
+    process that already has the store open (the web oracle opens a second engine beside the loop's) would
+    lose its locks, and another process closing its last connection would then checkpoint and delete the
+    WAL and shared-memory files under it (tests/test_store.py shows the deleted files).
     """
     try:
         con = sqlite3.connect(Path(path).as_uri() + "?mode=ro", uri=True, timeout=busy_timeout_s)
@@ -152,6 +149,11 @@ def _refuse_foreign_tables(path: str, busy_timeout_s: float) -> None:
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
+        if getattr(e, "sqlite_errorname", "") == "SQLITE_NOTADB":
+            raise StoreError(
+                f"{path} is not an SQLite database (it may be corrupt or another kind of file); "
+                f"it was left untouched. Pass another --store, or move the file away"
+            ) from e
         raise StoreError(
             f"cannot open store {path}: {e}. The file was left untouched; check it or pass another --store"
         ) from e
