@@ -244,7 +244,7 @@ def test_regrad_suite_applies_the_declared_rule_over_models(tmp_path, env):
     out = tmp_path / "suite.md"
     args = ["--models", "2", "--sizes", "100", "--rotations", "30", "--n-ood", "60", "--n-rot", "30", "--epochs", "1"]
     args += ["--min-steps", "10", "--large-epochs", "1", "--mc-samples", "2", "--alphas", "-10", "0"]
-    args += ["--top-ks", "0", "3", "--sigmas", "0.5", "--mean-grad-sigmas", "--param-sigmas", "--out", str(out)]
+    args += ["--top-ks", "0", "3", "--sigmas", "0.5", "--mean-grad-sigmas", "--param-sigmas", "0.05", "--out", str(out)]
     run("regrad_suite.py", args, env)
     md = out.read_text()
     res = json.loads(out.with_suffix(".json").read_text())
@@ -253,6 +253,7 @@ def test_regrad_suite_applies_the_declared_rule_over_models(tmp_path, env):
     assert len(names) == len(set(names))
     # no top-1 twin of "predicted", and the library default is in the space
     assert not any("/top1/" in n for n in names) and res["library_default"] in names
+    assert any(n.endswith("/params-s0.05-m1-mean-norm") for n in names)  # the parameter-noise pass is scored
     for per in res["per_seed"]:
         assert set(per) == {t["name"] for t in res["tasks"]}
         for task in per.values():
