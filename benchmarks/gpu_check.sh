@@ -11,7 +11,6 @@ cd "$(dirname "$0")/.."
 require_cuda gpu_check
 
 # Each stage has its own time limit, so that a hang in one still leaves the run within 6 minutes.
-
 status=0
 echo "== tests/test_device.py"
 limit 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_device.py || { echo "gpu_check: tests/test_device.py failed" >&2; status=1; }
